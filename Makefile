@@ -1,0 +1,55 @@
+# vmpod build. `make` builds every binary into bin/.
+GO ?= go
+PREFIX ?= /usr/local
+BIN := $(CURDIR)/bin
+TOOLS := $(CURDIR)/.tools
+
+# Code generators, pinned so that `make proto` is reproducible.
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_TTRPC_VERSION := v1.2.10
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/vmpod/vmpod/version.Version=$(VERSION)
+
+# The agent is the guest's /init: static, cgo for libcontainer's nsenter.
+AGENT_TAGS := netgo,osusergo
+AGENT_LDFLAGS := $(LDFLAGS) -extldflags -static
+
+TEST_TIMEOUT ?= 25m
+
+.PHONY: all build agent proto proto-check test vet fmt-check clean
+all: build
+
+build: agent
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ $(filter-out ./cmd/vmpod-agent,$(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./cmd/... | sed 's|github.com/vmpod/vmpod|.|'))
+
+agent:
+	CGO_ENABLED=1 $(GO) build -tags $(AGENT_TAGS) -ldflags '$(AGENT_LDFLAGS)' -o $(BIN)/vmpod-agent ./cmd/vmpod-agent
+
+$(TOOLS)/protoc-gen-go:
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(TOOLS)/protoc-gen-go-ttrpc:
+	GOBIN=$(TOOLS) $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(PROTOC_GEN_GO_TTRPC_VERSION)
+
+proto: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-ttrpc
+	PATH=$(TOOLS):$$PATH protoc -I proto \
+		--go_out=proto --go_opt=paths=source_relative \
+		--go-ttrpc_out=proto --go-ttrpc_opt=paths=source_relative \
+		proto/agent.proto
+
+# CI: the committed generated code must match the .proto.
+proto-check: proto
+	git diff --exit-code -- proto/
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+test: build
+	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+
+clean:
+	rm -rf $(BIN) $(TOOLS)
