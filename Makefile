@@ -17,7 +17,7 @@ AGENT_LDFLAGS := $(LDFLAGS) -extldflags -static
 
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all build agent proto proto-check test vet fmt-check clean
+.PHONY: all deps build agent proto proto-check test unit-test fuzz vet fmt-check clean
 all: build
 
 build: agent
@@ -48,8 +48,20 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
-test: build
+# Debian packages and tools for building and testing (root, idempotent).
+deps:
+	scripts/install-deps.sh
+
+# The README's test command: everything CI checks, on a fresh Debian machine.
+test: deps build proto-check vet fmt-check unit-test fuzz
+
+unit-test:
 	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+
+# Every fuzz target runs for FUZZTIME on top of its seed corpus.
+FUZZTIME ?= 10s
+fuzz:
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
 clean:
 	rm -rf $(BIN) $(TOOLS)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing vmpod needs on Debian 12, as root.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+packages=(
+	build-essential git make ca-certificates
+	protobuf-compiler
+	qemu-system-x86
+	linux-image-cloud-amd64
+	containerd runc
+	busybox-static
+	iproute2 kmod
+	containernetworking-plugins
+)
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+	echo "installing: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+	export PATH=/usr/local/go/bin:$PATH
+fi
+go version
