@@ -21,7 +21,9 @@ TEST_TIMEOUT ?= 25m
 all: build
 
 build: agent
-	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ $(filter-out ./cmd/vmpod-agent,$(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./cmd/... | sed 's|github.com/vmpod/vmpod|.|'))
+	@for d in cmd/*/; do n=$$(basename $$d); [ "$$n" = vmpod-agent ] && continue; \
+		echo "go build ./cmd/$$n"; \
+		CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/$$n ./cmd/$$n || exit 1; done
 
 agent:
 	CGO_ENABLED=1 $(GO) build -tags $(AGENT_TAGS) -ldflags '$(AGENT_LDFLAGS)' -o $(BIN)/vmpod-agent ./cmd/vmpod-agent
