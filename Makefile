@@ -28,6 +28,11 @@ build: agent
 agent:
 	CGO_ENABLED=1 $(GO) build -tags $(AGENT_TAGS) -ldflags '$(AGENT_LDFLAGS)' -o $(BIN)/vmpod-agent ./cmd/vmpod-agent
 
+# The guest image: out/vmpod-initrd.img (agent as /init) and out/vmpod-kernel.
+# DEBUG=1 adds a busybox shell.
+image: agent
+	$(GO) run ./cmd/vmpod-image --agent $(BIN)/vmpod-agent --out $(CURDIR)/out $(if $(DEBUG),--debug)
+
 $(TOOLS)/protoc-gen-go:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 

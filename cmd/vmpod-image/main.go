@@ -1,0 +1,92 @@
+// Command vmpod-image builds the guest image: it writes the initrd (with
+// vmpod-agent as /init) and copies the kernel next to it.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/vmpod/vmpod/image"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "vmpod-image:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	agent := flag.String("agent", "bin/vmpod-agent", "static `binary` installed as the guest's /init")
+	out := flag.String("out", "out", "output `directory` for "+image.InitrdName+" and "+image.KernelName)
+	release := flag.String("kernel-release", "", "kernel `release` whose modules go into the image (default: newest /boot/vmlinuz-*-cloud-amd64)")
+	compression := flag.String("compression", image.CompressNone, "initrd compression: none or gzip")
+	debug := flag.Bool("debug", false, "add a static busybox (/bin/busybox and its applets) for a debug shell")
+	busybox := flag.String("busybox", "/bin/busybox", "static busybox `binary` used with -debug")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: vmpod-image [flags]\n\n"+
+			"Writes <out>/%s (a reproducible newc cpio: the agent as /init plus the kernel\n"+
+			"modules it needs, see /etc/vmpod/modules in the image) and copies the kernel\n"+
+			"to <out>/%s. SOURCE_DATE_EPOCH sets the entries' mtime (default 0).\n\n",
+			image.InitrdName, image.KernelName)
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() != 0 {
+		flag.Usage()
+		return fmt.Errorf("unexpected arguments %q", flag.Args())
+	}
+	opts := image.Options{
+		Init:          *agent,
+		KernelRelease: *release,
+		Compression:   *compression,
+		Output:        filepath.Join(*out, image.InitrdName),
+	}
+	if *debug {
+		opts.Busybox = *busybox
+	}
+	res, err := image.BuildInitrd(opts)
+	if err != nil {
+		return err
+	}
+	kernel, err := image.FindKernel(res.KernelRelease)
+	if err != nil {
+		return err
+	}
+	kernelOut := filepath.Join(*out, image.KernelName)
+	if err := copyFile(kernel, kernelOut); err != nil {
+		return err
+	}
+	fmt.Printf("%s: %d bytes, %d entries, %d modules (kernel %s)\n", res.Path, res.Size, len(res.Files), len(res.Modules), res.KernelRelease)
+	fmt.Printf("%s: copied from %s\n", kernelOut, kernel)
+	return nil
+}
+
+// copyFile replaces dst with a copy of src through a temporary file.
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, in); err != nil {
+		tmp.Close()
+		return fmt.Errorf("copying %s: %w", src, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), dst)
+}

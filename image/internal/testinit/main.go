@@ -1,0 +1,25 @@
+// Command testinit is a trivial guest /init for tests and benchmarks. By
+// default it powers the VM off at once, so that booting it measures the
+// floor cost of kernel and initrd. With vmpod_testinit=sleep on the kernel
+// command line (the kernel passes such parameters to init as environment)
+// it sleeps instead, standing in for an agent that never answers.
+package main
+
+import (
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	if os.Getenv("vmpod_testinit") == "sleep" {
+		os.Stdout.WriteString("vmpod-testinit: sleeping\n")
+		select {}
+	}
+	os.Stdout.WriteString("vmpod-testinit: powering off\n")
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+		os.Stderr.WriteString("vmpod-testinit: " + err.Error() + "\n")
+	}
+	select {}
+}
