@@ -1,0 +1,236 @@
+// Package rootfs puts a container's root filesystem and its bind mounts into
+// the sandbox's shared directory, which virtio-fs exports to the guest, and
+// rewrites the container's OCI spec so the guest finds them there.
+//
+// Layout under the shared directory:
+//
+//	<shared>/<container-id>/rootfs      the rootfs mounts containerd passed in Create
+//	<shared>/<container-id>/mounts/<n>  the spec's n-th mount, when it is a bind mount
+//
+// Everything is undone by Remove, which unmounts whatever lies under the
+// container's directory (so it also cleans up after a crashed shim).
+package rootfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/containerd/mount"
+	"github.com/containerd/log"
+	"github.com/moby/sys/mountinfo"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// Layout names the directories of one container in a sandbox.
+type Layout struct {
+	// HostDir is <shared>/<container-id> on the host.
+	HostDir string
+	// GuestDir is the same directory as the guest sees it.
+	GuestDir string
+}
+
+// NewLayout returns the layout of container id in a shared directory that the
+// guest sees at guestShared.
+func NewLayout(hostShared, guestShared, id string) (Layout, error) {
+	if err := ValidID(id); err != nil {
+		return Layout{}, err
+	}
+	return Layout{
+		HostDir:  filepath.Join(hostShared, id),
+		GuestDir: filepath.Join(guestShared, id),
+	}, nil
+}
+
+// ValidID rejects ids that could escape the shared directory.
+func ValidID(id string) error {
+	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") || len(id) > 255 {
+		return fmt.Errorf("invalid container id %q", id)
+	}
+	return nil
+}
+
+// HostRootfs is where the rootfs is mounted on the host.
+func (l Layout) HostRootfs() string { return filepath.Join(l.HostDir, "rootfs") }
+
+// GuestRootfs is where the guest finds the rootfs.
+func (l Layout) GuestRootfs() string { return filepath.Join(l.GuestDir, "rootfs") }
+
+func (l Layout) hostMount(n int) string {
+	return filepath.Join(l.HostDir, "mounts", strconv.Itoa(n))
+}
+
+func (l Layout) guestMount(n int) string {
+	return filepath.Join(l.GuestDir, "mounts", strconv.Itoa(n))
+}
+
+// MountRootfs mounts containerd's rootfs mounts at HostRootfs. With no
+// mounts (a bundle that carries its own rootfs), it bind-mounts the spec's
+// root path, relative to bundle when not absolute.
+func (l Layout) MountRootfs(ctx context.Context, mounts []mount.Mount, bundle string, spec *specs.Spec) error {
+	target := l.HostRootfs()
+	if err := os.MkdirAll(target, 0o711); err != nil {
+		return fmt.Errorf("create rootfs directory %s: %w", target, err)
+	}
+	if len(mounts) == 0 {
+		if spec.Root == nil || spec.Root.Path == "" {
+			return fmt.Errorf("container has neither rootfs mounts nor root.path in its spec")
+		}
+		src := spec.Root.Path
+		if !filepath.IsAbs(src) {
+			src = filepath.Join(bundle, src)
+		}
+		mounts = []mount.Mount{{Type: "bind", Source: src, Options: []string{"rbind"}}}
+	}
+	if err := mount.All(mounts, target); err != nil {
+		return fmt.Errorf("mount rootfs at %s: %w", target, err)
+	}
+	log.G(ctx).WithField("target", target).Debug("mounted rootfs")
+	return nil
+}
+
+// isBind reports whether an OCI mount is a bind mount of a host path, which
+// must reach the guest through the shared directory. Everything else (proc,
+// sysfs, tmpfs, devpts, mqueue, cgroup) the guest provides itself.
+func isBind(m specs.Mount) bool {
+	if m.Type == "bind" || m.Type == "rbind" {
+		return true
+	}
+	if m.Type != "" && m.Type != "none" {
+		return false
+	}
+	for _, o := range m.Options {
+		if o == "bind" || o == "rbind" {
+			return true
+		}
+	}
+	return false
+}
+
+// BindMounts bind-mounts the host sources of the spec's bind mounts into the
+// shared directory and rewrites spec so that each such mount's source is the
+// guest path. Options (ro, rbind, propagation) are kept for the guest's own
+// bind mount; a read-only mount is also read-only on the host side, so the
+// guest cannot write through virtio-fs.
+func (l Layout) BindMounts(ctx context.Context, spec *specs.Spec) error {
+	for i, m := range spec.Mounts {
+		if !isBind(m) {
+			continue
+		}
+		if !filepath.IsAbs(m.Source) {
+			return fmt.Errorf("bind mount %d (%s): source %q is not absolute", i, m.Destination, m.Source)
+		}
+		target := l.hostMount(i)
+		if err := bindInto(m, target); err != nil {
+			return fmt.Errorf("bind mount %d: %s onto %s: %w", i, m.Source, m.Destination, err)
+		}
+		spec.Mounts[i].Source = l.guestMount(i)
+		log.G(ctx).WithFields(log.Fields{"source": m.Source, "guest": spec.Mounts[i].Source}).Debug("shared bind mount")
+	}
+	return nil
+}
+
+func bindInto(m specs.Mount, target string) error {
+	fi, err := os.Stat(m.Source)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o711); err != nil {
+		return err
+	}
+	if fi.IsDir() {
+		err = os.Mkdir(target, 0o755)
+	} else {
+		var f *os.File
+		f, err = os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if err == nil {
+			err = f.Close()
+		}
+	}
+	if err != nil {
+		return err
+	}
+	flags := uintptr(unix.MS_BIND)
+	ro := false
+	for _, o := range m.Options {
+		switch o {
+		case "rbind":
+			flags |= unix.MS_REC
+		case "ro":
+			ro = true
+		}
+	}
+	if err := unix.Mount(m.Source, target, "", flags, ""); err != nil {
+		return err
+	}
+	if ro {
+		if err := unix.Mount("", target, "", flags|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			_ = unix.Unmount(target, unix.MNT_DETACH)
+			return fmt.Errorf("remount read-only: %w", err)
+		}
+	}
+	return nil
+}
+
+// Remove unmounts everything under dir, deepest first (lazily when a mount
+// is busy), then removes dir. It is safe on a partly built or already removed
+// directory.
+func Remove(ctx context.Context, dir string) error {
+	if err := UnmountUnder(ctx, dir); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return nil
+}
+
+// UnmountUnder unmounts every mount point at or below dir, deepest first.
+func UnmountUnder(ctx context.Context, dir string) error {
+	dir = filepath.Clean(dir)
+	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return fmt.Errorf("read mounts under %s: %w", dir, err)
+	}
+	points := make([]string, 0, len(infos))
+	for _, m := range infos {
+		points = append(points, m.Mountpoint)
+	}
+	// Deepest first; a path repeats when mounts are stacked, and each
+	// unmount removes one layer.
+	sort.Slice(points, func(i, j int) bool { return len(points[i]) > len(points[j]) })
+	var errs []error
+	for _, p := range points {
+		if err := unix.Unmount(p, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			log.G(ctx).WithError(err).WithField("path", p).Debug("unmount failed, detaching")
+			if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ShareDir makes dir (created if needed) a mount point with shared
+// propagation. virtiofsd runs in a mount namespace of its own, made a slave
+// of the host's when it starts: mounts made under dir later (the rootfs of a
+// container created after the VM) reach it only through a shared peer.
+func ShareDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return fmt.Errorf("create shared directory %s: %w", dir, err)
+	}
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s onto itself: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+		return fmt.Errorf("make %s shared: %w", dir, err)
+	}
+	return nil
+}
