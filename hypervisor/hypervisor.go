@@ -1,0 +1,134 @@
+// Package hypervisor defines how vmpod drives a virtual machine monitor:
+// the configuration of one guest and the small lifecycle interface that
+// every driver (QEMU first) implements.
+package hypervisor
+
+import (
+	"context"
+	"fmt"
+	"io"
+)
+
+// Machine types.
+const (
+	MachineQ35     = "q35"
+	MachineMicrovm = "microvm"
+)
+
+// Accelerators.
+const (
+	AccelAuto = "auto"
+	AccelKVM  = "kvm"
+	AccelTCG  = "tcg"
+)
+
+// Config describes one guest.
+type Config struct {
+	// ID names the guest in logs and in the VMM's process title.
+	ID string
+	// Path is the VMM binary.
+	Path string
+	// Kernel and Initrd are the guest image.
+	Kernel, Initrd string
+	// KernelParams are appended to the driver's own kernel command line.
+	KernelParams []string
+	// Machine is MachineQ35 (default) or MachineMicrovm.
+	Machine string
+	// Accel is AccelAuto (default), AccelKVM or AccelTCG.
+	Accel string
+	// VCPUs (default 1) and MemoryMiB (default 512) size the guest.
+	VCPUs     int
+	MemoryMiB int
+	// Vsock, when set, gives the guest a vsock device.
+	Vsock *Vsock
+	// SharedFS, when set, gives the guest a virtio-fs device.
+	SharedFS *SharedFS
+	// StateDir holds the driver's sockets; it is created if missing.
+	StateDir string
+	// Console, when set, receives the guest console's output (it is also
+	// logged at debug level).
+	Console io.Writer
+	// ExtraArgs are appended to the VMM's command line as they are.
+	ExtraArgs []string
+}
+
+// Vsock is the guest's vsock device: either vmpod's vhost-user backend
+// listening on VhostUserSocket, or (when that is empty) the host kernel's
+// vhost-vsock with GuestCID.
+type Vsock struct {
+	VhostUserSocket string
+	GuestCID        uint32
+}
+
+// SharedFS is a virtio-fs device served by a vhost-user daemon (virtiofsd)
+// on Socket; the guest mounts it by Tag.
+type SharedFS struct {
+	Socket string
+	Tag    string
+}
+
+// WithDefaults returns c with empty fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	if c.Machine == "" {
+		c.Machine = MachineQ35
+	}
+	if c.Accel == "" {
+		c.Accel = AccelAuto
+	}
+	if c.VCPUs == 0 {
+		c.VCPUs = 1
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = 512
+	}
+	return c
+}
+
+// Validate checks the values that do not depend on the host.
+func (c Config) Validate() error {
+	switch c.Machine {
+	case MachineQ35, MachineMicrovm:
+	default:
+		return fmt.Errorf("hypervisor %s: unknown machine type %q (want %q or %q)", c.ID, c.Machine, MachineQ35, MachineMicrovm)
+	}
+	switch c.Accel {
+	case AccelAuto, AccelKVM, AccelTCG:
+	default:
+		return fmt.Errorf("hypervisor %s: unknown accelerator %q (want auto, kvm or tcg)", c.ID, c.Accel)
+	}
+	if c.VCPUs < 1 || c.VCPUs > 255 {
+		return fmt.Errorf("hypervisor %s: vcpus %d out of range 1-255", c.ID, c.VCPUs)
+	}
+	if c.MemoryMiB < 64 {
+		return fmt.Errorf("hypervisor %s: memory %d MiB is below 64 MiB", c.ID, c.MemoryMiB)
+	}
+	if c.StateDir == "" {
+		return fmt.Errorf("hypervisor %s: no state directory", c.ID)
+	}
+	if c.SharedFS != nil && (c.SharedFS.Socket == "" || c.SharedFS.Tag == "") {
+		return fmt.Errorf("hypervisor %s: shared fs needs a socket and a tag", c.ID)
+	}
+	if c.Vsock != nil && c.Vsock.VhostUserSocket == "" && c.Vsock.GuestCID < 3 {
+		return fmt.Errorf("hypervisor %s: guest CID %d is reserved (want 3 or more)", c.ID, c.Vsock.GuestCID)
+	}
+	return nil
+}
+
+// Hypervisor runs one guest.
+type Hypervisor interface {
+	// Start launches the VMM and returns once it accepts control commands.
+	// ctx bounds the start only, not the guest's life.
+	Start(ctx context.Context) error
+	// Stop asks the VMM to quit, kills it when ctx ends first, waits for it
+	// and removes what Start created. It is safe to call more than once.
+	Stop(ctx context.Context) error
+	// Done is closed when the VMM process has exited.
+	Done() <-chan struct{}
+	// Err is why the VMM exited (nil for a clean exit); valid after Done.
+	Err() error
+	// Pid is the VMM's process id, 0 before Start.
+	Pid() int
+	// Pause and Resume stop and continue the guest's vCPUs.
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+}

@@ -1,0 +1,214 @@
+package qemu
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/image/imagetest"
+	"github.com/vmpod/vmpod/internal/leakcheck"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	imagetest.Cleanup()
+	os.Exit(code)
+}
+
+// bootConfig is a test guest around image/internal/testinit.
+func bootConfig(t testing.TB, params ...string) hypervisor.Config {
+	t.Helper()
+	imagetest.Require(t)
+	state := filepath.Join(t.TempDir(), "state")
+	initrd := imagetest.TestInitInitrd(t)
+	leakcheck.Check(t, leakcheck.Options{Roots: []string{state}})
+	t.Cleanup(func() { leakcheck.NoDirs(t, filepath.Join(state, "qmp.sock")) })
+	return hypervisor.Config{
+		ID: "test", Path: imagetest.QEMUPath, Kernel: imagetest.Kernel(t), Initrd: initrd,
+		KernelParams: params, StateDir: state, Accel: hypervisor.AccelTCG,
+	}
+}
+
+func start(t testing.TB, cfg hypervisor.Config) *QEMU {
+	t.Helper()
+	q, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := q.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		q.Stop(ctx)
+	})
+	return q
+}
+
+func TestBootPowerOff(t *testing.T) {
+	q := start(t, bootConfig(t))
+	if q.Pid() <= 0 {
+		t.Errorf("pid %d", q.Pid())
+	}
+	select {
+	case <-q.Done():
+	case <-time.After(90 * time.Second):
+		t.Fatalf("guest did not power off; console:\n%s", q.ConsoleTail())
+	}
+	if err := q.Err(); err != nil {
+		t.Errorf("exit after guest poweroff: %v", err)
+	}
+	if !strings.Contains(q.ConsoleTail(), "vmpod-testinit: powering off") {
+		t.Errorf("console does not show the init's output:\n%s", q.ConsoleTail())
+	}
+}
+
+func TestPauseResumeStop(t *testing.T) {
+	q := start(t, bootConfig(t, "vmpod_testinit=sleep"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, step := range []struct {
+		do   func(context.Context) error
+		want string
+	}{{q.Pause, "paused"}, {q.Resume, "running"}} {
+		if err := step.do(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := q.Status(ctx); err != nil || st != step.want {
+			t.Errorf("status %q, %v; want %q", st, err, step.want)
+		}
+	}
+	if err := q.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-q.Done():
+	default:
+		t.Fatal("Stop returned before QEMU exited")
+	}
+	if err := q.Err(); err != nil {
+		t.Errorf("exit after QMP quit: %v", err)
+	}
+	if err := q.Stop(ctx); err != nil {
+		t.Errorf("second Stop: %v", err)
+	}
+	if err := q.Pause(ctx); err == nil {
+		t.Error("Pause after Stop succeeded")
+	}
+}
+
+func TestStopKillsUnresponsive(t *testing.T) {
+	q := start(t, bootConfig(t, "vmpod_testinit=sleep"))
+	// A QMP client that never answers stands in for a wedged QEMU: Stop
+	// must fall back to SIGKILL when its context ends.
+	q.mu.Lock()
+	q.qmp.Close()
+	q.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := q.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Err(); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Errorf("exit error %v, want one saying it was killed", err)
+	}
+}
+
+func TestStartErrorIncludesStderr(t *testing.T) {
+	cfg := bootConfig(t)
+	cfg.ExtraArgs = []string{"-device", "no-such-device-model"}
+	q, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = q.Start(ctx)
+	if err == nil {
+		q.Stop(ctx)
+		t.Fatal("QEMU with a bogus device started")
+	}
+	if !strings.Contains(err.Error(), "no-such-device-model") {
+		t.Errorf("error does not carry QEMU's stderr: %v", err)
+	}
+	select {
+	case <-q.Done():
+	default:
+		t.Error("QEMU still running after a failed Start")
+	}
+	q.Stop(ctx)
+}
+
+func TestMissingFiles(t *testing.T) {
+	for _, field := range []string{"Path", "Kernel", "Initrd"} {
+		t.Run(field, func(t *testing.T) {
+			dir := t.TempDir()
+			present := filepath.Join(dir, "present")
+			if err := os.WriteFile(present, nil, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			cfg := hypervisor.Config{ID: "m", Path: present, Kernel: present, Initrd: present, StateDir: filepath.Join(dir, "state")}
+			missing := filepath.Join(dir, "missing-"+field)
+			switch field {
+			case "Path":
+				cfg.Path = missing
+			case "Kernel":
+				cfg.Kernel = missing
+			case "Initrd":
+				cfg.Initrd = missing
+			}
+			q, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = q.Start(context.Background())
+			if err == nil || !strings.Contains(err.Error(), missing) {
+				t.Errorf("error %v does not name %s", err, missing)
+			}
+			if q.Pid() != 0 {
+				t.Error("a process started despite the missing file")
+			}
+			leakcheck.NoDirs(t, cfg.StateDir)
+		})
+	}
+}
+
+// BenchmarkBootFloor is the floor other boot benchmarks compare against:
+// QEMU start to exit for the same kernel and initrd machinery around an
+// init that powers off at once.
+func BenchmarkBootFloor(b *testing.B) {
+	for _, machine := range []string{hypervisor.MachineQ35, hypervisor.MachineMicrovm} {
+		b.Run(machine, func(b *testing.B) {
+			cfg := bootConfig(b)
+			cfg.Machine = machine
+			for i := 0; i < b.N; i++ {
+				q, err := New(cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+				if err := q.Start(ctx); err != nil {
+					b.Fatal(err)
+				}
+				select {
+				case <-q.Done():
+				case <-ctx.Done():
+					q.Stop(context.Background())
+					b.Fatalf("guest did not power off: %s", q.ConsoleTail())
+				}
+				cancel()
+				if err := q.Err(); err != nil {
+					b.Fatal(err)
+				}
+				q.Stop(context.Background())
+			}
+		})
+	}
+}

@@ -1,0 +1,90 @@
+package qemu
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/vmpod/vmpod/hypervisor"
+)
+
+// baseKernelParams: serial console (8250 is built into the cloud kernel,
+// virtio-console is a module), reboot at once on panic, and a reboot that
+// -no-reboot turns into a QEMU exit, so a dead guest ends the process.
+var baseKernelParams = []string{"console=ttyS0", "panic=-1", "reboot=k", "quiet"}
+
+// commandLine is what the builder needs beyond the guest configuration.
+type commandLine struct {
+	cfg       hypervisor.Config // with defaults applied
+	accel     string            // resolved: kvm or tcg
+	tscKHz    uint64            // host TSC rate, for microvm
+	qmpSocket string
+}
+
+// kernelParams is the guest kernel's command line.
+func (c commandLine) kernelParams() string {
+	params := append([]string(nil), baseKernelParams...)
+	if c.cfg.Machine == hypervisor.MachineMicrovm && c.tscKHz > 0 {
+		// Without it, several microvm guests booting at once under TCG
+		// can hang calibrating the TSC ("Marking TSC unstable").
+		params = append(params, fmt.Sprintf("tsc_early_khz=%d", c.tscKHz))
+	}
+	return strings.Join(append(params, c.cfg.KernelParams...), " ")
+}
+
+// args builds QEMU's arguments (without the binary).
+func (c commandLine) args() []string {
+	cfg := c.cfg
+	microvm := cfg.Machine == hypervisor.MachineMicrovm
+	// vhost-user devices read guest memory directly, so it must be a
+	// shareable memfd.
+	shared := cfg.SharedFS != nil || (cfg.Vsock != nil && cfg.Vsock.VhostUserSocket != "")
+	machine := cfg.Machine
+	if shared {
+		machine += ",memory-backend=mem"
+	}
+	a := []string{
+		"-name", "vmpod-" + cfg.ID + ",debug-threads=on",
+		"-machine", machine,
+		"-accel", c.accel,
+		"-m", fmt.Sprintf("%dM", cfg.MemoryMiB),
+		"-smp", fmt.Sprint(cfg.VCPUs),
+	}
+	if c.accel == hypervisor.AccelKVM {
+		a = append(a, "-cpu", "host")
+	}
+	if shared {
+		a = append(a, "-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", cfg.MemoryMiB))
+	}
+	a = append(a,
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		// The console goes to QEMU's stdout, which the driver reads line
+		// by line; signal=off keeps a stray ^C in the output harmless.
+		"-chardev", "stdio,id=console,signal=off",
+		"-serial", "chardev:console",
+		"-qmp", "unix:"+c.qmpSocket+",server=on,wait=off",
+		"-kernel", cfg.Kernel,
+		"-initrd", cfg.Initrd,
+		"-append", c.kernelParams(),
+	)
+	dev := func(pci, mmio string) string {
+		if microvm {
+			return mmio
+		}
+		return pci
+	}
+	if v := cfg.Vsock; v != nil {
+		if v.VhostUserSocket != "" {
+			a = append(a,
+				"-chardev", "socket,id=vsock,path="+v.VhostUserSocket,
+				"-device", dev("vhost-user-vsock-pci", "vhost-user-vsock-device")+",chardev=vsock")
+		} else {
+			a = append(a, "-device", fmt.Sprintf("%s,guest-cid=%d", dev("vhost-vsock-pci", "vhost-vsock-device"), v.GuestCID))
+		}
+	}
+	if fs := cfg.SharedFS; fs != nil {
+		a = append(a,
+			"-chardev", "socket,id=fs,path="+fs.Socket,
+			"-device", dev("vhost-user-fs-pci", "vhost-user-fs-device")+",chardev=fs,tag="+fs.Tag)
+	}
+	return append(a, cfg.ExtraArgs...)
+}

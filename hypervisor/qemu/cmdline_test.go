@@ -1,0 +1,102 @@
+package qemu
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vmpod/vmpod/hypervisor"
+)
+
+// argAfter returns every value following flag in args.
+func argsAfter(args []string, flag string) []string {
+	var out []string
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			out = append(out, args[i+1])
+		}
+	}
+	return out
+}
+
+func baseConfig() hypervisor.Config {
+	return hypervisor.Config{ID: "pod1", Kernel: "/k", Initrd: "/i", StateDir: "/run/s"}.WithDefaults()
+}
+
+func TestArgsQ35VhostUser(t *testing.T) {
+	cfg := baseConfig()
+	cfg.MemoryMiB = 256
+	cfg.VCPUs = 2
+	cfg.KernelParams = []string{"vmpod.debug=1"}
+	cfg.Vsock = &hypervisor.Vsock{VhostUserSocket: "/run/s/vsock.sock"}
+	cfg.SharedFS = &hypervisor.SharedFS{Socket: "/run/s/fs.sock", Tag: "vmpod"}
+	cfg.ExtraArgs = []string{"-S"}
+	a := commandLine{cfg: cfg, accel: hypervisor.AccelTCG, tscKHz: 2600000, qmpSocket: "/run/s/qmp.sock"}.args()
+
+	check := func(flag string, want ...string) {
+		t.Helper()
+		if got := argsAfter(a, flag); !slices.Equal(got, want) {
+			t.Errorf("%s: got %q, want %q", flag, got, want)
+		}
+	}
+	check("-machine", "q35,memory-backend=mem")
+	check("-accel", "tcg")
+	check("-m", "256M")
+	check("-smp", "2")
+	check("-object", "memory-backend-memfd,id=mem,size=256M,share=on")
+	check("-kernel", "/k")
+	check("-initrd", "/i")
+	check("-append", "console=ttyS0 panic=-1 reboot=k quiet vmpod.debug=1")
+	check("-qmp", "unix:/run/s/qmp.sock,server=on,wait=off")
+	check("-device", "vhost-user-vsock-pci,chardev=vsock", "vhost-user-fs-pci,chardev=fs,tag=vmpod")
+	check("-chardev", "stdio,id=console,signal=off", "socket,id=vsock,path=/run/s/vsock.sock", "socket,id=fs,path=/run/s/fs.sock")
+	check("-cpu")
+	for _, f := range []string{"-nodefaults", "-no-user-config", "-no-reboot"} {
+		if !slices.Contains(a, f) {
+			t.Errorf("missing %s", f)
+		}
+	}
+	if a[len(a)-1] != "-S" {
+		t.Errorf("extra args not last: %q", a)
+	}
+}
+
+func TestArgsMicrovmKernelVsock(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Machine = hypervisor.MachineMicrovm
+	cfg.Vsock = &hypervisor.Vsock{GuestCID: 42}
+	a := commandLine{cfg: cfg, accel: hypervisor.AccelKVM, tscKHz: 2600000, qmpSocket: "/q"}.args()
+	if got := argsAfter(a, "-machine"); !slices.Equal(got, []string{"microvm"}) {
+		t.Errorf("-machine %q: no memfd backend is needed for kernel vhost-vsock", got)
+	}
+	if got := argsAfter(a, "-object"); len(got) != 0 {
+		t.Errorf("-object %q", got)
+	}
+	if got := argsAfter(a, "-device"); !slices.Equal(got, []string{"vhost-vsock-device,guest-cid=42"}) {
+		t.Errorf("-device %q", got)
+	}
+	if got := argsAfter(a, "-cpu"); !slices.Equal(got, []string{"host"}) {
+		t.Errorf("-cpu %q under KVM", got)
+	}
+	if app := argsAfter(a, "-append")[0]; !strings.Contains(app, "tsc_early_khz=2600000") {
+		t.Errorf("microvm command line lacks tsc_early_khz: %q", app)
+	}
+	cfg.SharedFS = &hypervisor.SharedFS{Socket: "/fs", Tag: "t"}
+	a = commandLine{cfg: cfg, accel: hypervisor.AccelTCG, qmpSocket: "/q"}.args()
+	if got := argsAfter(a, "-device"); !slices.Contains(got, "vhost-user-fs-device,chardev=fs,tag=t") {
+		t.Errorf("-device %q", got)
+	}
+	if app := argsAfter(a, "-append")[0]; strings.Contains(app, "tsc_early_khz") {
+		t.Errorf("tsc_early_khz without a known TSC rate: %q", app)
+	}
+}
+
+func TestArgsQ35NoTSC(t *testing.T) {
+	a := commandLine{cfg: baseConfig(), accel: hypervisor.AccelTCG, tscKHz: 2600000, qmpSocket: "/q"}.args()
+	if app := argsAfter(a, "-append")[0]; strings.Contains(app, "tsc_early_khz") {
+		t.Errorf("q35 does not need tsc_early_khz: %q", app)
+	}
+	if got := argsAfter(a, "-device"); len(got) != 0 {
+		t.Errorf("devices without any configured: %q", got)
+	}
+}

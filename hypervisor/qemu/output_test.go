@@ -1,0 +1,49 @@
+package qemu
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+)
+
+func TestTailBuffer(t *testing.T) {
+	b := &tailBuffer{max: 8}
+	b.Write([]byte("0123456789"))
+	b.Write([]byte("ab"))
+	if got := b.String(); got != "456789ab" {
+		t.Errorf("tail %q", got)
+	}
+}
+
+func TestConsoleLog(t *testing.T) {
+	logger := logrus.New()
+	logger.SetLevel(logrus.DebugLevel)
+	var logged bytes.Buffer
+	logger.SetOutput(&logged)
+	var raw bytes.Buffer
+	c := &consoleLog{entry: logrus.NewEntry(logger), out: &raw}
+	long := strings.Repeat("x", maxConsoleLine*2+10)
+	in := "\x1b[2Jfirst\r\n" + long + "\n"
+	for i := 0; i < consoleTailRows+5; i++ {
+		in += "line\n"
+	}
+	in += "last without newline"
+	c.run(strings.NewReader(in))
+	if raw.String() != in {
+		t.Error("console writer did not get the raw output")
+	}
+	if !strings.Contains(logged.String(), "[2Jfirst") || strings.Contains(logged.String(), "\x1b") {
+		t.Errorf("escape characters not dropped from the log: %q", logged.String()[:40])
+	}
+	tail := strings.Split(c.Tail(), "\n")
+	if len(tail) != consoleTailRows || tail[len(tail)-1] != "last without newline" {
+		t.Errorf("tail has %d rows ending %q", len(tail), tail[len(tail)-1])
+	}
+	for _, l := range strings.Split(logged.String(), "\n") {
+		if len(l) > maxConsoleLine+200 {
+			t.Errorf("logged line of %d bytes: lines must be cut at %d", len(l), maxConsoleLine)
+		}
+	}
+}

@@ -1,0 +1,289 @@
+// Package qemu drives QEMU as a child process: it builds the command line,
+// controls the VMM over QMP and turns the guest console into debug logs.
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/vmpod/vmpod/hypervisor"
+)
+
+// DefaultPath is Debian's QEMU for x86-64 guests.
+const DefaultPath = "/usr/bin/qemu-system-x86_64"
+
+const (
+	maxStderr = 64 << 10
+	// quitGrace is how long Stop waits for QMP quit before SIGKILL when
+	// the caller's context has no deadline.
+	quitGrace = 5 * time.Second
+)
+
+// QEMU is one QEMU process running one guest.
+type QEMU struct {
+	cfg hypervisor.Config
+
+	mu      sync.Mutex // guards cmd, qmp and stopped
+	cmd     *exec.Cmd
+	qmp     *qmpClient
+	stopped bool
+
+	pid     atomic.Int64
+	stderr  *tailBuffer
+	console *consoleLog
+	done    chan struct{}
+	exitErr error // set before done is closed
+}
+
+var _ hypervisor.Hypervisor = (*QEMU)(nil)
+
+// New checks cfg and returns a driver for it; nothing runs until Start.
+func New(cfg hypervisor.Config) (*QEMU, error) {
+	cfg = cfg.WithDefaults()
+	if cfg.Path == "" {
+		cfg.Path = DefaultPath
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &QEMU{cfg: cfg, stderr: &tailBuffer{max: maxStderr}, console: &consoleLog{out: cfg.Console}, done: make(chan struct{})}, nil
+}
+
+// QMPSocket is the control socket's path.
+func (q *QEMU) QMPSocket() string { return filepath.Join(q.cfg.StateDir, "qmp.sock") }
+
+// checkFiles fails, naming the path, for a missing binary, kernel or initrd.
+func (q *QEMU) checkFiles() error {
+	for _, f := range []struct{ what, path string }{
+		{"QEMU binary", q.cfg.Path}, {"kernel", q.cfg.Kernel}, {"initrd", q.cfg.Initrd},
+	} {
+		if f.path == "" {
+			return fmt.Errorf("qemu %s: no %s configured", q.cfg.ID, f.what)
+		}
+		st, err := os.Stat(f.path)
+		if err != nil {
+			return fmt.Errorf("qemu %s: %s: %w", q.cfg.ID, f.what, err)
+		}
+		if !st.Mode().IsRegular() {
+			return fmt.Errorf("qemu %s: %s %s is not a regular file", q.cfg.ID, f.what, f.path)
+		}
+	}
+	return nil
+}
+
+// Start launches QEMU and connects to its QMP socket.
+func (q *QEMU) Start(ctx context.Context) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.cmd != nil || q.stopped {
+		return fmt.Errorf("qemu %s: already started", q.cfg.ID)
+	}
+	if err := q.checkFiles(); err != nil {
+		return err
+	}
+	logger := log.G(ctx).WithField("vm", q.cfg.ID)
+	host := hypervisor.HostInfo()
+	accel, reason, err := hypervisor.ChooseAccel(q.cfg.Accel, host)
+	if err != nil {
+		return fmt.Errorf("qemu %s: %w", q.cfg.ID, err)
+	}
+	if accel == hypervisor.AccelTCG && q.cfg.Accel == hypervisor.AccelAuto {
+		logger.Infof("using TCG (no hardware acceleration): %s", reason)
+	}
+	if err := os.MkdirAll(q.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("qemu %s: state directory: %w", q.cfg.ID, err)
+	}
+	os.Remove(q.QMPSocket()) // a stale socket from a crashed run
+	cl := commandLine{cfg: q.cfg, accel: accel, tscKHz: host.TSCkHz, qmpSocket: q.QMPSocket()}
+	args := cl.args()
+
+	consoleR, consoleW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("qemu %s: console pipe: %w", q.cfg.ID, err)
+	}
+	cmd := exec.Command(q.cfg.Path, args...)
+	cmd.Stdout = consoleW
+	cmd.Stderr = q.stderr
+	// QEMU must not outlive a crashed parent: nothing else would stop it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	logger.WithField("args", args).Debug("starting qemu")
+	err = cmd.Start()
+	consoleW.Close()
+	if err != nil {
+		consoleR.Close()
+		return fmt.Errorf("qemu %s: starting %s: %w", q.cfg.ID, q.cfg.Path, err)
+	}
+	q.cmd = cmd
+	q.pid.Store(int64(cmd.Process.Pid))
+	q.console.entry = logger.WithField("console", true)
+	consoleDone := make(chan struct{})
+	go func() {
+		defer close(consoleDone)
+		defer consoleR.Close()
+		q.console.run(consoleR)
+	}()
+	go q.wait(consoleDone)
+
+	qmp, err := dialQMP(ctx, q.QMPSocket(), q.done)
+	if err != nil {
+		q.killLocked()
+		return q.startError(err)
+	}
+	q.qmp = qmp
+	return nil
+}
+
+// wait reaps QEMU and records why it exited.
+func (q *QEMU) wait(consoleDone <-chan struct{}) {
+	err := q.cmd.Wait()
+	// Let the console reader log the last lines before Done fires.
+	select {
+	case <-consoleDone:
+	case <-time.After(time.Second):
+	}
+	if err != nil {
+		err = fmt.Errorf("qemu %s (pid %d) exited: %w%s", q.cfg.ID, q.cmd.Process.Pid, err, q.stderrSuffix())
+	}
+	q.exitErr = err
+	close(q.done)
+}
+
+func (q *QEMU) stderrSuffix() string {
+	if s := q.stderr.String(); s != "" {
+		return "; stderr: " + s
+	}
+	return ""
+}
+
+// startError describes a failed start with QEMU's stderr, once it exited.
+func (q *QEMU) startError(err error) error {
+	select {
+	case <-q.done:
+	case <-time.After(5 * time.Second):
+	}
+	return fmt.Errorf("qemu %s: %w%s", q.cfg.ID, err, q.stderrSuffix())
+}
+
+// killLocked sends SIGKILL; the wait goroutine reaps.
+func (q *QEMU) killLocked() {
+	if q.cmd != nil && q.cmd.Process != nil {
+		q.cmd.Process.Kill()
+	}
+}
+
+// Stop quits QEMU over QMP, kills it if that does not work before ctx (or
+// quitGrace) ends, waits for it and removes the QMP socket.
+func (q *QEMU) Stop(ctx context.Context) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.stopped {
+		return nil
+	}
+	q.stopped = true
+	if q.cmd == nil {
+		return nil
+	}
+	defer os.Remove(q.QMPSocket())
+	select {
+	case <-q.done:
+	default:
+		qctx := ctx
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			qctx, cancel = context.WithTimeout(ctx, quitGrace)
+			defer cancel()
+		}
+		if q.qmp != nil {
+			if err := q.qmp.Quit(qctx); err != nil {
+				log.G(ctx).WithField("vm", q.cfg.ID).WithError(err).Warn("qmp quit failed; killing qemu")
+			}
+		}
+		select {
+		case <-q.done:
+		case <-qctx.Done():
+			q.killLocked()
+		}
+	}
+	if q.qmp != nil {
+		q.qmp.Close()
+	}
+	select {
+	case <-q.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("qemu %s (pid %d): still running 10s after SIGKILL", q.cfg.ID, q.cmd.Process.Pid)
+	}
+}
+
+// Done is closed when QEMU has exited.
+func (q *QEMU) Done() <-chan struct{} { return q.done }
+
+// Err is QEMU's exit error with its stderr; nil before exit or for a clean
+// exit.
+func (q *QEMU) Err() error {
+	select {
+	case <-q.done:
+		return q.exitErr
+	default:
+		return nil
+	}
+}
+
+// Pid is QEMU's process id, 0 before Start.
+func (q *QEMU) Pid() int { return int(q.pid.Load()) }
+
+// Stderr is what QEMU wrote to stderr so far (the last 64 KiB).
+func (q *QEMU) Stderr() string { return q.stderr.String() }
+
+// ConsoleTail is the last lines of the guest console, for error messages.
+func (q *QEMU) ConsoleTail() string { return q.console.Tail() }
+
+// Pause stops the guest's vCPUs.
+func (q *QEMU) Pause(ctx context.Context) error { return q.exec(ctx, "stop") }
+
+// Resume continues the guest's vCPUs.
+func (q *QEMU) Resume(ctx context.Context) error { return q.exec(ctx, "cont") }
+
+// Status is the VM's run state as QMP query-status reports it.
+func (q *QEMU) Status(ctx context.Context) (string, error) {
+	c, err := q.client()
+	if err != nil {
+		return "", err
+	}
+	return c.Status(ctx)
+}
+
+func (q *QEMU) exec(ctx context.Context, cmd string) error {
+	c, err := q.client()
+	if err != nil {
+		return err
+	}
+	if _, err := c.Execute(ctx, cmd); err != nil {
+		return fmt.Errorf("qemu %s: %w", q.cfg.ID, err)
+	}
+	return nil
+}
+
+func (q *QEMU) client() (*qmpClient, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.qmp == nil || q.stopped {
+		return nil, fmt.Errorf("qemu %s: not running", q.cfg.ID)
+	}
+	select {
+	case <-q.done:
+		return nil, fmt.Errorf("qemu %s: not running: %w", q.cfg.ID, errors.Join(errors.New("exited"), q.exitErr))
+	default:
+	}
+	return q.qmp, nil
+}

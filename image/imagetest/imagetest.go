@@ -1,0 +1,96 @@
+// Package imagetest builds guest images for tests: the installed cloud
+// kernel with an initrd around the real agent or around a trivial init.
+package imagetest
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/vmpod/vmpod/image"
+	"github.com/vmpod/vmpod/internal/testbin"
+)
+
+// QEMUPath is the QEMU the tests boot.
+const QEMUPath = "/usr/bin/qemu-system-x86_64"
+
+// Require skips t unless it runs as root with QEMU and a cloud kernel.
+func Require(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (virtiofsd, mounts, vhost-user sockets)")
+	}
+	if _, err := exec.LookPath(QEMUPath); err != nil {
+		t.Skipf("QEMU not installed at %s", QEMUPath)
+	}
+	if _, err := image.FindKernel(""); err != nil {
+		t.Skip(err)
+	}
+}
+
+var (
+	mu     sync.Mutex
+	images = map[string]string{}
+	dir    string
+)
+
+// Kernel returns the cloud kernel's path.
+func Kernel(t testing.TB) string {
+	t.Helper()
+	k, err := image.FindKernel("")
+	if err != nil {
+		t.Skip(err)
+	}
+	return k
+}
+
+// TestInitInitrd returns an initrd whose /init is image/internal/testinit:
+// it powers off at once, or sleeps with vmpod_testinit=sleep on the kernel
+// command line.
+func TestInitInitrd(t testing.TB) string {
+	return initrd(t, "testinit", "./image/internal/testinit")
+}
+
+// AgentInitrd returns an initrd whose /init is the real vmpod-agent.
+func AgentInitrd(t testing.TB) string {
+	return initrd(t, "agent", "./cmd/vmpod-agent")
+}
+
+// initrd builds (once per test process) an initrd around the static build
+// of pkg. Call Cleanup from TestMain.
+func initrd(t testing.TB, name, pkg string) string {
+	t.Helper()
+	bin := testbin.Build(t, pkg, true)
+	mu.Lock()
+	defer mu.Unlock()
+	if p, ok := images[name]; ok {
+		return p
+	}
+	if dir == "" {
+		d, err := os.MkdirTemp("", "vmpod-imagetest-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir = d
+	}
+	out := filepath.Join(dir, name+".img")
+	if _, err := image.BuildInitrd(image.Options{Init: bin, Output: out}); err != nil {
+		t.Fatal(err)
+	}
+	images[name] = out
+	return out
+}
+
+// Cleanup removes the built images and binaries.
+func Cleanup() {
+	mu.Lock()
+	defer mu.Unlock()
+	if dir != "" {
+		os.RemoveAll(dir)
+		dir = ""
+		images = map[string]string{}
+	}
+	testbin.Cleanup()
+}
