@@ -1,0 +1,222 @@
+package vsock_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmpod/vmpod/image"
+	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/testbin"
+	"github.com/vmpod/vmpod/vsock"
+)
+
+const (
+	qemuPath  = "/usr/bin/qemu-system-x86_64"
+	guestCID  = 3
+	bootLimit = 60 * time.Second
+)
+
+// Guest services of vsock/internal/guestecho.
+const (
+	portEcho   = 5000
+	portSink   = 5001
+	portSource = 5002
+	portDialer = 5003
+)
+
+var (
+	initrdOnce sync.Once
+	initrdPath string
+	initrdErr  error
+	initrdDir  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if initrdDir != "" {
+		os.RemoveAll(initrdDir)
+	}
+	testbin.Cleanup()
+	os.Exit(code)
+}
+
+// guestInitrd builds, once, an initrd whose /init is guestecho.
+func guestInitrd(t testing.TB) string {
+	t.Helper()
+	bin := testbin.Build(t, "./vsock/internal/guestecho", true)
+	initrdOnce.Do(func() {
+		initrdDir, initrdErr = os.MkdirTemp("", "vmpod-vsock-initrd-")
+		if initrdErr != nil {
+			return
+		}
+		initrdPath = filepath.Join(initrdDir, "guestecho.img")
+		_, initrdErr = image.BuildInitrd(image.Options{
+			Init:    bin,
+			Modules: []string{"virtio_pci", "vmw_vsock_virtio_transport"},
+			Output:  initrdPath,
+		})
+	})
+	if initrdErr != nil {
+		t.Fatalf("build guest initrd: %v", initrdErr)
+	}
+	return initrdPath
+}
+
+type testVM struct {
+	b       *vsock.Backend
+	dir     string
+	console string
+}
+
+// startVM boots the cloud kernel with guestecho as init on a fresh Backend
+// and returns once the guest's echo port answers. Everything stops when
+// the test ends.
+func startVM(t testing.TB) *testVM {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := os.Stat(qemuPath); err != nil {
+		t.Skipf("QEMU not installed at %s", qemuPath)
+	}
+	kernel, err := image.FindKernel("")
+	if err != nil {
+		t.Skipf("no guest kernel: %v", err)
+	}
+	initrd := guestInitrd(t)
+	dir, err := os.MkdirTemp("", "vmpod-vsock-vm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leakcheck.Check(t, leakcheck.Options{Roots: []string{dir}})
+	t.Cleanup(func() {
+		os.RemoveAll(dir)
+	})
+	vm := &testVM{dir: dir, console: filepath.Join(dir, "console.log")}
+	sock := filepath.Join(dir, "vsock.sock")
+	b, err := vsock.NewBackend(sock, guestCID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm.b = b
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- b.Serve(ctx) }()
+
+	cmd := exec.Command(qemuPath,
+		"-machine", "q35,accel=tcg,memory-backend=mem",
+		"-object", "memory-backend-memfd,id=mem,size=256M,share=on",
+		"-m", "256M", "-smp", "1", "-nographic", "-nodefaults", "-no-reboot",
+		"-chardev", "file,id=con,path="+vm.console, "-serial", "chardev:con",
+		"-kernel", kernel, "-initrd", initrd,
+		"-append", "console=ttyS0 panic=-1 quiet",
+		"-chardev", "socket,id=vsock,path="+sock,
+		"-device", "vhost-user-vsock-pci,chardev=vsock",
+	)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		cancel()
+		b.Close()
+		t.Fatalf("start QEMU: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			t.Errorf("QEMU %d did not exit after SIGKILL", cmd.Process.Pid)
+		}
+		cancel()
+		if err := b.Close(); err != nil {
+			t.Errorf("close backend: %v", err)
+		}
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Errorf("backend Serve: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("backend Serve did not return")
+		}
+		if t.Failed() {
+			con, _ := os.ReadFile(vm.console)
+			t.Logf("QEMU stderr:\n%s\nguest console:\n%s", stderr.String(), con)
+		}
+	})
+
+	deadline := time.Now().Add(bootLimit)
+	for {
+		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c, err := b.Dial(dctx, portEcho)
+		dcancel()
+		if err == nil {
+			c.Close()
+			return vm
+		}
+		select {
+		case <-exited:
+			t.Fatalf("QEMU exited during boot: %s", stderr.String())
+		case err := <-served:
+			t.Fatalf("backend stopped during boot: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("guest echo port did not answer within %v: %v", bootLimit, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (vm *testVM) dial(t testing.TB, port uint32) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := vm.b.Dial(ctx, port)
+	if err != nil {
+		t.Fatalf("dial guest port %d: %v", port, err)
+	}
+	return c
+}
+
+// readLine reads one short line from c.
+func readLine(t testing.TB, c net.Conn) string {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	var line []byte
+	var b [1]byte
+	for len(line) < 256 {
+		if _, err := c.Read(b[:]); err != nil {
+			t.Fatalf("read reply line after %q: %v", line, err)
+		}
+		if b[0] == '\n' {
+			return string(line)
+		}
+		line = append(line, b[0])
+	}
+	t.Fatalf("reply line too long: %q", line)
+	return ""
+}
+
+func expectLine(t testing.TB, c net.Conn, want string) {
+	t.Helper()
+	if got := readLine(t, c); got != want {
+		t.Fatalf("guest replied %q, want %q", got, want)
+	}
+}
+
+var _ = fmt.Sprintf
+var _ = strings.TrimSpace
