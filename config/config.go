@@ -1,0 +1,217 @@
+// Package config loads vmpod's configuration: the defaults embedded from the
+// repository's configuration.toml, overridden key by key by one file.
+//
+// Loading is strict, because a typo in a runtime's configuration should stop
+// the pod with a clear message rather than be silently ignored: an unknown
+// key, a value of the wrong type or an impossible value is an error that
+// names the key and the file it came from.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/vmpod/vmpod"
+)
+
+// EnvConfig names the environment variable that points at a configuration
+// file when containerd passes no ConfigPath.
+const EnvConfig = "VMPOD_CONFIG"
+
+// DefaultSource is Config.Source when no file overrides the defaults.
+const DefaultSource = "embedded default"
+
+// SystemPath is the host-wide configuration file, used when neither
+// ConfigPath nor $VMPOD_CONFIG names one. It is a variable for tests.
+var SystemPath = "/etc/vmpod/configuration.toml"
+
+// Limits on values; anything outside is refused rather than handed to QEMU.
+const (
+	MaxVCPUs         = 256
+	MinMemoryMiB     = 64
+	MaxMemoryMiB     = 256 * 1024
+	MaxDialTimeout   = 10 * time.Minute
+	maxConfigFileLen = 1 << 20
+)
+
+// Config is the whole configuration. The toml tags are the file's keys.
+type Config struct {
+	Hypervisor Hypervisor `toml:"hypervisor"`
+	Agent      Agent      `toml:"agent"`
+	Runtime    Runtime    `toml:"runtime"`
+	Source     string     `toml:"-"` // the file it came from, or DefaultSource
+}
+
+// Hypervisor holds one section per virtual machine monitor.
+type Hypervisor struct {
+	QEMU QEMU `toml:"qemu"`
+}
+
+// QEMU is [hypervisor.qemu].
+type QEMU struct {
+	Path          string   `toml:"path"`           // qemu-system-x86_64
+	Kernel        string   `toml:"kernel"`         // "" = search the install and dev-build paths
+	Initrd        string   `toml:"initrd"`         // ditto
+	MachineType   string   `toml:"machine_type"`   // q35 | microvm
+	Accel         string   `toml:"accel"`          // auto | kvm | tcg
+	KernelParams  []string `toml:"kernel_params"`  // appended to vmpod's own
+	DefaultVCPUs  uint32   `toml:"default_vcpus"`  // 1..MaxVCPUs
+	DefaultMemory uint32   `toml:"default_memory"` // MiB, MinMemoryMiB..MaxMemoryMiB
+	SharedFS      string   `toml:"shared_fs"`      // virtio-fs
+	VirtiofsdPath string   `toml:"virtiofsd_path"` // absolute, or looked up on PATH
+	VsockMode     string   `toml:"vsock_mode"`     // auto | vhost | vhost-user
+}
+
+// Agent is [agent].
+type Agent struct {
+	DialTimeout Duration `toml:"dial_timeout"` // e.g. "30s"
+	Debug       bool     `toml:"debug"`        // agent logs to the shim log
+}
+
+// Runtime is [runtime].
+type Runtime struct {
+	Debug        bool   `toml:"debug"`         // guest console + shim debug logs in containerd's log
+	NetworkModel string `toml:"network_model"` // tcfilter | none
+	DebugConsole bool   `toml:"debug_console"` // allows a debug console into the guest
+}
+
+// Duration is a time.Duration written in a file as Go duration text ("30s").
+type Duration struct {
+	time.Duration
+}
+
+// UnmarshalText parses Go duration text.
+func (d *Duration) UnmarshalText(text []byte) error {
+	v, err := time.ParseDuration(string(text))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes Go duration text.
+func (d Duration) MarshalText() ([]byte, error) {
+	return []byte(d.Duration.String()), nil
+}
+
+// Load reads the configuration. The file is the first of: configPath
+// (containerd's runtime option ConfigPath), $VMPOD_CONFIG, SystemPath; with
+// none, the embedded defaults alone. A file named by configPath or
+// $VMPOD_CONFIG must exist; SystemPath is optional.
+func Load(configPath string) (*Config, error) {
+	path, required := configPath, true
+	if path == "" {
+		path = os.Getenv(EnvConfig)
+	}
+	if path == "" {
+		path, required = SystemPath, false
+	}
+	data, err := readFile(path)
+	if err != nil {
+		if !required && errors.Is(err, os.ErrNotExist) {
+			return parse(nil, "")
+		}
+		return nil, err
+	}
+	return parse(data, path)
+}
+
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	// Bounded: a configuration file is a few kilobytes; a huge one is a
+	// mistake (or /dev/zero) and must not exhaust the shim's memory.
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigFileLen+1))
+	if err != nil {
+		return nil, fmt.Errorf("config: reading %s: %w", path, err)
+	}
+	if len(data) > maxConfigFileLen {
+		return nil, fmt.Errorf("config: %s is larger than %d bytes", path, maxConfigFileLen)
+	}
+	return data, nil
+}
+
+// parse layers data (from source) over the embedded defaults and validates
+// the result. With source "" only the defaults are used.
+func parse(data []byte, source string) (*Config, error) {
+	var r raw
+	if _, err := decode(&r, vmpod.DefaultConfiguration, DefaultSource); err != nil {
+		return nil, err
+	}
+	from := func(string) string { return DefaultSource }
+	if source != "" {
+		md, err := decode(&r, data, source)
+		if err != nil {
+			return nil, err
+		}
+		from = func(key string) string {
+			if md.IsDefined(strings.Split(key, ".")...) {
+				return source
+			}
+			return DefaultSource
+		}
+	}
+	cfg, err := r.validate(from)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Source = DefaultSource
+	if source != "" {
+		cfg.Source = source
+	}
+	return cfg, nil
+}
+
+// decode decodes data over r, refusing keys that r has no field for.
+func decode(r *raw, data []byte, source string) (toml.MetaData, error) {
+	md, err := toml.Decode(string(data), r)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			if pe.LastKey != "" {
+				return md, fmt.Errorf("config: %s in %s (line %d): %s", pe.LastKey, source, pe.Position.Line, pe.Message)
+			}
+			return md, fmt.Errorf("config: %s:%d: %s", source, pe.Position.Line, pe.Message)
+		}
+		return md, decodeError(source, err)
+	}
+	if un := md.Undecoded(); len(un) > 0 {
+		keys := make([]string, len(un))
+		for i, k := range un {
+			keys[i] = k.String()
+		}
+		return md, fmt.Errorf("config: unknown key %s in %s", strings.Join(keys, ", "), source)
+	}
+	return md, nil
+}
+
+// The decoder reports a type error as
+// `toml: line N (last key "K"): MSG`; reword it to lead with the key and
+// file like every other error here, and drop Go type names from MSG.
+var (
+	decodeErrRE   = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
+	goTypeNamesRE = regexp.MustCompile(`^type mismatch for .*: (expected .*)$`)
+)
+
+func decodeError(source string, err error) error {
+	m := decodeErrRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return fmt.Errorf("config: %s: %w", source, err)
+	}
+	msg := m[3]
+	if g := goTypeNamesRE.FindStringSubmatch(msg); g != nil {
+		msg = g[1]
+	}
+	return fmt.Errorf("config: %s in %s (line %s): %s", m[2], source, m[1], msg)
+}

@@ -1,0 +1,232 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// isolate points every lookup of Load at paths under a fresh directory.
+func isolate(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	old := SystemPath
+	SystemPath = filepath.Join(dir, "etc", "configuration.toml")
+	t.Cleanup(func() { SystemPath = old })
+	t.Setenv(EnvConfig, "")
+	return dir
+}
+
+func writeFile(t *testing.T, path, content string) string {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func defaults() Config {
+	return Config{
+		Hypervisor: Hypervisor{QEMU: QEMU{
+			Path:          "qemu-system-x86_64",
+			MachineType:   "q35",
+			Accel:         "auto",
+			KernelParams:  []string{},
+			DefaultVCPUs:  1,
+			DefaultMemory: 512,
+			SharedFS:      "virtio-fs",
+			VirtiofsdPath: "/usr/lib/qemu/virtiofsd",
+			VsockMode:     "auto",
+		}},
+		Agent:   Agent{DialTimeout: Duration{30 * time.Second}},
+		Runtime: Runtime{NetworkModel: "tcfilter"},
+		Source:  DefaultSource,
+	}
+}
+
+func TestDefaultsLoad(t *testing.T) {
+	isolate(t)
+	cfg, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := defaults(); !reflect.DeepEqual(*cfg, want) {
+		t.Errorf("defaults:\n got %+v\nwant %+v", *cfg, want)
+	}
+}
+
+const twoKeys = `
+[hypervisor.qemu]
+default_memory = 1024
+[runtime]
+network_model = "none"
+`
+
+func assertTwoKeys(t *testing.T, cfg *Config, source string) {
+	t.Helper()
+	want := defaults()
+	want.Hypervisor.QEMU.DefaultMemory = 1024
+	want.Runtime.NetworkModel = "none"
+	want.Source = source
+	if !reflect.DeepEqual(*cfg, want) {
+		t.Errorf("override:\n got %+v\nwant %+v", *cfg, want)
+	}
+}
+
+func TestOverrideExplicitPath(t *testing.T) {
+	dir := isolate(t)
+	p := writeFile(t, filepath.Join(dir, "explicit.toml"), twoKeys)
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertTwoKeys(t, cfg, p)
+}
+
+func TestOverrideEnv(t *testing.T) {
+	dir := isolate(t)
+	p := writeFile(t, filepath.Join(dir, "env.toml"), twoKeys)
+	t.Setenv(EnvConfig, p)
+	cfg, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertTwoKeys(t, cfg, p)
+}
+
+func TestOverrideSystem(t *testing.T) {
+	isolate(t)
+	writeFile(t, SystemPath, twoKeys)
+	cfg, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertTwoKeys(t, cfg, SystemPath)
+}
+
+func TestPrecedence(t *testing.T) {
+	dir := isolate(t)
+	mem := func(n string) string { return "[hypervisor.qemu]\ndefault_memory = " + n + "\n" }
+	explicit := writeFile(t, filepath.Join(dir, "explicit.toml"), mem("1001"))
+	env := writeFile(t, filepath.Join(dir, "env.toml"), mem("1002"))
+	writeFile(t, SystemPath, mem("1003"))
+	t.Setenv(EnvConfig, env)
+
+	for _, tc := range []struct {
+		name       string
+		configPath string
+		env        string
+		want       uint32
+		source     string
+	}{
+		{"config path beats env and system", explicit, env, 1001, explicit},
+		{"env beats system", "", env, 1002, env},
+		{"system beats default", "", "", 1003, SystemPath},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(EnvConfig, tc.env)
+			cfg, err := Load(tc.configPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Hypervisor.QEMU.DefaultMemory != tc.want || cfg.Source != tc.source {
+				t.Errorf("got memory %d from %s, want %d from %s", cfg.Hypervisor.QEMU.DefaultMemory, cfg.Source, tc.want, tc.source)
+			}
+		})
+	}
+}
+
+func TestKernelParamsReplaced(t *testing.T) {
+	dir := isolate(t)
+	p := writeFile(t, filepath.Join(dir, "c.toml"), "[hypervisor.qemu]\nkernel_params = [\"quiet\", \"tsc_early_khz=2000000\"]\n")
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"quiet", "tsc_early_khz=2000000"}; !reflect.DeepEqual(cfg.Hypervisor.QEMU.KernelParams, want) {
+		t.Errorf("kernel_params = %q, want %q", cfg.Hypervisor.QEMU.KernelParams, want)
+	}
+}
+
+func TestBadFiles(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		content string
+		want    []string // substrings of the error, besides the file's path
+	}{
+		{"unknown key", "[hypervisor.qemu]\nfoo = 1\n", []string{"unknown key hypervisor.qemu.foo in "}},
+		{"unknown section", "[hypervisor.firecracker]\npath = \"x\"\n", []string{"unknown key hypervisor.firecracker"}},
+		{"wrong type string for int", "[hypervisor.qemu]\ndefault_vcpus = \"2\"\n", []string{"hypervisor.qemu.default_vcpus", "incompatible types"}},
+		{"wrong type int for string", "[hypervisor.qemu]\nmachine_type = 5\n", []string{"hypervisor.qemu.machine_type"}},
+		{"wrong type table", "hypervisor = 5\n", []string{"hypervisor"}},
+		{"wrong type bool", "[agent]\ndebug = \"yes\"\n", []string{"agent.debug"}},
+		{"negative memory", "[hypervisor.qemu]\ndefault_memory = -512\n", []string{"hypervisor.qemu.default_memory in ", "-512 is negative"}},
+		{"negative vcpus", "[hypervisor.qemu]\ndefault_vcpus = -1\n", []string{"hypervisor.qemu.default_vcpus in ", "negative"}},
+		{"zero vcpus", "[hypervisor.qemu]\ndefault_vcpus = 0\n", []string{"hypervisor.qemu.default_vcpus", "outside 1..256"}},
+		{"too many vcpus", "[hypervisor.qemu]\ndefault_vcpus = 257\n", []string{"hypervisor.qemu.default_vcpus", "outside"}},
+		{"little memory", "[hypervisor.qemu]\ndefault_memory = 32\n", []string{"hypervisor.qemu.default_memory", "outside 64.."}},
+		{"huge memory", "[hypervisor.qemu]\ndefault_memory = 99999999999\n", []string{"hypervisor.qemu.default_memory", "outside"}},
+		{"bad machine", "[hypervisor.qemu]\nmachine_type = \"pc\"\n", []string{"hypervisor.qemu.machine_type in ", `"pc" is not one of q35, microvm`}},
+		{"bad accel", "[hypervisor.qemu]\naccel = \"hvf\"\n", []string{"hypervisor.qemu.accel", "auto, kvm, tcg"}},
+		{"bad vsock", "[hypervisor.qemu]\nvsock_mode = \"hybrid\"\n", []string{"hypervisor.qemu.vsock_mode"}},
+		{"bad shared fs", "[hypervisor.qemu]\nshared_fs = \"virtio-9p\"\n", []string{"hypervisor.qemu.shared_fs"}},
+		{"bad network", "[runtime]\nnetwork_model = \"macvtap\"\n", []string{"runtime.network_model"}},
+		{"empty qemu path", "[hypervisor.qemu]\npath = \"\"\n", []string{"hypervisor.qemu.path", "empty"}},
+		{"relative qemu path", "[hypervisor.qemu]\npath = \"bin/qemu\"\n", []string{"hypervisor.qemu.path"}},
+		{"relative kernel", "[hypervisor.qemu]\nkernel = \"out/vmpod-kernel\"\n", []string{"hypervisor.qemu.kernel", "not an absolute path"}},
+		{"empty kernel param", "[hypervisor.qemu]\nkernel_params = [\"\"]\n", []string{"hypervisor.qemu.kernel_params"}},
+		{"zero dial timeout", "[agent]\ndial_timeout = \"0s\"\n", []string{"agent.dial_timeout"}},
+		{"negative dial timeout", "[agent]\ndial_timeout = \"-5s\"\n", []string{"agent.dial_timeout"}},
+		{"long dial timeout", "[agent]\ndial_timeout = \"11m\"\n", []string{"agent.dial_timeout", "at most 10m"}},
+		{"bad dial timeout", "[agent]\ndial_timeout = \"soon\"\n", []string{"agent.dial_timeout", "invalid duration"}},
+		{"dial timeout number", "[agent]\ndial_timeout = 30\n", []string{"agent.dial_timeout"}},
+		{"syntax", "[hypervisor.qemu\n", []string{"bad.toml:2: ", "table name"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := isolate(t)
+			p := writeFile(t, filepath.Join(dir, "bad.toml"), tc.content)
+			cfg, err := Load(p)
+			if err == nil {
+				t.Fatalf("Load accepted %q: %+v", tc.content, cfg)
+			}
+			for _, w := range append(tc.want, p) {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestMissingFile(t *testing.T) {
+	dir := isolate(t)
+	missing := filepath.Join(dir, "nope.toml")
+	if _, err := Load(missing); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("explicit missing file: err = %v, want one naming %s", err, missing)
+	}
+	t.Setenv(EnvConfig, missing)
+	if _, err := Load(""); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("$%s missing file: err = %v, want one naming %s", EnvConfig, err, missing)
+	}
+}
+
+func TestDirectoryAsFile(t *testing.T) {
+	dir := isolate(t)
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), dir) {
+		t.Errorf("directory as config: err = %v, want one naming %s", err, dir)
+	}
+}
+
+func TestOversizedFile(t *testing.T) {
+	dir := isolate(t)
+	p := writeFile(t, filepath.Join(dir, "big.toml"), "# "+strings.Repeat("x", maxConfigFileLen)+"\n")
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("oversized file: err = %v", err)
+	}
+}

@@ -1,0 +1,144 @@
+package config
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// raw mirrors Config as it is written in a file. Numbers are int64 so that
+// a negative value reaches validation and gets a message of its own instead
+// of the decoder's "out of range for uint32".
+type raw struct {
+	Hypervisor struct {
+		QEMU rawQEMU `toml:"qemu"`
+	} `toml:"hypervisor"`
+	Agent   Agent   `toml:"agent"`
+	Runtime Runtime `toml:"runtime"`
+}
+
+type rawQEMU struct {
+	Path          string   `toml:"path"`
+	Kernel        string   `toml:"kernel"`
+	Initrd        string   `toml:"initrd"`
+	MachineType   string   `toml:"machine_type"`
+	Accel         string   `toml:"accel"`
+	KernelParams  []string `toml:"kernel_params"`
+	DefaultVCPUs  int64    `toml:"default_vcpus"`
+	DefaultMemory int64    `toml:"default_memory"`
+	SharedFS      string   `toml:"shared_fs"`
+	VirtiofsdPath string   `toml:"virtiofsd_path"`
+	VsockMode     string   `toml:"vsock_mode"`
+}
+
+// Allowed values of the enumerated keys.
+var (
+	MachineTypes  = []string{"q35", "microvm"}
+	Accels        = []string{"auto", "kvm", "tcg"}
+	SharedFSTypes = []string{"virtio-fs"}
+	VsockModes    = []string{"auto", "vhost", "vhost-user"}
+	NetworkModels = []string{"tcfilter", "none"}
+)
+
+// validator collects the first error, naming the key and the file the
+// value came from.
+type validator struct {
+	from func(key string) string
+	err  error
+}
+
+func (v *validator) failf(key, format string, args ...any) {
+	if v.err == nil {
+		v.err = fmt.Errorf("config: %s in %s: %s", key, v.from(key), fmt.Sprintf(format, args...))
+	}
+}
+
+func (v *validator) oneOf(key, val string, allowed []string) {
+	if !slices.Contains(allowed, val) {
+		v.failf(key, "%q is not one of %s", val, strings.Join(allowed, ", "))
+	}
+}
+
+func (v *validator) nonEmpty(key, val string) {
+	if strings.TrimSpace(val) == "" {
+		v.failf(key, "must not be empty")
+	} else if strings.ContainsAny(val, "\x00\n") {
+		v.failf(key, "%q contains a NUL or newline", val)
+	}
+}
+
+// file checks an optional file: "" or an absolute path, since a relative
+// one would depend on the shim's working directory (the bundle).
+func (v *validator) file(key, val string) {
+	if val == "" {
+		return
+	}
+	v.nonEmpty(key, val)
+	if !filepath.IsAbs(val) {
+		v.failf(key, "%q is not an absolute path", val)
+	}
+}
+
+// program checks a binary: an absolute path, or a bare name for PATH.
+func (v *validator) program(key, val string) {
+	v.nonEmpty(key, val)
+	if strings.Contains(val, "/") && !filepath.IsAbs(val) {
+		v.failf(key, "%q is neither an absolute path nor a name to look up on PATH", val)
+	}
+}
+
+func (v *validator) intRange(key string, val, lo, hi int64) {
+	switch {
+	case val < 0:
+		v.failf(key, "%d is negative", val)
+	case val < lo || val > hi:
+		v.failf(key, "%d is outside %d..%d", val, lo, hi)
+	}
+}
+
+// validate checks every value of r and converts it to a Config.
+func (r *raw) validate(from func(key string) string) (*Config, error) {
+	v := &validator{from: from}
+	q := &r.Hypervisor.QEMU
+	const s = "hypervisor.qemu."
+	v.program(s+"path", q.Path)
+	v.file(s+"kernel", q.Kernel)
+	v.file(s+"initrd", q.Initrd)
+	v.oneOf(s+"machine_type", q.MachineType, MachineTypes)
+	v.oneOf(s+"accel", q.Accel, Accels)
+	for i, p := range q.KernelParams {
+		if strings.TrimSpace(p) == "" || strings.ContainsAny(p, "\x00\n") {
+			v.failf(s+"kernel_params", "entry %d (%q) is empty or contains a NUL or newline", i, p)
+		}
+	}
+	v.intRange(s+"default_vcpus", q.DefaultVCPUs, 1, MaxVCPUs)
+	v.intRange(s+"default_memory", q.DefaultMemory, MinMemoryMiB, MaxMemoryMiB)
+	v.oneOf(s+"shared_fs", q.SharedFS, SharedFSTypes)
+	v.program(s+"virtiofsd_path", q.VirtiofsdPath)
+	v.oneOf(s+"vsock_mode", q.VsockMode, VsockModes)
+	if d := r.Agent.DialTimeout.Duration; d <= 0 || d > MaxDialTimeout {
+		v.failf("agent.dial_timeout", "%s is not more than 0 and at most %s", d, MaxDialTimeout)
+	}
+	v.oneOf("runtime.network_model", r.Runtime.NetworkModel, NetworkModels)
+	if v.err != nil {
+		return nil, v.err
+	}
+	return &Config{
+		Hypervisor: Hypervisor{QEMU: QEMU{
+			Path:          q.Path,
+			Kernel:        q.Kernel,
+			Initrd:        q.Initrd,
+			MachineType:   q.MachineType,
+			Accel:         q.Accel,
+			KernelParams:  slices.Clone(q.KernelParams),
+			DefaultVCPUs:  uint32(q.DefaultVCPUs),
+			DefaultMemory: uint32(q.DefaultMemory),
+			SharedFS:      q.SharedFS,
+			VirtiofsdPath: q.VirtiofsdPath,
+			VsockMode:     q.VsockMode,
+		}},
+		Agent:   r.Agent,
+		Runtime: r.Runtime,
+	}, nil
+}
