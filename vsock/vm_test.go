@@ -3,12 +3,10 @@ package vsock_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -217,6 +215,3 @@ func expectLine(t testing.TB, c net.Conn, want string) {
 		t.Fatalf("guest replied %q, want %q", got, want)
 	}
 }
-
-var _ = fmt.Sprintf
-var _ = strings.TrimSpace
