@@ -1,0 +1,489 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/testbin"
+	"github.com/vmpod/vmpod/internal/testrootfs"
+	agentpb "github.com/vmpod/vmpod/proto"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Cleanup()
+	os.Exit(code)
+}
+
+// env is one running agent and a client for it.
+type env struct {
+	t      *testing.T
+	client agentpb.AgentService
+	rootfs string
+	prefix string // makes container ids unique on the machine
+}
+
+// startAgent runs the real static agent binary on a Unix socket.
+func startAgent(t *testing.T) *env {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("the agent runs containers: needs root")
+	}
+	rootfs := testrootfs.ForTest(t)
+	bin := testbin.Agent(t)
+	dir := t.TempDir()
+	// Registered first, so that it runs after the agent is stopped.
+	leakcheck.Check(t, leakcheck.Options{Roots: []string{dir, rootfs}})
+
+	sock := filepath.Join(dir, "agent.sock")
+	logPath := filepath.Join(dir, "agent.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--listen", "unix://"+sock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(unix.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+			t.Error("agent did not stop on SIGTERM")
+		}
+		logFile.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("agent log:\n%s", b)
+		}
+	})
+
+	var conn net.Conn
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		conn, err = net.Dial("unix", sock)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent never listened on %s: %v", sock, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tc := ttrpc.NewClient(conn)
+	t.Cleanup(func() { tc.Close() })
+	return &env{t: t, client: agentpb.NewAgentClient(tc), rootfs: rootfs, prefix: fmt.Sprintf("e2e%d-", os.Getpid())}
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// spec is runc's default spec running args, without a terminal.
+func spec(args ...string) *specs.Spec {
+	s := specconv.Example()
+	s.Process.Terminal = false
+	s.Process.Args = args
+	s.Root.Readonly = false
+	s.Hostname = "e2e"
+	return s
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// create creates a container and, when start is set, starts it.
+func (e *env) create(id string, s *specs.Spec, stdin, start bool) {
+	e.t.Helper()
+	ctx := ctxT(e.t, 20*time.Second)
+	_, err := e.client.CreateContainer(ctx, &agentpb.CreateContainerRequest{
+		ContainerId: id, Spec: mustJSON(e.t, s), Rootfs: &agentpb.Rootfs{Path: e.rootfs}, Stdin: stdin,
+	})
+	if err != nil {
+		e.t.Fatalf("create %s: %v", id, err)
+	}
+	if start {
+		if _, err := e.client.StartContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
+			e.t.Fatalf("start %s: %v", id, err)
+		}
+	}
+}
+
+// readAll reads a stream until EOF.
+func (e *env) readAll(id, execID string, stderr bool) []byte {
+	e.t.Helper()
+	ctx := ctxT(e.t, 30*time.Second)
+	read := e.client.ReadStdout
+	if stderr {
+		read = e.client.ReadStderr
+	}
+	var out []byte
+	for {
+		r, err := read(ctx, &agentpb.ReadStreamRequest{ContainerId: id, ExecId: execID, Len: 1 << 20})
+		if err != nil {
+			e.t.Fatalf("read %s/%s: %v", id, execID, err)
+		}
+		out = append(out, r.Data...)
+		if r.Eof {
+			return out
+		}
+	}
+}
+
+func (e *env) wait(id, execID string) uint32 {
+	e.t.Helper()
+	r, err := e.client.WaitProcess(ctxT(e.t, 30*time.Second), &agentpb.ProcessRequest{ContainerId: id, ExecId: execID})
+	if err != nil {
+		e.t.Fatalf("wait %s/%s: %v", id, execID, err)
+	}
+	if r.ExitedAtUnixNano == 0 {
+		e.t.Errorf("wait %s/%s: no exit time", id, execID)
+	}
+	return r.ExitStatus
+}
+
+func (e *env) remove(id string) {
+	e.t.Helper()
+	if _, err := e.client.RemoveContainer(ctxT(e.t, 40*time.Second), &agentpb.ContainerRequest{ContainerId: id}); err != nil {
+		e.t.Fatalf("remove %s: %v", id, err)
+	}
+	if dirs := cgroupDirs(id); len(dirs) > 0 {
+		e.t.Errorf("container %s removed, its cgroups remain: %v", id, dirs)
+	}
+}
+
+// cgroupDirs lists the cgroup directories of container id, v1 and v2.
+func cgroupDirs(id string) []string {
+	var out []string
+	for _, pattern := range []string{"/sys/fs/cgroup/*/vmpod/" + id, "/sys/fs/cgroup/vmpod/" + id} {
+		m, _ := filepath.Glob(pattern)
+		out = append(out, m...)
+	}
+	return out
+}
+
+func wantCode(t *testing.T, what string, err error, code codes.Code) {
+	t.Helper()
+	if got := status.Code(err); got != code {
+		t.Errorf("%s: got %v (%v), want %v", what, got, err, code)
+	}
+}
+
+func TestAgent(t *testing.T) {
+	e := startAgent(t)
+	ctx := ctxT(t, 60*time.Second)
+
+	check, err := e.client.Check(ctx, &agentpb.CheckRequest{})
+	if err != nil || check.KernelRelease == "" {
+		t.Fatalf("check: %v %v", check, err)
+	}
+
+	t.Run("echo", func(t *testing.T) {
+		e.t = t
+		id := e.prefix + "echo"
+		e.create(id, spec("echo", "hello"), false, true)
+		if out := e.readAll(id, "", false); string(out) != "hello\n" {
+			t.Errorf("stdout %q, want %q", out, "hello\n")
+		}
+		if st := e.wait(id, ""); st != 0 {
+			t.Errorf("exit status %d, want 0", st)
+		}
+		if st := e.wait(id, ""); st != 0 { // again, after the exit
+			t.Errorf("second wait: exit status %d, want 0", st)
+		}
+		e.remove(id)
+	})
+
+	t.Run("exit codes", func(t *testing.T) {
+		e.t = t
+		id := e.prefix + "exit3"
+		e.create(id, spec("sh", "-c", "exit 3"), false, true)
+		if st := e.wait(id, ""); st != 3 {
+			t.Errorf("exit status %d, want 3", st)
+		}
+		_, err := e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, Signal: 9})
+		wantCode(t, "signal an exited process", err, codes.FailedPrecondition)
+		if err != nil && !strings.Contains(err.Error(), id) {
+			t.Errorf("error %q does not name container %s", err, id)
+		}
+		e.remove(id)
+
+		id = e.prefix + "killed"
+		e.create(id, spec("sleep", "100"), false, true)
+		if _, err := e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, Signal: uint32(unix.SIGKILL)}); err != nil {
+			t.Fatal(err)
+		}
+		if st := e.wait(id, ""); st != 137 {
+			t.Errorf("exit status %d, want 137", st)
+		}
+		e.remove(id)
+	})
+
+	t.Run("exec", func(t *testing.T) {
+		e.t = t
+		id := e.prefix + "exec"
+		e.create(id, spec("sleep", "100"), false, true)
+		p := spec("id", "-u").Process
+		p.User = specs.User{UID: 1000, GID: 1000}
+		if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "idu", Process: mustJSON(t, p)}); err != nil {
+			t.Fatal(err)
+		}
+		if out := e.readAll(id, "idu", false); string(out) != "1000\n" {
+			t.Errorf("id -u as 1000: %q", out)
+		}
+		if st := e.wait(id, "idu"); st != 0 {
+			t.Errorf("exec exit status %d", st)
+		}
+		_, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "idu", Process: mustJSON(t, p)})
+		wantCode(t, "duplicate exec id", err, codes.AlreadyExists)
+
+		p = spec("sh", "-c", "exit 7").Process
+		if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "seven", Process: mustJSON(t, p)}); err != nil {
+			t.Fatal(err)
+		}
+		if st := e.wait(id, "seven"); st != 7 {
+			t.Errorf("exec exit status %d, want 7", st)
+		}
+
+		// Pause, list, resume.
+		if _, err := e.client.PauseContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
+			t.Fatal(err)
+		}
+		list, err := e.client.ListProcesses(ctx, &agentpb.ContainerRequest{ContainerId: id})
+		if err != nil || len(list.Processes) != 1 || list.Processes[0].ExecId != "" {
+			t.Errorf("processes of a paused container with one process: %v %v", list, err)
+		}
+		if _, err := e.client.ResumeContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
+			t.Fatal(err)
+		}
+		_, err = e.client.ResumeContainer(ctx, &agentpb.ContainerRequest{ContainerId: id})
+		wantCode(t, "resume a running container", err, codes.FailedPrecondition)
+
+		// Stats.
+		st, err := e.client.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Memory.GetUsageBytes() == 0 || st.Pids.GetCurrent() < 1 {
+			t.Errorf("stats: memory usage %d, pids %d", st.Memory.GetUsageBytes(), st.Pids.GetCurrent())
+		}
+		// Update.
+		res := `{"pids":{"limit":100},"memory":{"limit":67108864}}`
+		if _, err := e.client.UpdateContainer(ctx, &agentpb.UpdateContainerRequest{ContainerId: id, Resources: []byte(res)}); err != nil {
+			t.Errorf("update: %v", err)
+		} else if st, err := e.client.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil || st.Pids.GetLimit() != 100 {
+			t.Errorf("after update: pids limit %d, %v", st.Pids.GetLimit(), err)
+		}
+		// Exec after update still works, and exec signals.
+		p = spec("sleep", "100").Process
+		if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "sleeper", Process: mustJSON(t, p)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, ExecId: "sleeper", Signal: uint32(unix.SIGTERM)}); err != nil {
+			t.Fatal(err)
+		}
+		if st := e.wait(id, "sleeper"); st != 128+uint32(unix.SIGTERM) {
+			t.Errorf("exec killed by SIGTERM: status %d", st)
+		}
+		if _, err := e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, Signal: uint32(unix.SIGKILL), All: true}); err != nil {
+			t.Fatal(err)
+		}
+		if st := e.wait(id, ""); st != 137 {
+			t.Errorf("after kill --all: status %d", st)
+		}
+		e.remove(id)
+	})
+
+	t.Run("stdin", func(t *testing.T) {
+		e.t = t
+		id := e.prefix + "cat"
+		e.create(id, spec("cat"), true, true)
+		msg := []byte("ping\nsecond line\n")
+		w, err := e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, Data: msg})
+		if err != nil || int(w.Len) != len(msg) {
+			t.Fatalf("write stdin: %v %v", w, err)
+		}
+		if _, err := e.client.CloseStdin(ctx, &agentpb.ProcessRequest{ContainerId: id}); err != nil {
+			t.Fatal(err)
+		}
+		if out := e.readAll(id, "", false); !bytes.Equal(out, msg) {
+			t.Errorf("cat echoed %q, want %q", out, msg)
+		}
+		if st := e.wait(id, ""); st != 0 {
+			t.Errorf("cat exit status %d", st)
+		}
+		e.remove(id)
+	})
+
+	t.Run("tty", func(t *testing.T) {
+		e.t = t
+		id := e.prefix + "tty"
+		s := spec("sh", "-c", "read line; stty size")
+		s.Process.Terminal = true
+		e.create(id, s, true, true)
+		if _, err := e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, Rows: 40, Columns: 100}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, Data: []byte("go\n")}); err != nil {
+			t.Fatal(err)
+		}
+		out := e.readAll(id, "", false)
+		if !strings.Contains(string(out), "40 100") {
+			t.Errorf("stty size printed %q, want 40 100", out)
+		}
+		if errOut := e.readAll(id, "", true); len(errOut) != 0 {
+			t.Errorf("a terminal has no stderr, got %q", errOut)
+		}
+		e.wait(id, "")
+		_, err := e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, Rows: 1, Columns: 1})
+		wantCode(t, "resize an exited process", err, codes.FailedPrecondition)
+		e.remove(id)
+	})
+
+	t.Run("oom", func(t *testing.T) {
+		e.t = t
+		id := e.prefix + "oom"
+		s := spec("sh", "-c", "x=a; while true; do x=$x$x; done")
+		limit := int64(16 << 20)
+		s.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
+		e.create(id, s, false, true)
+		ev, err := e.client.GetOOMEvent(ctxT(t, 30*time.Second), &agentpb.GetOOMEventRequest{})
+		if err != nil || ev.ContainerId != id {
+			t.Errorf("OOM event: %v %v", ev, err)
+		}
+		if st := e.wait(id, ""); st != 137 {
+			t.Errorf("OOM-killed exit status %d, want 137", st)
+		}
+		e.remove(id)
+	})
+
+	t.Run("large output", func(t *testing.T) {
+		e.t = t
+		id := e.prefix + "large"
+		e.create(id, spec("sh", "-c", "head -c 8388608 /dev/urandom > /tmp/r; cat /tmp/r; sha256sum /tmp/r >&2; rm /tmp/r"), false, true)
+		var errOut []byte
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); errOut = e.readAll(id, "", true) }()
+		out := e.readAll(id, "", false)
+		wg.Wait()
+		sum := sha256.Sum256(out)
+		if len(out) != 8<<20 || !strings.HasPrefix(string(errOut), hex.EncodeToString(sum[:])) {
+			t.Errorf("got %d bytes with sha256 %x; the container wrote 8388608 bytes: %s", len(out), sum, errOut)
+		}
+		if st := e.wait(id, ""); st != 0 {
+			t.Errorf("exit status %d", st)
+		}
+		e.remove(id)
+	})
+
+	t.Run("bad input", func(t *testing.T) {
+		e.t = t
+		testBadInput(t, e, ctx)
+	})
+}
+
+func testBadInput(t *testing.T, e *env, ctx context.Context) {
+	id := e.prefix + "bad"
+	create := func(id string, specJSON []byte, rootfs string) error {
+		_, err := e.client.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: id, Spec: specJSON, Rootfs: &agentpb.Rootfs{Path: rootfs}})
+		return err
+	}
+	good := mustJSON(t, spec("sleep", "100"))
+	noProcess := spec("true")
+	noProcess.Process = nil
+	relCwd := spec("true")
+	relCwd.Process.Cwd = "tmp"
+
+	for _, c := range []struct {
+		name   string
+		id     string
+		spec   []byte
+		rootfs string
+	}{
+		{"invalid id", "../x", good, e.rootfs},
+		{"invalid JSON", id, []byte("{"), e.rootfs},
+		{"oversize spec", id, append(good, bytes.Repeat([]byte(" "), 1<<20)...), e.rootfs},
+		{"no process", id, mustJSON(t, noProcess), e.rootfs},
+		{"relative cwd", id, mustJSON(t, relCwd), e.rootfs},
+		{"relative rootfs", id, good, "rootfs"},
+		{"escaping rootfs", id, good, e.rootfs + "/../rootfs"},
+		{"missing rootfs", id, good, ""},
+	} {
+		wantCode(t, c.name, create(c.id, c.spec, c.rootfs), codes.InvalidArgument)
+	}
+	// No state was left by the failures: the id is still free.
+	if err := create(id, good, e.rootfs); err != nil {
+		t.Fatalf("create after failed creates: %v", err)
+	}
+	wantCode(t, "duplicate container", create(id, good, e.rootfs), codes.AlreadyExists)
+	if _, err := e.client.StartContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
+		t.Fatalf("the first container broke: %v", err)
+	}
+
+	_, err := e.client.StartContainer(ctx, &agentpb.ContainerRequest{ContainerId: "nope"})
+	wantCode(t, "start unknown container", err, codes.NotFound)
+	_, err = e.client.WaitProcess(ctx, &agentpb.ProcessRequest{ContainerId: id, ExecId: "nope"})
+	wantCode(t, "wait unknown exec", err, codes.NotFound)
+	_, err = e.client.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: "nope"})
+	wantCode(t, "stats of unknown container", err, codes.NotFound)
+	for _, n := range []int64{0, -1, 1<<20 + 1} {
+		_, err = e.client.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: id, Len: n})
+		wantCode(t, fmt.Sprintf("read length %d", n), err, codes.InvalidArgument)
+	}
+	_, err = e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, Rows: 10, Columns: 10})
+	wantCode(t, "resize without a terminal", err, codes.FailedPrecondition)
+	_, err = e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "x", Process: []byte(`{"args":["true"]}`)})
+	wantCode(t, "exec without cwd", err, codes.InvalidArgument)
+	_, err = e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, Data: []byte("x")})
+	wantCode(t, "stdin of a process without stdin", err, codes.FailedPrecondition)
+	_, err = e.client.UpdateContainer(ctx, &agentpb.UpdateContainerRequest{ContainerId: id, Resources: []byte("[")})
+	wantCode(t, "update with invalid JSON", err, codes.InvalidArgument)
+	_, err = e.client.SetHostname(ctx, &agentpb.SetHostnameRequest{Hostname: "bad host"})
+	wantCode(t, "invalid hostname", err, codes.InvalidArgument)
+	_, err = e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, Signal: 99})
+	wantCode(t, "invalid signal", err, codes.InvalidArgument)
+
+	e.remove(id)
+	_, err = e.client.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: id, Len: 10})
+	wantCode(t, "read from a removed container", err, codes.NotFound)
+	_, err = e.client.RemoveContainer(ctx, &agentpb.ContainerRequest{ContainerId: id})
+	wantCode(t, "remove twice", err, codes.NotFound)
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,100 @@
+// Package pid1 does what the guest's init must do before the agent serves:
+// mount the kernel file systems, enable the cgroup v2 controllers, load the
+// image's kernel modules, and power the VM off at the end. It only runs
+// when vmpod-agent is PID 1; orphan reaping is the agent's Reaper, which
+// must cooperate with libcontainer's own waits.
+package pid1
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/vmpod/vmpod/kmod"
+)
+
+// IsInit reports whether this process is the guest's init.
+func IsInit() bool { return os.Getpid() == 1 }
+
+type mount struct {
+	source, target, fstype string
+	flags                  uintptr
+	data                   string
+}
+
+// mounts are the guest's kernel file systems, in order.
+var mounts = []mount{
+	{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+	{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"},
+	{"shm", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+	{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	{"cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+}
+
+// Setup prepares the guest: mounts, cgroup controllers and modules.
+func Setup(ctx context.Context) error {
+	for _, m := range mounts {
+		if err := os.MkdirAll(m.target, 0o755); err != nil {
+			return fmt.Errorf("mkdir %s: %w", m.target, err)
+		}
+		err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data)
+		if err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
+		}
+	}
+	// /dev/ptmx must be the devpts instance's, for container terminals.
+	_ = os.Remove("/dev/ptmx")
+	if err := os.Symlink("pts/ptmx", "/dev/ptmx"); err != nil {
+		log.G(ctx).WithError(err).Warn("linking /dev/ptmx")
+	}
+	if err := EnableControllers("/sys/fs/cgroup"); err != nil {
+		return err
+	}
+	dir, err := kmod.ModulesDir()
+	if err != nil {
+		return err
+	}
+	if err := kmod.LoadListed(kmod.ListPath, dir); err != nil {
+		return fmt.Errorf("load modules: %w", err)
+	}
+	return nil
+}
+
+// EnableControllers delegates every controller of the cgroup v2 root to
+// its children, where the containers' cgroups live.
+func EnableControllers(root string) error {
+	b, err := os.ReadFile(filepath.Join(root, "cgroup.controllers"))
+	if err != nil {
+		return fmt.Errorf("cgroup controllers: %w", err)
+	}
+	var enable []string
+	for _, c := range strings.Fields(string(b)) {
+		enable = append(enable, "+"+c)
+	}
+	if len(enable) == 0 {
+		return nil
+	}
+	path := filepath.Join(root, "cgroup.subtree_control")
+	if err := os.WriteFile(path, []byte(strings.Join(enable, " ")), 0o644); err != nil {
+		return fmt.Errorf("write %q to %s: %w", strings.Join(enable, " "), path, err)
+	}
+	return nil
+}
+
+// PowerOff stops the VM. Init must never exit: the kernel would panic.
+func PowerOff(ctx context.Context) {
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+		log.G(ctx).WithError(err).Error("power off")
+	}
+	select {} // unreachable unless reboot failed; still do not exit
+}

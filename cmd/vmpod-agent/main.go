@@ -1,0 +1,95 @@
+// Command vmpod-agent is the guest agent: PID 1 of a vmpod VM, serving the
+// Agent API on vsock port 1024. Run as "vmpod-agent init" it is
+// libcontainer's container init instead.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/log"
+	"github.com/mdlayher/vsock"
+	"github.com/opencontainers/runc/libcontainer"
+	_ "github.com/opencontainers/runc/libcontainer/nsenter" // runs before the Go runtime in "init"
+	"golang.org/x/sys/unix"
+
+	"github.com/vmpod/vmpod/agent"
+	"github.com/vmpod/vmpod/agent/pid1"
+)
+
+func init() {
+	// libcontainer re-executes this binary as "init" for every container
+	// process; nsenter's constructor has already set up the namespaces.
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		libcontainer.Init()
+	}
+}
+
+func main() {
+	listen := flag.String("listen", "vsock://1024", "where to serve: vsock://PORT or unix:///PATH")
+	stateDir := flag.String("state-dir", "/run/vmpod-agent", "libcontainer state root")
+	level := flag.String("log-level", "info", "log level")
+	flag.Parse()
+
+	ctx := context.Background()
+	if err := log.SetLevel(*level); err != nil {
+		fmt.Fprintln(os.Stderr, "vmpod-agent:", err)
+		os.Exit(2)
+	}
+	err := run(ctx, *listen, *stateDir)
+	if pid1.IsInit() {
+		log.G(ctx).WithError(err).Error("agent stopped; powering off")
+		pid1.PowerOff(ctx)
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).Error("vmpod-agent")
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, listen, stateDir string) error {
+	guest := pid1.IsInit()
+	if guest {
+		if err := pid1.Setup(ctx); err != nil {
+			return err
+		}
+	}
+	l, err := listener(listen)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	srv, err := agent.New(agent.Config{StateDir: stateDir, Guest: guest})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, unix.SIGTERM, unix.SIGINT)
+	defer stop()
+	log.G(ctx).WithField("listen", listen).Info("vmpod-agent serving")
+	return srv.Serve(ctx, l)
+}
+
+func listener(addr string) (net.Listener, error) {
+	switch {
+	case strings.HasPrefix(addr, "vsock://"):
+		port, err := strconv.ParseUint(strings.TrimPrefix(addr, "vsock://"), 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("listen address %q: bad port: %w", addr, err)
+		}
+		return vsock.Listen(uint32(port), nil)
+	case strings.HasPrefix(addr, "unix://"):
+		path := strings.TrimPrefix(addr, "unix://")
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		return net.Listen("unix", path)
+	}
+	return nil, fmt.Errorf("listen address %q: want vsock://PORT or unix:///PATH", addr)
+}
