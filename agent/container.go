@@ -26,8 +26,8 @@ import (
 type Container struct {
 	id           string
 	lc           *libcontainer.Container
-	rootfsMounts []mountSpec      // undone by Remove, last first
-	cgroup       cgroups.Manager  // the container's cgroup, for kill-all and removal
+	rootfsMounts []mountSpec     // undone by Remove, last first
+	cgroup       cgroups.Manager // the container's cgroup, for kill-all and removal
 	cgroupPaths  map[string]string
 	reaper       *Reaper
 	init         *Process
