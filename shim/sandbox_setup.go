@@ -1,0 +1,162 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"strings"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/errdefs"
+	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/vmpod/vmpod/config"
+	agentpb "github.com/vmpod/vmpod/proto"
+	"github.com/vmpod/vmpod/shim/rootfs"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// ensureSandbox returns the shim's sandbox, starting it for the first
+// container. The caller holds lifecycleMu.
+func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.Spec) (Sandbox, error) {
+	s.mu.Lock()
+	sb := s.sandbox
+	s.mu.Unlock()
+	if sb != nil {
+		return sb, nil
+	}
+	path, err := configPath(r.Options)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := s.opts.LoadConfig(path)
+	if err != nil {
+		return nil, fmt.Errorf("load vmpod configuration: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	// A container with no pod of its own gets a sandbox named after it.
+	id := r.ID
+	dir, err := sandboxDir(id)
+	if err != nil {
+		return nil, err
+	}
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox", id))
+	sb, err = s.opts.NewSandbox(ctx, SandboxRequest{ID: id, Dir: dir, Config: cfg, Spec: spec})
+	if err != nil {
+		if rerr := rootfs.Remove(ctx, dir); rerr != nil {
+			log.G(ctx).WithError(rerr).Warn("clean up after failed sandbox start")
+		}
+		return nil, fmt.Errorf("start sandbox %s: %w", id, err)
+	}
+	s.mu.Lock()
+	s.sandbox, s.sandboxID, s.sandboxDir = sb, id, dir
+	s.mu.Unlock()
+	go s.watchOOM(sb)
+	return sb, nil
+}
+
+// configPath returns the ConfigPath of containerd's runtime options, which
+// arrive as runtimeoptions.v1.Options (ctr --runtime-config-path, or CRI's
+// options table of the runtime). Other option types are not ours: ignored.
+func configPath(opts *anypb.Any) (string, error) {
+	if opts == nil || !strings.HasSuffix(opts.GetTypeUrl(), "runtimeoptions.v1.Options") {
+		return "", nil
+	}
+	var o runtimeoptions.Options
+	if err := proto.Unmarshal(opts.GetValue(), &o); err != nil {
+		return "", fmt.Errorf("decode runtime options %s: %w: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
+	}
+	return o.ConfigPath, nil
+}
+
+// VMSize is the number of vCPUs and MiB of memory of a sandbox's VM.
+type VMSize struct {
+	VCPUs     uint32
+	MemoryMiB uint32
+}
+
+// SizeFor sizes a VM as Kata does: the configured defaults, plus the
+// container's CPU quota (rounded up to whole CPUs) and memory limit.
+func SizeFor(q config.QEMU, spec *specs.Spec) VMSize {
+	size := VMSize{VCPUs: q.DefaultVCPUs, MemoryMiB: q.DefaultMemory}
+	if spec == nil || spec.Linux == nil || spec.Linux.Resources == nil {
+		return size
+	}
+	res := spec.Linux.Resources
+	if c := res.CPU; c != nil && c.Quota != nil && *c.Quota > 0 && c.Period != nil && *c.Period > 0 {
+		cpus := (uint64(*c.Quota) + *c.Period - 1) / *c.Period
+		// More vCPUs than the host has only slow the guest down.
+		limit := uint64(max(runtime.NumCPU(), 1))
+		size.VCPUs = uint32(min(uint64(size.VCPUs)+cpus, limit, config.MaxVCPUs))
+		size.VCPUs = max(size.VCPUs, q.DefaultVCPUs)
+	}
+	if m := res.Memory; m != nil && m.Limit != nil && *m.Limit > 0 {
+		mib := (uint64(*m.Limit) + (1<<20 - 1)) >> 20
+		size.MemoryMiB = uint32(min(uint64(size.MemoryMiB)+mib, config.MaxMemoryMiB, math.MaxUint32))
+	}
+	return size
+}
+
+// watchOOM turns the agent's OOM notifications into TaskOOM events, until
+// the sandbox stops.
+func (s *service) watchOOM(sb Sandbox) {
+	ctx := s.ctx
+	for {
+		ev, err := sb.Agent().GetOOMEvent(ctx, &agentpb.GetOOMEventRequest{})
+		if err != nil {
+			select {
+			case <-sb.Done():
+				return
+			case <-ctx.Done():
+				return
+			default:
+			}
+			if errdefs.IsNotImplemented(errdefs.FromGRPC(err)) {
+				log.G(ctx).WithError(err).Warn("agent reports no OOM events")
+				return
+			}
+			log.G(ctx).WithError(err).Debug("get OOM event")
+			select {
+			case <-time.After(time.Second):
+			case <-sb.Done():
+				return
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		c, err := s.getContainer(ev.ContainerId)
+		if err != nil {
+			log.G(ctx).WithField("id", ev.ContainerId).Debug("OOM event for an unknown container")
+			continue
+		}
+		if c.init.hasExited() {
+			continue // oomAtExit reported it
+		}
+		c.markOOM()
+		s.events.send(&eventstypes.TaskOOM{ContainerID: c.id})
+	}
+}
+
+// oomAtExit queues TaskOOM for an OOM kill the watcher has not reported
+// yet: the agent's OOM notification and the process exit travel separately,
+// and containerd must see TaskOOM before TaskExit.
+func (s *service) oomAtExit(ctx context.Context, c *container, agent agentpb.AgentService) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := agent.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: c.id})
+	if err != nil {
+		if !errors.Is(ctx.Err(), context.Canceled) {
+			log.G(ctx).WithError(err).WithField("id", c.id).Debug("stats at exit")
+		}
+		return
+	}
+	if mem := st.GetMemory(); mem != nil && mem.OomKillEvents > 0 && !c.markOOM() {
+		s.events.send(&eventstypes.TaskOOM{ContainerID: c.id})
+	}
+}

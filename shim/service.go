@@ -1,0 +1,157 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/events"
+	"github.com/containerd/containerd/pkg/shutdown"
+	ptypes "github.com/containerd/containerd/protobuf/types"
+	"github.com/containerd/log"
+	"github.com/vmpod/vmpod/config"
+	"github.com/vmpod/vmpod/shim/rootfs"
+)
+
+var (
+	_     taskAPI.TaskService = (*service)(nil)
+	empty                     = &ptypes.Empty{}
+)
+
+// stopTimeout bounds the teardown of the sandbox at shutdown.
+const stopTimeout = 30 * time.Second
+
+// ServiceOptions configure a task service.
+type ServiceOptions struct {
+	// NewSandbox starts the sandbox for the first container.
+	NewSandbox SandboxFactory
+	// LoadConfig loads the configuration; config.Load when nil.
+	LoadConfig func(configPath string) (*config.Config, error)
+}
+
+// service implements containerd's Task API for the containers of one
+// sandbox.
+type service struct {
+	// ctx lives as long as the shim; the per-process goroutines use it.
+	ctx    context.Context
+	opts   ServiceOptions
+	events *eventQueue
+	sd     shutdown.Service
+
+	// lifecycleMu serialises Create and Delete, which may start the sandbox
+	// (seconds) without blocking the other calls behind mu.
+	lifecycleMu sync.Mutex
+
+	mu         sync.Mutex
+	sandbox    Sandbox               // guarded by mu; nil until the first Create
+	sandboxID  string                // guarded by mu
+	sandboxDir string                // guarded by mu
+	containers map[string]*container // guarded by mu
+}
+
+// NewService returns a task service that publishes through publisher and
+// tears the sandbox down when sd shuts the shim down.
+func NewService(ctx context.Context, publisher events.Publisher, sd shutdown.Service, opts ServiceOptions) taskAPI.TaskService {
+	if opts.LoadConfig == nil {
+		opts.LoadConfig = config.Load
+	}
+	s := &service{
+		ctx:        ctx,
+		opts:       opts,
+		events:     newEventQueue(),
+		sd:         sd,
+		containers: make(map[string]*container),
+	}
+	go s.events.forward(ctx, publisher)
+	sd.RegisterCallback(s.teardown)
+	return s
+}
+
+// teardown runs when the shim shuts down: it stops the sandbox, removes its
+// state, and flushes the events still queued.
+func (s *service) teardown(context.Context) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), stopTimeout)
+	defer cancel()
+	s.mu.Lock()
+	sb, dir := s.sandbox, s.sandboxDir
+	s.sandbox = nil
+	s.mu.Unlock()
+	var err error
+	if sb != nil {
+		if serr := sb.Stop(ctx); serr != nil {
+			err = fmt.Errorf("stop sandbox: %w", serr)
+		}
+	}
+	if dir != "" {
+		if rerr := rootfs.Remove(ctx, dir); rerr != nil && err == nil {
+			err = rerr
+		}
+	}
+	s.events.close()
+	select {
+	case <-s.events.done:
+	case <-ctx.Done():
+		log.G(ctx).Warn("events still queued at shutdown")
+	}
+	return err
+}
+
+// getContainer returns container id.
+func (s *service) getContainer(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound)
+	}
+	return c, nil
+}
+
+// getProcess returns the init process of container id (execID "") or one of
+// its execs.
+func (s *service) getProcess(id, execID string) (*container, *process, error) {
+	c, err := s.getContainer(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.process(execID)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, p, nil
+}
+
+func (s *service) currentSandbox() (Sandbox, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sandbox == nil {
+		return nil, fmt.Errorf("%w: %w", errNoSandbox, errdefs.ErrFailedPrecondition)
+	}
+	return s.sandbox, nil
+}
+
+// Connect returns the shim's pid and the task's.
+func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
+	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid())}
+	if _, p, err := s.getProcess(r.ID, ""); err == nil {
+		_, pid, _, _ := p.state()
+		resp.TaskPid = pid
+	}
+	return resp, nil
+}
+
+// Shutdown ends the shim once it serves no container.
+func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*ptypes.Empty, error) {
+	s.mu.Lock()
+	n := len(s.containers)
+	s.mu.Unlock()
+	if n > 0 {
+		return empty, nil
+	}
+	s.sd.Shutdown()
+	return empty, nil
+}

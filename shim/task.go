@@ -1,0 +1,413 @@
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/mount"
+	"github.com/containerd/containerd/pkg/stdio"
+	"github.com/containerd/containerd/protobuf"
+	ptypes "github.com/containerd/containerd/protobuf/types"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	agentpb "github.com/vmpod/vmpod/proto"
+	"github.com/vmpod/vmpod/shim/rootfs"
+	"golang.org/x/sys/unix"
+)
+
+// maxSpecSize bounds the config.json the shim reads from a bundle.
+const maxSpecSize = 4 << 20
+
+// fromAgent converts an error of an agent call back into errdefs terms.
+func fromAgent(err error, format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), errdefs.FromGRPC(err))
+}
+
+func readSpec(bundle string) (*specs.Spec, error) {
+	path := filepath.Join(bundle, "config.json")
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read OCI spec: %w", err)
+	}
+	defer f.Close()
+	var spec specs.Spec
+	dec := json.NewDecoder(io.LimitReader(f, maxSpecSize))
+	if err := dec.Decode(&spec); err != nil {
+		return nil, fmt.Errorf("parse OCI spec %s: %w: %w", path, err, errdefs.ErrInvalidArgument)
+	}
+	return &spec, nil
+}
+
+// Create creates the container's rootfs in the sandbox (starting the
+// sandbox for the first container) and its init process, not started.
+func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	resp, err := s.create(ctx, r)
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("id", r.ID).Error("create task")
+	}
+	return resp, errdefs.ToGRPC(err)
+}
+
+func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	if err := rootfs.ValidID(r.ID); err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
+		return nil, fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented)
+	}
+	spec, err := readSpec(r.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	s.lifecycleMu.Lock()
+	defer s.lifecycleMu.Unlock()
+	if _, err := s.getContainer(r.ID); err == nil {
+		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
+	}
+	sb, err := s.ensureSandbox(ctx, r, spec)
+	if err != nil {
+		return nil, err
+	}
+	layout, err := rootfs.NewLayout(sb.SharedDir(), sb.GuestSharedDir(), r.ID)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	c := &container{id: r.ID, bundle: r.Bundle, layout: layout, execs: make(map[string]*process)}
+	p := newProcess(r.ID, "", r.Terminal, stdio.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal})
+	c.init = p
+	pid, err := s.createInSandbox(ctx, sb, c, r, spec)
+	if err != nil {
+		if rerr := rootfs.Remove(ctx, layout.HostDir); rerr != nil {
+			log.G(ctx).WithError(rerr).Warn("clean up after failed create")
+		}
+		return nil, err
+	}
+	s.mu.Lock()
+	s.containers[r.ID] = c
+	s.mu.Unlock()
+	s.events.send(&eventstypes.TaskCreate{
+		ContainerID: r.ID,
+		Bundle:      r.Bundle,
+		Rootfs:      r.Rootfs,
+		IO:          &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+		Pid:         pid,
+	})
+	return &taskAPI.CreateTaskResponse{Pid: pid}, nil
+}
+
+// createInSandbox mounts the rootfs, creates the container in the agent and
+// starts copying its stdio. On error, what it did in the agent is undone;
+// the caller removes the mounts.
+func (s *service) createInSandbox(ctx context.Context, sb Sandbox, c *container, r *taskAPI.CreateTaskRequest, spec *specs.Spec) (uint32, error) {
+	mounts := make([]mount.Mount, 0, len(r.Rootfs))
+	for _, m := range r.Rootfs {
+		mounts = append(mounts, mount.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
+	}
+	if err := c.layout.MountRootfs(ctx, mounts, r.Bundle, spec); err != nil {
+		return 0, err
+	}
+	if err := c.layout.BindMounts(ctx, spec); err != nil {
+		return 0, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if err := c.init.openIO(ctx); err != nil {
+		return 0, err
+	}
+	data, err := json.Marshal(spec)
+	if err != nil {
+		c.init.closeIO()
+		return 0, fmt.Errorf("encode OCI spec: %w", err)
+	}
+	agent := sb.Agent()
+	resp, err := agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{
+		ContainerId: r.ID,
+		Spec:        data,
+		Rootfs:      &agentpb.Rootfs{Path: c.layout.GuestRootfs()},
+		Stdin:       r.Stdin != "",
+	})
+	if err != nil {
+		c.init.closeIO()
+		return 0, fromAgent(err, "create container %s in the sandbox", r.ID)
+	}
+	c.init.mu.Lock()
+	c.init.pid = resp.Pid
+	c.init.mu.Unlock()
+	c.init.startCopies(s.ctx, agent)
+	return resp.Pid, nil
+}
+
+// Start starts a created init process or exec.
+func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	resp, err := s.start(ctx, r)
+	return resp, errdefs.ToGRPC(err)
+}
+
+func (s *service) start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	sb, err := s.currentSandbox()
+	if err != nil {
+		return nil, err
+	}
+	agent := sb.Agent()
+	if st, _, _, _ := p.state(); st != task.Status_CREATED {
+		return nil, fmt.Errorf("process %s of container %s is %s, not created: %w", r.ExecID, r.ID, st, errdefs.ErrFailedPrecondition)
+	}
+	if r.ExecID == "" {
+		if _, err := agent.StartContainer(ctx, &agentpb.ContainerRequest{ContainerId: r.ID}); err != nil {
+			return nil, fromAgent(err, "start container %s", r.ID)
+		}
+		p.setStatus(task.Status_RUNNING)
+		_, pid, _, _ := p.state()
+		s.events.send(&eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
+	} else {
+		if err := s.startExec(ctx, agent, p); err != nil {
+			return nil, err
+		}
+	}
+	// Watch for the exit only now, so that TaskExit cannot overtake
+	// TaskStart; the agent keeps the exit status until asked.
+	go s.handleExit(c, p, agent)
+	_, pid, _, _ := p.state()
+	return &taskAPI.StartResponse{Pid: pid}, nil
+}
+
+func (s *service) startExec(ctx context.Context, agent agentpb.AgentService, p *process) error {
+	if err := p.openIO(ctx); err != nil {
+		return err
+	}
+	resp, err := agent.ExecProcess(ctx, &agentpb.ExecProcessRequest{
+		ContainerId: p.containerID,
+		ExecId:      p.execID,
+		Process:     p.spec,
+		Stdin:       p.stdio.Stdin != "",
+	})
+	if err != nil {
+		p.closeIO()
+		return fromAgent(err, "exec %s in container %s", p.execID, p.containerID)
+	}
+	p.mu.Lock()
+	p.pid = resp.Pid
+	p.status = task.Status_RUNNING
+	p.mu.Unlock()
+	p.startCopies(s.ctx, agent)
+	s.events.send(&eventstypes.TaskExecStarted{ContainerID: p.containerID, ExecID: p.execID, Pid: resp.Pid})
+	return nil
+}
+
+// handleExit waits for p's exit and publishes it once its output is
+// drained; an init process also waits for its execs' exits, and for a
+// pending OOM, to keep containerd's event order.
+func (s *service) handleExit(c *container, p *process, agent agentpb.AgentService) {
+	ctx := s.ctx
+	status, at := p.waitAgent(ctx, agent)
+	p.waitOutput(ctx)
+	if p.execID == "" {
+		c.waitExecs(ctx, outputGrace)
+		s.oomAtExit(ctx, c, agent)
+	}
+	p.recordExit(status, at)
+	s.publishExit(c, p)
+}
+
+func (s *service) publishExit(c *container, p *process) {
+	_, pid, status, at := p.state()
+	id := p.execID
+	if id == "" {
+		id = c.id
+	}
+	s.events.send(&eventstypes.TaskExit{
+		ContainerID: c.id,
+		ID:          id,
+		Pid:         pid,
+		ExitStatus:  status,
+		ExitedAt:    protobuf.ToTimestamp(at),
+	})
+	p.markExited()
+}
+
+// Delete removes an exited process; for the init process also the
+// container, its mounts and its state in the agent.
+func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	resp, err := s.delete(ctx, r)
+	return resp, errdefs.ToGRPC(err)
+}
+
+func (s *service) delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	st, _, _, _ := p.state()
+	if st == task.Status_RUNNING || st == task.Status_PAUSED {
+		return nil, fmt.Errorf("cannot delete %s process %q of container %s: %w", st, r.ExecID, r.ID, errdefs.ErrFailedPrecondition)
+	}
+	if r.ExecID != "" {
+		if st == task.Status_STOPPED {
+			_ = p.wait(ctx)
+		}
+		c.removeExec(r.ExecID)
+		p.closeIO()
+		_, pid, status, at := p.state()
+		return &taskAPI.DeleteResponse{Pid: pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+	}
+	s.lifecycleMu.Lock()
+	defer s.lifecycleMu.Unlock()
+	sb, err := s.currentSandbox()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.removeContainer(ctx, sb, c, st); err != nil {
+		return nil, err
+	}
+	_, pid, status, at := p.state()
+	s.events.send(&eventstypes.TaskDelete{ContainerID: c.id, ID: c.id, Pid: pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})
+	return &taskAPI.DeleteResponse{Pid: pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+}
+
+// removeContainer undoes Create. A container never started is killed
+// first, and its exit published, since a client may wait on it.
+func (s *service) removeContainer(ctx context.Context, sb Sandbox, c *container, st task.Status) error {
+	agent := sb.Agent()
+	if st == task.Status_CREATED {
+		if _, err := agent.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: c.id, Signal: uint32(unix.SIGKILL), All: true}); err != nil {
+			log.G(ctx).WithError(err).WithField("id", c.id).Debug("kill created container")
+		}
+		c.init.recordExit(128+uint32(unix.SIGKILL), time.Now())
+		s.publishExit(c, c.init)
+	} else {
+		_ = c.init.wait(ctx)
+	}
+	if _, err := agent.RemoveContainer(ctx, &agentpb.ContainerRequest{ContainerId: c.id}); err != nil {
+		select {
+		case <-sb.Done():
+			// The sandbox is gone, and the container with it.
+		default:
+			if !errdefs.IsNotFound(errdefs.FromGRPC(err)) {
+				return fromAgent(err, "remove container %s from the sandbox", c.id)
+			}
+		}
+	}
+	c.init.closeIO()
+	c.mu.Lock()
+	for _, e := range c.execs {
+		e.closeIO()
+	}
+	c.mu.Unlock()
+	if err := rootfs.Remove(ctx, c.layout.HostDir); err != nil {
+		return fmt.Errorf("remove rootfs of container %s: %w", c.id, err)
+	}
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	s.mu.Unlock()
+	return nil
+}
+
+// Exec registers an exec process; Start runs it.
+func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*ptypes.Empty, error) {
+	return empty, errdefs.ToGRPC(s.exec(ctx, r))
+}
+
+func (s *service) exec(ctx context.Context, r *taskAPI.ExecProcessRequest) error {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return err
+	}
+	if c.init.hasExited() {
+		return fmt.Errorf("container %s is not running: %w", r.ID, errdefs.ErrFailedPrecondition)
+	}
+	if r.ExecID == "" || r.Spec == nil {
+		return fmt.Errorf("exec in container %s: exec id and process spec are required: %w", r.ID, errdefs.ErrInvalidArgument)
+	}
+	var proc specs.Process
+	if err := json.Unmarshal(r.Spec.GetValue(), &proc); err != nil {
+		return fmt.Errorf("exec %s in container %s: decode process spec: %w: %w", r.ExecID, r.ID, err, errdefs.ErrInvalidArgument)
+	}
+	p := newProcess(r.ID, r.ExecID, r.Terminal, stdio.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal})
+	p.spec = r.Spec.GetValue()
+	if err := c.addExec(p); err != nil {
+		return err
+	}
+	s.events.send(&eventstypes.TaskExecAdded{ContainerID: r.ID, ExecID: r.ExecID})
+	return nil
+}
+
+// Wait blocks until the process exited.
+func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	if err := p.wait(ctx); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	_, _, status, at := p.state()
+	return &taskAPI.WaitResponse{ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+}
+
+// Kill signals a process, or every process of the container.
+func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Empty, error) {
+	return empty, errdefs.ToGRPC(s.kill(ctx, r))
+}
+
+func (s *service) kill(ctx context.Context, r *taskAPI.KillRequest) error {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return err
+	}
+	st, _, _, _ := p.state()
+	if st == task.Status_STOPPED && !r.All {
+		return errProcessFinished(r.ID)
+	}
+	if st == task.Status_CREATED && r.ExecID != "" {
+		return fmt.Errorf("exec %s of container %s is not started: %w", r.ExecID, r.ID, errdefs.ErrFailedPrecondition)
+	}
+	sb, err := s.currentSandbox()
+	if err != nil {
+		return err
+	}
+	_, err = sb.Agent().SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: r.ID, ExecId: r.ExecID, Signal: r.Signal, All: r.All})
+	if err != nil {
+		if p.hasExited() {
+			return errProcessFinished(r.ID)
+		}
+		return fromAgent(err, "signal %d to process %q of container %s", r.Signal, r.ExecID, r.ID)
+	}
+	return nil
+}
+
+// State reports a process's status.
+func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	st, pid, status, at := p.state()
+	id := r.ExecID
+	if id == "" {
+		id = c.id
+	}
+	return &taskAPI.StateResponse{
+		ID:         id,
+		Bundle:     c.bundle,
+		Pid:        pid,
+		Status:     st,
+		Stdin:      p.stdio.Stdin,
+		Stdout:     p.stdio.Stdout,
+		Stderr:     p.stdio.Stderr,
+		Terminal:   p.terminal,
+		ExitStatus: status,
+		ExitedAt:   protobuf.ToTimestamp(at),
+		ExecID:     r.ExecID,
+	}, nil
+}
