@@ -13,8 +13,8 @@ import (
 	"syscall"
 	"time"
 
-	cshim "github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/containerd/namespaces"
+	cshim "github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
 	"github.com/vmpod/vmpod/shim/rootfs"
 	"golang.org/x/sys/unix"
