@@ -283,7 +283,17 @@ func (d *Device) processRX() {
 	}
 }
 
-func (d *Device) hasRXWork() bool { return len(d.control) > 0 || len(d.pending) > 0 }
+// hasRXWork reports whether a packet is ready, dropping connections that
+// were queued but have nothing to send any more (they are queued again
+// when they do), so that no guest buffer is taken for nothing. d.mu is
+// held.
+func (d *Device) hasRXWork() bool {
+	for len(d.pending) > 0 && !d.pending[0].hasWork() {
+		d.pending[0].queued = false
+		d.pending = d.pending[1:]
+	}
+	return len(d.control) > 0 || len(d.pending) > 0
+}
 
 // rxPacket writes the next pending packet into c and returns its length.
 func (d *Device) rxPacket(c *virtq.Chain) int {

@@ -1,0 +1,327 @@
+package device_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmpod/vmpod/vsock/device"
+	"github.com/vmpod/vmpod/vsock/internal/testdriver"
+)
+
+func listen(t *testing.T, d *device.Device, port uint32) net.Listener {
+	t.Helper()
+	l, err := d.Listen(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func TestGuestConnectsAndExchangesData(t *testing.T) {
+	g := newGuest(t, device.Options{})
+	l := listen(t, g.dev, 1234)
+	c := g.connect(l, 5555, 1234, 1<<20)
+	if got := c.RemoteAddr().(device.Addr); got.CID != cid || got.Port != 5555 {
+		t.Errorf("remote address %v", got)
+	}
+
+	g.send(device.Header{SrcPort: 5555, DstPort: 1234, Op: device.OpRW, BufAlloc: 1 << 20}, []byte("hello"))
+	buf := make([]byte, 16)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("host read %q, %v", buf[:n], err)
+	}
+
+	if _, err := c.Write([]byte("world")); err != nil {
+		t.Fatal(err)
+	}
+	p := g.expect(device.OpRW)
+	if string(p.Data) != "world" || p.FwdCnt != 5 || p.BufAlloc != device.DefaultBufferSize {
+		t.Fatalf("guest got %v %q, want 5 bytes acknowledged and buf_alloc %d", p.Header, p.Data, device.DefaultBufferSize)
+	}
+
+	// The guest closes: SHUTDOWN both ways. The host resets, as Linux does,
+	// and the reader sees EOF.
+	g.send(device.Header{SrcPort: 5555, DstPort: 1234, Op: device.OpShutdown, Flags: device.ShutdownRcv | device.ShutdownSend}, nil)
+	g.expect(device.OpRst)
+	if _, err := c.Read(buf); err != io.EOF {
+		t.Fatalf("read after guest shutdown: %v, want EOF", err)
+	}
+	if _, err := c.Write([]byte("x")); err == nil {
+		t.Fatal("write after the guest shut down succeeded")
+	}
+	if s := g.dev.Stats(); s.Conns != 0 {
+		t.Fatalf("%d connections left", s.Conns)
+	}
+}
+
+func TestUnknownPortGetsReset(t *testing.T) {
+	g := newGuest(t, device.Options{})
+	g.send(device.Header{SrcPort: 7, DstPort: 4321, Op: device.OpRequest}, nil)
+	p := g.expect(device.OpRst)
+	if p.SrcPort != 4321 || p.DstPort != 7 {
+		t.Fatalf("reset %v for the wrong ports", p.Header)
+	}
+	// Data for a connection that does not exist gets a reset too.
+	g.send(device.Header{SrcPort: 8, DstPort: 4321, Op: device.OpRW}, []byte("x"))
+	g.expect(device.OpRst)
+	// A reset for an unknown connection is not answered.
+	g.send(device.Header{SrcPort: 9, DstPort: 4321, Op: device.OpRst}, nil)
+	g.expectNothing(200 * time.Millisecond)
+}
+
+func TestMalformedPacketsGetReset(t *testing.T) {
+	g := newGuest(t, device.Options{})
+	l := listen(t, g.dev, 1)
+	for i, tc := range []struct {
+		h          device.Header
+		resetsConn bool
+	}{
+		{device.Header{Op: device.OpRW, Len: 100}, true},                      // claims more data than the chain has
+		{device.Header{Op: device.OpRW, Len: device.MaxPacketData + 1}, true}, // too long
+		{device.Header{Op: device.OpRequest, Type: 2}, true},                  // SEQPACKET was not offered
+		{device.Header{Op: 99}, true},                                         // unknown op
+		{device.Header{Op: device.OpRequest, DstCID: 77}, false},              // not for the host: answered, connection untouched
+	} {
+		port := uint32(100 + i)
+		c := g.connect(l, port, 1, 1<<20)
+		h := tc.h
+		h.SrcPort, h.DstPort = port, 1
+		g.send(h, []byte("short"))
+		g.expect(device.OpRst)
+		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		if tc.resetsConn && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("packet %d (%v): host read %v, want ECONNRESET", i, h, err)
+		}
+		if !tc.resetsConn && !isTimeout(err) {
+			t.Errorf("packet %d (%v): host read %v, want the connection alive", i, h, err)
+		}
+	}
+	// A packet from another CID is dropped without an answer.
+	g.send(device.Header{SrcCID: 42, SrcPort: 1, DstPort: 1, Op: device.OpRequest}, nil)
+	g.expectNothing(200 * time.Millisecond)
+}
+
+func TestBadChainsAreReturnedEmpty(t *testing.T) {
+	g := newGuest(t, device.Options{})
+	for _, bufs := range [][]testdriver.Buf{
+		{{Addr: 0x10, Len: 44}}, // below guest memory
+		{{Addr: testdriver.GuestBase + testdriver.MemSize - 8, Len: 44}}, // crosses its end
+		{{Addr: g.txHdr, Len: 10}},                                       // shorter than a header
+		{{Addr: g.txHdr, Len: 44, Write: true}},                          // device-writable on tx
+	} {
+		u := g.sendChain(bufs)
+		if len(u) != 1 || u[0].Len != 0 {
+			t.Fatalf("bad chain %v used as %v, want one entry of length 0", bufs, u)
+		}
+	}
+	// The queue still works.
+	g.send(device.Header{SrcPort: 7, DstPort: 4321, Op: device.OpRequest}, nil)
+	g.expect(device.OpRst)
+}
+
+func TestGuestExceedingCreditIsReset(t *testing.T) {
+	g := newGuest(t, device.Options{BufferSize: device.MaxPacketData})
+	l := listen(t, g.dev, 1)
+	c := g.connect(l, 2, 1, 1<<20)
+	chunk := bytes.Repeat([]byte{'a'}, device.MaxPacketData/2)
+	g.send(device.Header{SrcPort: 2, DstPort: 1, Op: device.OpRW}, chunk)
+	g.send(device.Header{SrcPort: 2, DstPort: 1, Op: device.OpRW}, chunk)
+	// The buffer is full: one more byte is more than the credit granted.
+	g.send(device.Header{SrcPort: 2, DstPort: 1, Op: device.OpRW}, []byte("b"))
+	g.expect(device.OpRst)
+	if s := g.dev.Stats(); s.PeakRecvBuffered > device.MaxPacketData {
+		t.Fatalf("buffered %d bytes, more than the %d granted", s.PeakRecvBuffered, device.MaxPacketData)
+	}
+	// What was received within the credit is still readable; then the reset.
+	got, err := io.ReadAll(c)
+	if len(got) != device.MaxPacketData || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read %d bytes and %v, want %d and ECONNRESET", len(got), err, device.MaxPacketData)
+	}
+}
+
+func TestReadingSendsCreditUpdate(t *testing.T) {
+	g := newGuest(t, device.Options{BufferSize: device.MaxPacketData})
+	l := listen(t, g.dev, 1)
+	c := g.connect(l, 2, 1, 1<<20)
+	data := bytes.Repeat([]byte{'z'}, device.MaxPacketData)
+	g.send(device.Header{SrcPort: 2, DstPort: 1, Op: device.OpRW}, data)
+	g.expectNothing(100 * time.Millisecond) // nothing consumed yet
+	if _, err := io.ReadFull(c, make([]byte, len(data))); err != nil {
+		t.Fatal(err)
+	}
+	p := g.expect(device.OpCreditUpdate)
+	if p.FwdCnt != uint32(len(data)) || p.BufAlloc != device.MaxPacketData {
+		t.Fatalf("credit update %v, want fwd_cnt %d", p.Header, len(data))
+	}
+	// Asked for credit, the device answers.
+	g.send(device.Header{SrcPort: 2, DstPort: 1, Op: device.OpCreditRequest}, nil)
+	if p := g.expect(device.OpCreditUpdate); p.FwdCnt != uint32(len(data)) {
+		t.Fatalf("credit update %v", p.Header)
+	}
+}
+
+func TestHostWritesRespectGuestCredit(t *testing.T) {
+	g := newGuest(t, device.Options{})
+	l := listen(t, g.dev, 1)
+	c := g.connect(l, 2, 1, 1000)
+	data := bytes.Repeat([]byte{'w'}, 5000)
+	go c.Write(data)
+	got := 0
+	for got < 1000 {
+		p := g.expect(device.OpRW)
+		got += len(p.Data)
+	}
+	if got != 1000 {
+		t.Fatalf("guest got %d bytes with 1000 of credit", got)
+	}
+	g.expectNothing(200 * time.Millisecond)
+	// The guest consumed it all: 1000 more may come.
+	g.send(device.Header{SrcPort: 2, DstPort: 1, Op: device.OpCreditUpdate, BufAlloc: 1000, FwdCnt: 1000}, nil)
+	for got < 2000 {
+		got += len(g.expect(device.OpRW).Data)
+	}
+	if got != 2000 {
+		t.Fatalf("guest got %d bytes with 2000 of credit", got)
+	}
+}
+
+func TestMaxConnections(t *testing.T) {
+	g := newGuest(t, device.Options{MaxConns: 2})
+	l := listen(t, g.dev, 1)
+	g.connect(l, 10, 1, 1<<20)
+	g.connect(l, 11, 1, 1<<20)
+	g.send(device.Header{SrcPort: 12, DstPort: 1, Op: device.OpRequest}, nil)
+	g.expect(device.OpRst)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := g.dev.Dial(ctx, 80); err == nil {
+		t.Fatal("dial beyond the connection limit succeeded")
+	}
+}
+
+func TestHostDial(t *testing.T) {
+	g := newGuest(t, device.Options{})
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	dial := func() chan result {
+		ch := make(chan result, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := g.dev.Dial(ctx, 1024)
+			ch <- result{c, err}
+		}()
+		return ch
+	}
+
+	ch := dial()
+	req := g.expect(device.OpRequest)
+	if req.DstPort != 1024 {
+		t.Fatalf("request %v", req.Header)
+	}
+	g.send(device.Header{SrcPort: 1024, DstPort: req.SrcPort, Op: device.OpResponse, BufAlloc: 4096}, nil)
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer r.c.Close()
+
+	ch = dial()
+	req = g.expect(device.OpRequest)
+	g.send(device.Header{SrcPort: 1024, DstPort: req.SrcPort, Op: device.OpRst}, nil)
+	if r := <-ch; !errors.Is(r.err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial answered with RST: %v, want ECONNREFUSED", r.err)
+	}
+
+	// A guest that never answers: the context ends the dial and the guest
+	// is told with a reset.
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := g.dev.Dial(ctx, 1025); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("dial without answer: %v", err)
+	}
+	g.expect(device.OpRequest)
+	g.expect(device.OpRst)
+}
+
+func TestHostCloseShutsDown(t *testing.T) {
+	g := newGuest(t, device.Options{})
+	l := listen(t, g.dev, 1)
+	c := g.connect(l, 2, 1, 1<<20)
+	c.Write([]byte("bye"))
+	c.Close()
+	if p := g.expect(device.OpRW); string(p.Data) != "bye" {
+		t.Fatalf("data written before Close: %q", p.Data)
+	}
+	if p := g.expect(device.OpShutdown); p.Flags != device.ShutdownRcv|device.ShutdownSend {
+		t.Fatalf("shutdown flags %#x", p.Flags)
+	}
+	g.send(device.Header{SrcPort: 2, DstPort: 1, Op: device.OpRst}, nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for g.dev.Stats().Conns != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("connection not released after the guest's reset")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read after Close: %v", err)
+	}
+}
+
+func TestDeadlines(t *testing.T) {
+	g := newGuest(t, device.Options{})
+	l := listen(t, g.dev, 1)
+	c := g.connect(l, 2, 1, 0) // no credit: writes cannot leave
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ETIMEDOUT) && !isTimeout(err) {
+		t.Fatalf("read past deadline: %v", err)
+	}
+	c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := c.Write(make([]byte, 2*device.DefaultBufferSize)); !isTimeout(err) {
+		t.Fatalf("write past deadline: %v", err)
+	}
+	if s := g.dev.Stats(); s.SendBuffered != device.DefaultBufferSize {
+		t.Fatalf("send buffer holds %d bytes, want the bound %d", s.SendBuffered, device.DefaultBufferSize)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func TestCloseDevice(t *testing.T) {
+	g := newGuest(t, device.Options{})
+	l := listen(t, g.dev, 1)
+	c := g.connect(l, 2, 1, 1<<20)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 1))
+		done <- err
+	}()
+	g.dev.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("read on a closed device succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("read not unblocked by device Close")
+	}
+	if _, err := l.Accept(); err == nil {
+		t.Fatal("accept on a closed device succeeded")
+	}
+}
