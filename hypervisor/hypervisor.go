@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 )
 
 // Machine types.
@@ -58,6 +59,10 @@ type Config struct {
 type Vsock struct {
 	VhostUserSocket string
 	GuestCID        uint32
+	// VhostFD, for kernel vhost-vsock, is an open /dev/vhost-vsock on which
+	// GuestCID is already claimed (vsock.AllocateCID), so that two VMs
+	// cannot race for one CID. The VMM inherits it.
+	VhostFD *os.File
 }
 
 // SharedFS is a virtio-fs device served by a vhost-user daemon (virtiofsd)

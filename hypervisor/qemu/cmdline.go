@@ -18,6 +18,7 @@ type commandLine struct {
 	accel     string            // resolved: kvm or tcg
 	tscKHz    uint64            // host TSC rate, for microvm
 	qmpSocket string
+	vhostFD   int // the child's fd number of Vsock.VhostFD, 0 if none
 }
 
 // kernelParams is the guest kernel's command line.
@@ -78,7 +79,11 @@ func (c commandLine) args() []string {
 				"-chardev", "socket,id=vsock,path="+v.VhostUserSocket,
 				"-device", dev("vhost-user-vsock-pci", "vhost-user-vsock-device")+",chardev=vsock")
 		} else {
-			a = append(a, "-device", fmt.Sprintf("%s,guest-cid=%d", dev("vhost-vsock-pci", "vhost-vsock-device"), v.GuestCID))
+			d := fmt.Sprintf("%s,guest-cid=%d", dev("vhost-vsock-pci", "vhost-vsock-device"), v.GuestCID)
+			if c.vhostFD > 0 {
+				d += fmt.Sprintf(",vhostfd=%d", c.vhostFD)
+			}
+			a = append(a, "-device", d)
 		}
 	}
 	if fs := cfg.SharedFS; fs != nil {

@@ -65,14 +65,14 @@ func TestArgsMicrovmKernelVsock(t *testing.T) {
 	cfg := baseConfig()
 	cfg.Machine = hypervisor.MachineMicrovm
 	cfg.Vsock = &hypervisor.Vsock{GuestCID: 42}
-	a := commandLine{cfg: cfg, accel: hypervisor.AccelKVM, tscKHz: 2600000, qmpSocket: "/q"}.args()
+	a := commandLine{cfg: cfg, accel: hypervisor.AccelKVM, tscKHz: 2600000, qmpSocket: "/q", vhostFD: 3}.args()
 	if got := argsAfter(a, "-machine"); !slices.Equal(got, []string{"microvm"}) {
 		t.Errorf("-machine %q: no memfd backend is needed for kernel vhost-vsock", got)
 	}
 	if got := argsAfter(a, "-object"); len(got) != 0 {
 		t.Errorf("-object %q", got)
 	}
-	if got := argsAfter(a, "-device"); !slices.Equal(got, []string{"vhost-vsock-device,guest-cid=42"}) {
+	if got := argsAfter(a, "-device"); !slices.Equal(got, []string{"vhost-vsock-device,guest-cid=42,vhostfd=3"}) {
 		t.Errorf("-device %q", got)
 	}
 	if got := argsAfter(a, "-cpu"); !slices.Equal(got, []string{"host"}) {

@@ -105,6 +105,11 @@ func (q *QEMU) Start(ctx context.Context) error {
 	}
 	os.Remove(q.QMPSocket()) // a stale socket from a crashed run
 	cl := commandLine{cfg: q.cfg, accel: accel, tscKHz: host.TSCkHz, qmpSocket: q.QMPSocket()}
+	var extraFiles []*os.File
+	if v := q.cfg.Vsock; v != nil && v.VhostUserSocket == "" && v.VhostFD != nil {
+		extraFiles = append(extraFiles, v.VhostFD)
+		cl.vhostFD = 2 + len(extraFiles) // ExtraFiles start at fd 3
+	}
 	args := cl.args()
 
 	consoleR, consoleW, err := os.Pipe()
@@ -114,6 +119,7 @@ func (q *QEMU) Start(ctx context.Context) error {
 	cmd := exec.Command(q.cfg.Path, args...)
 	cmd.Stdout = consoleW
 	cmd.Stderr = q.stderr
+	cmd.ExtraFiles = extraFiles
 	// QEMU must not outlive a crashed parent: nothing else would stop it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	logger.WithField("args", args).Debug("starting qemu")

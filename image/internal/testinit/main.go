@@ -7,6 +7,7 @@ package main
 
 import (
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,12 +15,20 @@ import (
 func main() {
 	if os.Getenv("vmpod_testinit") == "sleep" {
 		os.Stdout.WriteString("vmpod-testinit: sleeping\n")
-		select {}
+		sleep()
 	}
 	os.Stdout.WriteString("vmpod-testinit: powering off\n")
 	unix.Sync()
 	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
 		os.Stderr.WriteString("vmpod-testinit: " + err.Error() + "\n")
 	}
-	select {}
+	sleep()
+}
+
+// sleep never returns. (A bare select{} would make the Go runtime report a
+// deadlock and exit, and PID 1 exiting panics the kernel.)
+func sleep() {
+	for {
+		time.Sleep(time.Hour)
+	}
 }

@@ -1,0 +1,350 @@
+// Package vm boots one guest and hands back a live connection to its agent:
+// it runs virtiofsd for the shared directory, the vsock device (vmpod's own
+// vhost-user backend in this process, or the kernel's vhost-vsock) and QEMU,
+// and dials the agent until it answers.
+//
+// The caller creates the sandbox in the guest: CreateSandbox with
+// SharedMount() among its mounts, so that the hostname, DNS and the mounts
+// go in one request.
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+
+	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/hypervisor/qemu"
+	agentpb "github.com/vmpod/vmpod/proto"
+	"github.com/vmpod/vmpod/virtiofs"
+	"github.com/vmpod/vmpod/vsock"
+)
+
+// Vsock modes.
+const (
+	VsockAuto      = "auto"       // vhost when /dev/vhost-vsock exists, else vhost-user
+	VsockVhost     = "vhost"      // the host kernel's vhost-vsock
+	VsockVhostUser = "vhost-user" // vmpod's Go backend
+)
+
+const (
+	// AgentPort is the vsock port the agent serves on.
+	AgentPort = 1024
+	// SharedTag is the virtio-fs tag of the shared directory.
+	SharedTag = "vmpod"
+	// GuestSharedDir is where the guest mounts the shared directory.
+	GuestSharedDir = "/run/vmpod/shared"
+	// DefaultDialTimeout bounds the wait for the agent after QEMU starts.
+	DefaultDialTimeout = 60 * time.Second
+
+	// vhostUserCID is the guest's CID with the vhost-user backend; it is
+	// private to the backend, so every VM may use the same.
+	vhostUserCID = 3
+	// Kernel CIDs are claimed on the host from this range.
+	minKernelCID, maxKernelCID = 1000, 1 << 30
+	// checkTimeout bounds one Check attempt while the guest boots.
+	checkTimeout = 2 * time.Second
+)
+
+// Config describes one VM.
+type Config struct {
+	// ID names the VM in logs and QEMU's process title.
+	ID string
+	// StateDir holds the VM's sockets. Start creates it and Stop removes
+	// it, so it must be the VM's own (for example
+	// /run/vmpod/sandboxes/<id>/vm).
+	StateDir string
+	// Hypervisor is the guest: Path, Kernel, Initrd, Machine, Accel, VCPUs,
+	// MemoryMiB, KernelParams, Console, ExtraArgs. Its ID, StateDir, Vsock
+	// and SharedFS are set by Start.
+	Hypervisor hypervisor.Config
+	// VsockMode is VsockAuto (default), VsockVhost or VsockVhostUser.
+	VsockMode string
+	// VirtiofsdPath is the virtiofsd binary (default virtiofs.DefaultPath).
+	VirtiofsdPath string
+	// SharedDir is the host directory exported to the guest by virtio-fs;
+	// empty means no shared directory.
+	SharedDir string
+	// VirtiofsCache is virtiofsd's cache mode (default auto).
+	VirtiofsCache string
+	// DialTimeout bounds the wait for the agent (default 60s: TCG is slow).
+	DialTimeout time.Duration
+	// Debug makes the agent log at debug level (to the guest console).
+	Debug bool
+}
+
+// VM is a running guest with its agent connection.
+type VM struct {
+	cfg     Config
+	hv      *qemu.QEMU
+	fs      *virtiofs.Daemon
+	backend *vsock.Backend
+	served  chan error // the backend's Serve result
+	cid     uint32
+	vhostFD *os.File
+	client  *ttrpc.Client
+	agent   agentpb.AgentService
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// testHookBeforeHypervisor runs after the devices' daemons started and
+// before QEMU does; tests use it to misbehave in that window.
+var testHookBeforeHypervisor func(stateDir string)
+
+// Start boots the VM and returns once the agent answered Check. On any
+// failure everything started is stopped and removed again, and the error
+// carries QEMU's stderr (when QEMU exited) or the console's last lines.
+func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(cfg.StateDir); err == nil {
+		return nil, fmt.Errorf("vm %s: state directory %s already exists", cfg.ID, cfg.StateDir)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
+	}
+	v := &VM{cfg: cfg}
+	defer func() {
+		if retErr != nil {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+			defer cancel()
+			if err := v.Stop(sctx); err != nil {
+				log.G(ctx).WithError(err).WithField("vm", cfg.ID).Warn("cleanup after failed start")
+			}
+		}
+	}()
+	hcfg := cfg.Hypervisor
+	hcfg.ID, hcfg.StateDir = cfg.ID, cfg.StateDir
+	if cfg.Debug {
+		// The kernel passes what follows "--" to init as arguments.
+		hcfg.KernelParams = append(append([]string(nil), hcfg.KernelParams...), "--", "-log-level=debug")
+	}
+	if cfg.SharedDir != "" {
+		fs, err := virtiofs.Start(ctx, virtiofs.Config{
+			Path: cfg.VirtiofsdPath, SocketPath: filepath.Join(cfg.StateDir, "fs.sock"),
+			SharedDir: cfg.SharedDir, Cache: cfg.VirtiofsCache,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
+		}
+		v.fs = fs
+		hcfg.SharedFS = &hypervisor.SharedFS{Socket: fs.SocketPath(), Tag: SharedTag}
+	}
+	vs, err := v.startVsock(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
+	}
+	hcfg.Vsock = vs
+	if testHookBeforeHypervisor != nil {
+		testHookBeforeHypervisor(cfg.StateDir)
+	}
+	hv, err := qemu.New(hcfg)
+	if err != nil {
+		return nil, err
+	}
+	v.hv = hv
+	if err := hv.Start(ctx); err != nil {
+		return nil, err
+	}
+	if err := v.connect(ctx); err != nil {
+		return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
+	}
+	return v, nil
+}
+
+// fill applies defaults and checks the values.
+func (c *Config) fill() error {
+	if c.ID == "" || c.StateDir == "" {
+		return errors.New("vm: ID and StateDir are required")
+	}
+	if c.VsockMode == "" {
+		c.VsockMode = VsockAuto
+	}
+	if c.VsockMode == VsockAuto {
+		c.VsockMode = VsockVhostUser
+		if _, err := os.Stat(vsock.VhostVsockPath); err == nil {
+			c.VsockMode = VsockVhost
+		}
+	}
+	switch c.VsockMode {
+	case VsockVhost, VsockVhostUser:
+	default:
+		return fmt.Errorf("vm %s: unknown vsock mode %q (want auto, vhost or vhost-user)", c.ID, c.VsockMode)
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = DefaultDialTimeout
+	}
+	if c.DialTimeout < 0 {
+		return fmt.Errorf("vm %s: negative dial timeout %v", c.ID, c.DialTimeout)
+	}
+	return nil
+}
+
+// startVsock sets up the vsock device for QEMU.
+func (v *VM) startVsock(ctx context.Context) (*hypervisor.Vsock, error) {
+	if v.cfg.VsockMode == VsockVhost {
+		cid, f, err := vsock.AllocateCID(minKernelCID, maxKernelCID)
+		if err != nil {
+			return nil, err
+		}
+		v.cid, v.vhostFD = cid, f
+		return &hypervisor.Vsock{GuestCID: cid, VhostFD: f}, nil
+	}
+	b, err := vsock.NewBackend(filepath.Join(v.cfg.StateDir, "vsock.sock"), vhostUserCID)
+	if err != nil {
+		return nil, err
+	}
+	v.backend = b
+	v.served = make(chan error, 1)
+	// The backend lives as long as the VM, not as long as Start's ctx.
+	go func() { v.served <- b.Serve(context.WithoutCancel(ctx)) }()
+	return &hypervisor.Vsock{VhostUserSocket: b.SocketPath()}, nil
+}
+
+// Dial opens a new connection to port in the guest.
+func (v *VM) Dial(ctx context.Context, port uint32) (net.Conn, error) {
+	if v.backend != nil {
+		c, err := v.backend.Dial(ctx, port)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: vsock port %d: %w", v.cfg.ID, port, err)
+		}
+		return c, nil
+	}
+	return vsock.DialKernel(ctx, v.cid, port)
+}
+
+// connect dials the agent until it answers Check, QEMU exits, the vsock
+// backend fails or DialTimeout passes.
+func (v *VM) connect(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, v.cfg.DialTimeout)
+	defer cancel()
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-v.hv.Done():
+				return fmt.Errorf("qemu exited before the agent answered: %w", errors.Join(v.hv.Err(), lastErr, v.consoleErr()))
+			case err := <-v.served:
+				// The backend also ends when QEMU exits; report the cause.
+				select {
+				case <-v.hv.Done():
+					return fmt.Errorf("qemu exited before the agent answered: %w", errors.Join(v.hv.Err(), v.consoleErr()))
+				case <-time.After(time.Second):
+				}
+				return fmt.Errorf("vsock backend failed before the agent answered: %w", errors.Join(err, v.consoleErr()))
+			case <-ctx.Done():
+				return fmt.Errorf("agent did not answer within %v: %w", v.cfg.DialTimeout, errors.Join(lastErr, v.consoleErr()))
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		resp, err := v.check(ctx)
+		if err == nil {
+			log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "agent": resp.GetVersion(), "kernel": resp.GetKernelRelease()}).Debug("agent answered")
+			return nil
+		}
+		lastErr = err
+	}
+}
+
+// check makes one attempt: dial, Check; it keeps the client on success.
+func (v *VM) check(ctx context.Context) (*agentpb.CheckResponse, error) {
+	actx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	conn, err := v.Dial(actx, AgentPort)
+	if err != nil {
+		return nil, err
+	}
+	client := ttrpc.NewClient(conn)
+	agent := agentpb.NewAgentClient(client)
+	resp, err := agent.Check(actx, &agentpb.CheckRequest{})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("agent check: %w", err)
+	}
+	v.client, v.agent = client, agent
+	return resp, nil
+}
+
+func (v *VM) consoleErr() error {
+	if t := v.hv.ConsoleTail(); t != "" {
+		return fmt.Errorf("guest console:\n%s", t)
+	}
+	return nil
+}
+
+// Agent is the typed client of the guest agent.
+func (v *VM) Agent() agentpb.AgentService { return v.agent }
+
+// Done is closed when QEMU has exited.
+func (v *VM) Done() <-chan struct{} { return v.hv.Done() }
+
+// Err is why QEMU exited (with its stderr); nil while running or after a
+// clean exit.
+func (v *VM) Err() error { return v.hv.Err() }
+
+// Pid is QEMU's process id.
+func (v *VM) Pid() int { return v.hv.Pid() }
+
+// GuestSharedDir is where the guest mounts the shared directory when the
+// caller passes SharedMount to CreateSandbox.
+func (v *VM) GuestSharedDir() string { return GuestSharedDir }
+
+// SharedMount is the guest mount of the shared directory, for
+// CreateSandboxRequest.Mounts; nil without a shared directory.
+func (v *VM) SharedMount() *agentpb.Mount {
+	if v.cfg.SharedDir == "" {
+		return nil
+	}
+	return &agentpb.Mount{Type: "virtiofs", Source: SharedTag, Target: GuestSharedDir}
+}
+
+// Stop closes the agent connection, quits QEMU (killing it when ctx ends
+// first), stops the vsock backend and virtiofsd and removes the state
+// directory. It is idempotent.
+func (v *VM) Stop(ctx context.Context) error {
+	v.stopOnce.Do(func() { v.stopErr = v.stop(ctx) })
+	return v.stopErr
+}
+
+func (v *VM) stop(ctx context.Context) error {
+	var errs []error
+	if v.client != nil {
+		v.client.Close()
+	}
+	if v.hv != nil {
+		if err := v.hv.Stop(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if v.backend != nil {
+		if err := v.backend.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, fmt.Errorf("vsock backend: %w", err))
+		}
+	}
+	if v.fs != nil {
+		if err := v.fs.Stop(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if v.vhostFD != nil {
+		v.vhostFD.Close()
+	}
+	if err := os.RemoveAll(v.cfg.StateDir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("vm %s: stop: %w", v.cfg.ID, err)
+	}
+	return nil
+}
