@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,4 +116,26 @@ func TestBusyboxArchiveReproducible(t *testing.T) {
 			t.Errorf("archive lacks %s", n)
 		}
 	}
+}
+
+// TestCRIPlugin checks that the CRI configuration the harness writes (kata
+// handler, restrict_oom_score_adj) loads: the plugin reports ok.
+func TestCRIPlugin(t *testing.T) {
+	c := StartContainerd(t, Options{CRI: true, SandboxImage: "registry.k8s.io/pause:3.9", KataConfigPath: "/nonexistent/configuration.toml"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, _, err := c.Ctr(ctx, "plugins", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cri string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "io.containerd.grpc.v1") && strings.Contains(line, "cri") {
+			cri = line
+		}
+	}
+	if !strings.HasSuffix(strings.TrimSpace(cri), "ok") {
+		t.Errorf("cri plugin line = %q, want status ok; plugins:\n%s", cri, out)
+	}
+	c.AssertClean(t)
 }
