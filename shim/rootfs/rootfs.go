@@ -217,20 +217,3 @@ func UnmountUnder(ctx context.Context, dir string) error {
 	return errors.Join(errs...)
 }
 
-// ShareDir makes dir (created if needed) a mount point with shared
-// propagation. virtiofsd runs in a mount namespace of its own, made a slave
-// of the host's when it starts: mounts made under dir later (the rootfs of a
-// container created after the VM) reach it only through a shared peer.
-func ShareDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o711); err != nil {
-		return fmt.Errorf("create shared directory %s: %w", dir, err)
-	}
-	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind %s onto itself: %w", dir, err)
-	}
-	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
-		_ = unix.Unmount(dir, unix.MNT_DETACH)
-		return fmt.Errorf("make %s shared: %w", dir, err)
-	}
-	return nil
-}

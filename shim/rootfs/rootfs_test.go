@@ -1,0 +1,117 @@
+package rootfs
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/moby/sys/mountinfo"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/vmpod/vmpod/internal/leakcheck"
+)
+
+func TestValidID(t *testing.T) {
+	for _, id := range []string{"", ".", "..", "a/b", "x\x00", string(make([]byte, 256))} {
+		if ValidID(id) == nil {
+			t.Errorf("ValidID(%q) accepted", id)
+		}
+	}
+	for _, id := range []string{"demo", "a.b-c_d", "0123456789abcdef"} {
+		if err := ValidID(id); err != nil {
+			t.Errorf("ValidID(%q): %v", id, err)
+		}
+	}
+}
+
+func TestIsBind(t *testing.T) {
+	for _, tc := range []struct {
+		m    specs.Mount
+		want bool
+	}{
+		{specs.Mount{Type: "bind", Source: "/a"}, true},
+		{specs.Mount{Type: "none", Options: []string{"rbind", "ro"}}, true},
+		{specs.Mount{Options: []string{"bind"}}, true},
+		{specs.Mount{Type: "proc", Source: "proc"}, false},
+		{specs.Mount{Type: "tmpfs", Options: []string{"nosuid"}}, false},
+		{specs.Mount{Type: "cgroup", Options: []string{"ro"}}, false},
+	} {
+		if got := isBind(tc.m); got != tc.want {
+			t.Errorf("isBind(%+v) = %v, want %v", tc.m, got, tc.want)
+		}
+	}
+}
+
+// TestBindMountsRewriteSpec bind-mounts a directory (rw) and a file (ro)
+// into the shared directory, checks the spec now names guest paths with
+// the options kept and other mounts untouched, and that Remove undoes it.
+func TestBindMountsRewriteSpec(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to bind-mount")
+	}
+	root := t.TempDir()
+	leakcheck.Check(t, leakcheck.Options{Roots: []string{root}})
+	srcDir := filepath.Join(root, "src")
+	srcFile := filepath.Join(root, "hosts")
+	if err := os.Mkdir(srcDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(srcFile, []byte("127.0.0.1 x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewLayout(filepath.Join(root, "shared"), "/run/vmpod/shared", "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := &specs.Spec{Mounts: []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc"},
+		{Destination: "/data", Type: "bind", Source: srcDir, Options: []string{"rbind", "rw"}},
+		{Destination: "/etc/hosts", Type: "bind", Source: srcFile, Options: []string{"rbind", "ro"}},
+	}}
+	ctx := context.Background()
+	if err := l.BindMounts(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if spec.Mounts[0].Source != "proc" {
+		t.Errorf("proc mount rewritten to %q", spec.Mounts[0].Source)
+	}
+	if got, want := spec.Mounts[1].Source, "/run/vmpod/shared/c1/mounts/1"; got != want {
+		t.Errorf("directory bind source %q, want %q", got, want)
+	}
+	if got, want := spec.Mounts[2].Source, "/run/vmpod/shared/c1/mounts/2"; got != want {
+		t.Errorf("file bind source %q, want %q", got, want)
+	}
+	if o := spec.Mounts[2].Options; len(o) != 2 || o[1] != "ro" {
+		t.Errorf("options not kept: %v", o)
+	}
+	// The host side shows the sources; the ro one refuses writes.
+	if err := os.WriteFile(filepath.Join(root, "shared/c1/mounts/1/f"), []byte("x"), 0o644); err != nil {
+		t.Errorf("write through rw bind: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(srcDir, "f")); err != nil {
+		t.Errorf("write did not reach the source: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "shared/c1/mounts/2"), []byte("y"), 0o644); err == nil {
+		t.Error("write through a read-only bind succeeded")
+	}
+	if err := Remove(ctx, l.HostDir); err != nil {
+		t.Fatal(err)
+	}
+	if ms, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(root)); len(ms) != 0 {
+		t.Errorf("mounts left: %v", ms)
+	}
+	if _, err := os.Stat(l.HostDir); !os.IsNotExist(err) {
+		t.Errorf("%s not removed: %v", l.HostDir, err)
+	}
+	if data, err := os.ReadFile(srcFile); err != nil || string(data) != "127.0.0.1 x\n" {
+		t.Errorf("source file changed: %q %v", data, err)
+	}
+}
+
+func TestBindMountRejectsRelativeSource(t *testing.T) {
+	l, _ := NewLayout(t.TempDir(), "/g", "c")
+	spec := &specs.Spec{Mounts: []specs.Mount{{Destination: "/x", Type: "bind", Source: "rel/dir"}}}
+	if err := l.BindMounts(context.Background(), spec); err == nil {
+		t.Fatal("relative bind source accepted")
+	}
+}
