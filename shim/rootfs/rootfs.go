@@ -216,4 +216,3 @@ func UnmountUnder(ctx context.Context, dir string) error {
 	}
 	return errors.Join(errs...)
 }
-
