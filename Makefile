@@ -72,3 +72,30 @@ fuzz:
 
 clean:
 	rm -rf $(BIN) $(TOOLS)
+
+# `make install` copies what `make build image` produced: the shim (and the
+# vmpod tool, when built) into $(PREFIX)/bin; the guest kernel and initrd,
+# the reference configuration and a containerd snippet into
+# $(PREFIX)/share/vmpod. The shim looks for the guest image in
+# /usr/local/share/vmpod (config.ShareDir); with another PREFIX, set
+# hypervisor.qemu.kernel and initrd in /etc/vmpod/configuration.toml.
+DESTDIR ?=
+SHAREDIR := $(PREFIX)/share/vmpod
+INSTALL_BINS := containerd-shim-kata-v2 vmpod
+INSTALL_SHARE := vmpod-kernel vmpod-initrd.img configuration.toml containerd.toml
+
+.PHONY: install uninstall
+install:
+	@for f in bin/containerd-shim-kata-v2 out/vmpod-kernel out/vmpod-initrd.img; do \
+		[ -f "$$f" ] || { echo "install: $$f is missing: run make build image first" >&2; exit 1; }; done
+	@for b in $(INSTALL_BINS); do if [ -f "bin/$$b" ]; then \
+		echo install -D -m 0755 bin/$$b $(DESTDIR)$(PREFIX)/bin/$$b; \
+		install -D -m 0755 bin/$$b $(DESTDIR)$(PREFIX)/bin/$$b || exit 1; fi; done
+	install -D -m 0644 out/vmpod-kernel $(DESTDIR)$(SHAREDIR)/vmpod-kernel
+	install -D -m 0644 out/vmpod-initrd.img $(DESTDIR)$(SHAREDIR)/vmpod-initrd.img
+	install -D -m 0644 configuration.toml $(DESTDIR)$(SHAREDIR)/configuration.toml
+	install -D -m 0644 config/containerd-runtime.toml $(DESTDIR)$(SHAREDIR)/containerd.toml
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,$(INSTALL_BINS)) $(addprefix $(DESTDIR)$(SHAREDIR)/,$(INSTALL_SHARE))
+	-rmdir $(DESTDIR)$(SHAREDIR) 2>/dev/null
