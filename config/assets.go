@@ -126,7 +126,7 @@ func FindAsset(name string) (string, error) {
 		}
 		tried = append(tried, p)
 	}
-	return "", fmt.Errorf("config: %s not found; tried %s (run `make image`, or `make install`)", name, strings.Join(tried, ", "))
+	return "", fmt.Errorf("config: %s not found; tried %s (run make image, or make install)", name, strings.Join(tried, ", "))
 }
 
 func regularFile(p string) error {
