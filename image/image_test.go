@@ -297,3 +297,39 @@ func TestFind(t *testing.T) {
 		t.Errorf("Find = %q %q %v", k, i, err)
 	}
 }
+
+func TestBuildInitrdBusybox(t *testing.T) {
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("busybox-static not installed")
+	}
+	root, rel := fakeTree(t, fakeDep)
+	out := filepath.Join(t.TempDir(), "initrd")
+	res, err := BuildInitrd(Options{Init: testInit(t), KernelRelease: rel, ModulesRoot: root, Modules: []string{"vsock"},
+		Busybox: "/bin/busybox", Output: out})
+	if err != nil {
+		if strings.Contains(err.Error(), "dynamically linked") {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(out)
+	hdrs, data, err := readCPIO(bytes.NewReader(raw), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	links := 0
+	for _, h := range hdrs {
+		if h.Mode&modeTypes == modeSymlink && strings.HasPrefix(h.Name, "bin/") {
+			links++
+			if string(data[h.Name]) != "busybox" {
+				t.Errorf("%s -> %q", h.Name, data[h.Name])
+			}
+		}
+	}
+	if !slices.Contains(res.Files, "/bin/busybox") || !slices.Contains(res.Files, "/bin/sh") || links < 50 {
+		t.Errorf("busybox image has %d applet links; files %d", links, len(res.Files))
+	}
+	if slices.Contains(res.Files, "/bin/init") {
+		t.Error("busybox's init applet must not shadow the agent")
+	}
+}

@@ -9,8 +9,10 @@ import (
 	"time"
 
 	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/image/imagetest"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/testbin"
 )
 
 func TestMain(m *testing.M) {
@@ -189,26 +191,58 @@ func BenchmarkBootFloor(b *testing.B) {
 			cfg := bootConfig(b)
 			cfg.Machine = machine
 			for i := 0; i < b.N; i++ {
-				q, err := New(cfg)
-				if err != nil {
-					b.Fatal(err)
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-				if err := q.Start(ctx); err != nil {
-					b.Fatal(err)
-				}
-				select {
-				case <-q.Done():
-				case <-ctx.Done():
-					q.Stop(context.Background())
-					b.Fatalf("guest did not power off: %s", q.ConsoleTail())
-				}
-				cancel()
-				if err := q.Err(); err != nil {
-					b.Fatal(err)
-				}
-				q.Stop(context.Background())
+				bootToExit(b, cfg)
 			}
 		})
+	}
+}
+
+// BenchmarkInitrdCompression boots the floor init in an initrd the size of
+// the agent's (the agent binary rides along as a file), uncompressed and
+// gzipped, to weigh the smaller read against decompression under TCG.
+func BenchmarkInitrdCompression(b *testing.B) {
+	cfg := bootConfig(b)
+	agent := testbin.Agent(b)
+	init := testbin.Build(b, "./image/internal/testinit", true)
+	for _, compression := range []string{image.CompressNone, image.CompressGzip} {
+		b.Run(compression, func(b *testing.B) {
+			cfg := cfg
+			cfg.Initrd = filepath.Join(b.TempDir(), "initrd-"+compression)
+			res, err := image.BuildInitrd(image.Options{
+				Init: init, Compression: compression, Output: cfg.Initrd,
+				ExtraFiles: map[string]string{"/usr/bin/vmpod-agent": agent},
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(res.Size)/(1<<20), "MiB")
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				bootToExit(b, cfg)
+			}
+		})
+	}
+}
+
+// bootToExit starts QEMU and waits for the guest to power off.
+func bootToExit(b *testing.B, cfg hypervisor.Config) {
+	b.Helper()
+	q, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	defer q.Stop(context.Background())
+	if err := q.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	select {
+	case <-q.Done():
+	case <-ctx.Done():
+		b.Fatalf("guest did not power off: %s", q.ConsoleTail())
+	}
+	if err := q.Err(); err != nil {
+		b.Fatal(err)
 	}
 }

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"net"
@@ -116,6 +117,23 @@ func TestQMPHostileServer(t *testing.T) {
 		_, err := dialQMP(ctx, filepath.Join(t.TempDir(), "none.sock"), exited)
 		if err == nil || !strings.Contains(err.Error(), "exited") {
 			t.Errorf("error %v", err)
+		}
+	})
+}
+
+// FuzzQMPReply feeds arbitrary bytes where QEMU's replies go: reading must
+// end in a reply or an error, never a panic or an unbounded line.
+func FuzzQMPReply(f *testing.F) {
+	f.Add([]byte(greeting + "\n"))
+	f.Add([]byte(`{"event": "STOP"}` + "\n" + `{"return": {"status": "running"}}` + "\n"))
+	f.Add([]byte(`{"error": {"class": "GenericError", "desc": "x"}}` + "\n"))
+	f.Add([]byte("{\"return\": [1, 2, {\"a\": null}]}\n\x00\xff"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c := &qmpClient{r: bufio.NewReaderSize(bytes.NewReader(data), 4096)}
+		for i := 0; i < 100; i++ {
+			if _, err := c.readReply(); err != nil {
+				return
+			}
 		}
 	})
 }
