@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/vmpod/vmpod/integration/harness"
-	"github.com/vmpod/vmpod/internal/testbin"
 )
 
 // TestConfigErrorsReachCtr runs the real shim under the real containerd
@@ -33,7 +32,7 @@ func TestConfigErrorsReachCtr(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	shim := testbin.Build(t, "./cmd/containerd-shim-kata-v2", false)
+	shim := harness.Shim(t)
 	c := harness.StartContainerd(t, harness.Options{ShimPath: shim, VMPODConfig: envFile})
 	ref := harness.ImportBusybox(t, c)
 

@@ -1,8 +1,11 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +13,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/ttrpc"
 
 	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/integration/harness"
@@ -142,3 +148,134 @@ func (e *vmpodEnv) run(id string, flagsAndArgs ...string) (string, string, error
 }
 
 func trim(s string) string { return strings.TrimSpace(s) }
+
+// exitCode is the exit status of the ctr command behind err, or -1.
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
+// eventLog records `ctr events` while a test runs.
+type eventLog struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	done chan struct{}
+}
+
+func (e *vmpodEnv) watchEvents() *eventLog {
+	e.t.Helper()
+	l := &eventLog{done: make(chan struct{})}
+	l.cmd = exec.Command("ctr", "--address", e.c.Address, "--namespace", harness.Namespace, "events")
+	l.cmd.Stdout = l
+	if err := l.cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() { l.cmd.Wait(); close(l.done) }()
+	e.t.Cleanup(l.stop)
+	// ctr subscribes after it started; give it a moment to be listening.
+	time.Sleep(500 * time.Millisecond)
+	return l
+}
+
+func (l *eventLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *eventLog) stop() {
+	l.cmd.Process.Kill()
+	<-l.done
+}
+
+// topics returns the task topics seen so far for container id, in order,
+// with the exec or process id for exits ("/tasks/exit:e1").
+func (l *eventLog) topics(id string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, line := range strings.Split(l.buf.String(), "\n") {
+		f := strings.Fields(line)
+		// ctr events: <time> <namespace> <topic> <event JSON>
+		if len(f) < 4 || !strings.HasPrefix(f[2], "/tasks/") {
+			continue
+		}
+		rest := strings.Join(f[3:], " ")
+		if !strings.Contains(rest, `"container_id":"`+id+`"`) {
+			continue
+		}
+		topic := f[2]
+		if topic == "/tasks/exit" {
+			if i := strings.Index(rest, `"id":"`); i >= 0 {
+				topic += ":" + strings.SplitN(rest[i+6:], `"`, 2)[0]
+			}
+		}
+		out = append(out, topic)
+	}
+	return out
+}
+
+// waitTopics polls until want appears in order among id's topics.
+func (l *eventLog) waitTopics(t *testing.T, id string, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := l.topics(id)
+		if isSubsequence(want, got) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("events of %s: %v, want in order %v", id, got, want)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func isSubsequence(want, got []string) bool {
+	i := 0
+	for _, g := range got {
+		if i < len(want) && g == want[i] {
+			i++
+		}
+	}
+	return i == len(want)
+}
+
+// waitStatus polls `ctr task ls` until task id shows status.
+func (e *vmpodEnv) waitStatus(id, status string) {
+	e.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, _, _ := e.ctrErr("task", "ls")
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) == 3 && f[0] == id && f[2] == status {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("task %s never became %s; tasks:\n%s", id, status, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// taskClient connects to the shim of container id directly, for the Task
+// API calls ctr 1.6 has no command for (Update).
+func (e *vmpodEnv) taskClient(id string) (taskAPI.TaskService, func()) {
+	e.t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.c.State, "io.containerd.runtime.v2.task", harness.Namespace, id, "address"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	conn, err := net.Dial("unix", strings.TrimPrefix(strings.TrimSpace(string(data)), "unix://"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	return taskAPI.NewTaskClient(client), func() { client.Close() }
+}

@@ -1,16 +1,378 @@
 package integration
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/namespaces"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/vmpod/vmpod/image"
 )
 
-func TestShimEcho(t *testing.T) {
+// TestShimRun runs short containers with `ctr run --rm` through the shim,
+// one VM each: output, exit codes, process settings, mounts, stdin and a
+// memory limit.
+func TestShimRun(t *testing.T) {
 	e := newVMPodEnv(t, "")
-	out, _, err := e.run("echo", "echo", "hi")
+
+	t.Run("echo", func(t *testing.T) {
+		out, _, err := e.run("echo", "echo", "hi")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out != "hi\n" {
+			t.Errorf("stdout %q, want %q", out, "hi\n")
+		}
+	})
+
+	t.Run("guest kernel", func(t *testing.T) {
+		release, err := image.DefaultRelease()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var host unix.Utsname
+		if err := unix.Uname(&host); err != nil {
+			t.Fatal(err)
+		}
+		out, _, err := e.run("uname", "uname", "-r")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if trim(out) != release {
+			t.Errorf("uname -r in the container = %q, want the guest's %q", trim(out), release)
+		}
+		if trim(out) == unix.ByteSliceToString(host.Release[:]) {
+			t.Errorf("the container sees the host's kernel %q", trim(out))
+		}
+	})
+
+	t.Run("8 MiB of stdout", func(t *testing.T) {
+		const size = 8 << 20
+		out, _, err := e.run("stream", "sh", "-c", fmt.Sprintf("yes 0123456789abcdef | head -c %d", size))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := bytes.Repeat([]byte("0123456789abcdef\n"), size/17+1)[:size]
+		if !bytes.Equal([]byte(out), want) {
+			t.Errorf("stdout: %d bytes, want %d exact bytes", len(out), size)
+		}
+	})
+
+	t.Run("exit code", func(t *testing.T) {
+		_, _, err := e.run("exit3", "sh", "-c", "exit 3")
+		if code := exitCode(err); code != 3 {
+			t.Errorf("ctr exit code %d (%v), want 3", code, err)
+		}
+	})
+
+	t.Run("env cwd read-only rootfs", func(t *testing.T) {
+		out, _, err := e.run("settings", "--env", "FOO=bar", "--cwd", "/tmp", "--read-only", "--",
+			"sh", "-c", `echo "$FOO"; pwd; if touch /probe 2>/dev/null; then echo writable; else echo read-only; fi`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "bar\n/tmp\nread-only\n"; out != want {
+			t.Errorf("stdout %q, want %q", out, want)
+		}
+	})
+
+	t.Run("bind mount", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "in"), []byte("from host\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, _, err := e.run("bind", "--mount", "type=bind,src="+dir+",dst=/data,options=rbind:rw", "--",
+			"sh", "-c", "cat /data/in; echo from guest > /data/out")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out != "from host\n" {
+			t.Errorf("container read %q from the bind mount", out)
+		}
+		if data, err := os.ReadFile(filepath.Join(dir, "out")); err != nil || string(data) != "from guest\n" {
+			t.Errorf("host reads %q (%v) from the guest's write", data, err)
+		}
+	})
+
+	t.Run("stdin", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		out, _, err := e.c.CtrStdin(ctx, strings.NewReader("piped through cat\n"),
+			"run", "--rm", "--runtime", "io.containerd.kata.v2", e.image, "stdin", "cat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out != "piped through cat\n" {
+			t.Errorf("stdout %q", out)
+		}
+	})
+
+	t.Run("memory limit", func(t *testing.T) {
+		out, _, err := e.run("memlimit", "--memory-limit", "134217728", "--", "cat", "/sys/fs/cgroup/memory.max")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if trim(out) != "134217728" {
+			t.Errorf("memory.max in the container = %q, want 134217728", trim(out))
+		}
+	})
+}
+
+// TestShimLongRunning drives one running container (one VM) through exec,
+// pause and resume, metrics, process listing, a resource update, a second
+// VM beside it, and SIGKILL, and checks the events containerd saw.
+func TestShimLongRunning(t *testing.T) {
+	e := newVMPodEnv(t, "")
+	events := e.watchEvents()
+
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, _, err := e.run("long", "--memory-limit", "268435456", "--", "sleep", "1000")
+		done <- result{out, err}
+	}()
+	e.waitStatus("long", "RUNNING")
+
+	t.Run("exec", func(t *testing.T) {
+		out, _, err := e.ctrErr("task", "exec", "--exec-id", "e1", "long", "sh", "-c", "echo from exec; exit 4")
+		if code := exitCode(err); code != 4 {
+			t.Errorf("exec exit code %d (%v), want 4", code, err)
+		}
+		if out != "from exec\n" {
+			t.Errorf("exec stdout %q", out)
+		}
+		events.waitTopics(t, "long", "/tasks/exec-added", "/tasks/exec-started", "/tasks/exit:e1")
+	})
+
+	t.Run("exec as user 1000", func(t *testing.T) {
+		out := e.ctr("task", "exec", "--exec-id", "e2", "--user", "1000", "long", "id", "-u")
+		if trim(out) != "1000" {
+			t.Errorf("id -u = %q, want 1000", trim(out))
+		}
+	})
+
+	t.Run("pause and resume", func(t *testing.T) {
+		e.ctr("task", "pause", "long")
+		e.waitStatus("long", "PAUSED")
+		e.ctr("task", "resume", "long")
+		e.waitStatus("long", "RUNNING")
+		events.waitTopics(t, "long", "/tasks/paused", "/tasks/resumed")
+	})
+
+	t.Run("metrics and ps", func(t *testing.T) {
+		out := e.ctr("task", "metrics", "long")
+		usage := ""
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) == 2 && f[0] == "memory.usage" {
+				usage = f[1]
+			}
+		}
+		if usage == "" || usage == "0" {
+			t.Errorf("no memory usage in metrics:\n%s", out)
+		}
+		if !strings.Contains(out, "memory.usage_limit") || !strings.Contains(out, "268435456") {
+			t.Errorf("metrics do not show the 256 MiB limit:\n%s", out)
+		}
+		if ps := e.ctr("task", "ps", "long"); len(strings.Fields(ps)) < 3 {
+			t.Errorf("task ps lists no process:\n%s", ps)
+		}
+	})
+
+	t.Run("update memory limit", func(t *testing.T) {
+		client, closeClient := e.taskClient("long")
+		defer closeClient()
+		limit := int64(201326592)
+		res, _ := json.Marshal(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})
+		ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "vmpod-test"), time.Minute)
+		defer cancel()
+		if _, err := client.Update(ctx, &taskAPI.UpdateTaskRequest{ID: "long", Resources: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", Value: res}}); err != nil {
+			t.Fatal(err)
+		}
+		out := e.ctr("task", "exec", "--exec-id", "e3", "long", "cat", "/sys/fs/cgroup/memory.max")
+		if trim(out) != "201326592" {
+			t.Errorf("memory.max after update = %q, want 201326592", trim(out))
+		}
+	})
+
+	t.Run("two VMs", func(t *testing.T) {
+		inLong := e.ctr("task", "exec", "--exec-id", "e4", "long", "cat", "/proc/sys/kernel/random/boot_id")
+		other, _, err := e.run("other", "cat", "/proc/sys/kernel/random/boot_id")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if trim(inLong) == "" || trim(inLong) == trim(other) {
+			t.Errorf("boot ids %q and %q: want two different guests", trim(inLong), trim(other))
+		}
+	})
+
+	e.ctr("task", "kill", "-s", "KILL", "long")
+	select {
+	case r := <-done:
+		if code := exitCode(r.err); code != 137 {
+			t.Errorf("ctr run exit code %d (%v), want 137 after SIGKILL", code, r.err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("ctr run did not return after SIGKILL")
+	}
+	events.waitTopics(t, "long", "/tasks/create", "/tasks/start", "/tasks/exit:long", "/tasks/delete")
+}
+
+// TestShimTerminal runs a container on a terminal: the initial size and a
+// resize reach the guest's tty.
+func TestShimTerminal(t *testing.T) {
+	e := newVMPodEnv(t, "")
+	master, slave, err := openPTY()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out != "hi\n" {
-		t.Errorf("stdout %q, want %q", out, "hi\n")
+	defer master.Close()
+	setSize := func(rows, cols uint16) {
+		if err := unix.IoctlSetWinsize(int(master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols}); err != nil {
+			t.Fatal(err)
+		}
 	}
+	setSize(40, 100)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	script := `stty size; while [ "$(stty size)" = "40 100" ]; do sleep 0.1; done; stty size`
+	cmd := exec.CommandContext(ctx, "ctr", "--address", e.c.Address, "--namespace", "vmpod-test",
+		"run", "--rm", "-t", "--runtime", "io.containerd.kata.v2", e.image, "tty", "sh", "-c", script)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true, Setctty: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	var (
+		mu  sync.Mutex
+		out bytes.Buffer
+	)
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		buf := make([]byte, 4096)
+		for {
+			n, err := master.Read(buf)
+			mu.Lock()
+			out.Write(buf[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	// Once the first size is printed, resize: ctr forwards SIGWINCH.
+	for !strings.Contains(func() string { mu.Lock(); defer mu.Unlock(); return out.String() }(), "40 100") {
+		if ctx.Err() != nil {
+			t.Fatalf("no initial size on the terminal; output %q", out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	setSize(50, 120)
+	cmd.Process.Signal(unix.SIGWINCH)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("ctr run -t: %v", err)
+	}
+	master.Close()
+	<-readDone
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(out.String(), "50 120") {
+		t.Errorf("terminal output %q does not show the resize to 50x120", out.String())
+	}
+}
+
+// TestShimOOM fills a container's memory limit: containerd sees TaskOOM
+// before TaskExit.
+func TestShimOOM(t *testing.T) {
+	e := newVMPodEnv(t, "")
+	events := e.watchEvents()
+	_, _, err := e.run("oom", "--memory-limit", "33554432", "--", "sh", "-c", "tail /dev/zero")
+	if code := exitCode(err); code != 137 {
+		t.Errorf("ctr run exit code %d (%v), want 137 after the OOM kill", code, err)
+	}
+	events.waitTopics(t, "oom", "/tasks/start", "/tasks/oom", "/tasks/exit:oom", "/tasks/delete")
+}
+
+// TestShimBootFailures: a missing kernel and a guest that never answers
+// fail `ctr run` with a message naming the cause, and leave nothing.
+func TestShimBootFailures(t *testing.T) {
+	e := newVMPodEnv(t, "")
+	dir := t.TempDir()
+	kernel, initrd := buildGuestImage(t)
+
+	missing := filepath.Join(dir, "no-such-vmlinuz")
+	noKernel := filepath.Join(dir, "nokernel.toml")
+	if err := os.WriteFile(noKernel, []byte(configTOML(missing, initrd, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// An initrd whose /init is busybox's init: the guest boots and never
+	// serves the agent.
+	silent, err := image.BuildInitrd(image.Options{Init: "/bin/busybox", Output: filepath.Join(dir, "silent.img")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	silentCfg := filepath.Join(dir, "silent.toml")
+	if err := os.WriteFile(silentCfg, []byte(configTOML(kernel, silent.Path, "[agent]\ndial_timeout = \"5s\"\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, config, want string
+	}{
+		{"missing kernel", noKernel, missing},
+		{"agent never answers", silentCfg, "did not answer within 5s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := strings.ReplaceAll(tc.name, " ", "-")
+			_, _, err := e.run(id, "--runtime-config-path", tc.config, "--", "echo", "hi")
+			if err == nil {
+				t.Fatal("container ran")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not name %q", err, tc.want)
+			}
+			// A run that failed to start leaves the container record.
+			e.ctrErr("containers", "delete", id)
+			e.c.AssertClean(t)
+		})
+	}
+}
+
+// openPTY opens a pseudo-terminal pair.
+func openPTY() (master, slave *os.File, err error) {
+	master, err = os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := unix.IoctlSetPointerInt(int(master.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		master.Close()
+		return nil, nil, err
+	}
+	n, err := unix.IoctlGetInt(int(master.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		master.Close()
+		return nil, nil, err
+	}
+	slave, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		master.Close()
+		return nil, nil, err
+	}
+	return master, slave, nil
 }

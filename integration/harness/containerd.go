@@ -17,12 +17,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/testbin"
 )
 
 // Namespace is the containerd namespace every ctr command of the harness
@@ -171,14 +173,25 @@ func (c *Containerd) start(opts Options) error {
 	// first; and killed with the test process if that dies without
 	// cleaning up (a test timeout panics past t.Cleanup).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	c.cmd = cmd
+	// Pdeathsig fires when the forking thread ends, not the process: fork
+	// from a locked thread that lives as long as containerd does, so that
+	// another test's LockOSThread goroutine ending cannot kill it.
+	started := make(chan error, 1)
 	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
 		c.err = cmd.Wait()
 		close(c.done)
 	}()
+	if err := <-started; err != nil {
+		return err
+	}
+	c.cmd = cmd
 	timeout := opts.StartTimeout
 	if timeout == 0 {
 		timeout = DefaultStartTimeout
@@ -282,6 +295,13 @@ func (c *Containerd) dumpLog(t testing.TB) {
 		l = "...\n" + l[len(l)-max:]
 	}
 	t.Logf("containerd log (%s):\n%s", c.LogFile, l)
+}
+
+// Shim builds containerd-shim-kata-v2 from this tree (once per test
+// process), for Options.ShimPath.
+func Shim(t testing.TB) string {
+	t.Helper()
+	return testbin.Build(t, "./cmd/containerd-shim-kata-v2", false)
 }
 
 // Pid is the daemon's process id.
