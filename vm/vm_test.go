@@ -151,6 +151,29 @@ func TestVM(t *testing.T) {
 	}
 }
 
+// TestMicrovm boots the microvm machine (virtio-mmio devices, the
+// tsc_early_khz command line) and mounts the share in the guest.
+func TestMicrovm(t *testing.T) {
+	imagetest.Require(t)
+	cfg, dir := testConfig(t, imagetest.AgentInitrd(t))
+	cfg.Hypervisor.Machine = hypervisor.MachineMicrovm
+	cfg.SharedDir = filepath.Join(dir, "shared")
+	v, err := Start(ctxFor(t, 2*time.Minute), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Stop(ctxFor(t, 30*time.Second))
+	_, err = v.Agent().CreateSandbox(ctxFor(t, 20*time.Second), &agentpb.CreateSandboxRequest{
+		SandboxId: cfg.ID, Mounts: []*agentpb.Mount{v.SharedMount()},
+	})
+	if err != nil {
+		t.Fatalf("mounting virtio-fs on microvm: %v", err)
+	}
+	if err := v.Stop(ctxFor(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // runContainer runs args in a container whose rootfs is <shared>/<id>/rootfs
 // and returns its stdout and exit status; it removes the container.
 func runContainer(t *testing.T, v *VM, id string, args ...string) (string, uint32) {
@@ -304,17 +327,24 @@ func TestConfigErrors(t *testing.T) {
 func BenchmarkBootToAgent(b *testing.B) {
 	imagetest.Require(b)
 	initrd := imagetest.AgentInitrd(b)
-	for i := 0; i < b.N; i++ {
-		cfg, _ := testConfig(b, initrd)
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		v, err := Start(ctx, cfg)
-		if err != nil {
-			cancel()
-			b.Fatal(err)
-		}
-		if err := v.Stop(ctx); err != nil {
-			b.Error(err)
-		}
-		cancel()
+	for _, machine := range []string{hypervisor.MachineQ35, hypervisor.MachineMicrovm} {
+		b.Run(machine, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				cfg, _ := testConfig(b, initrd)
+				cfg.Hypervisor.Machine = machine
+				b.StartTimer()
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				v, err := Start(ctx, cfg)
+				if err != nil {
+					cancel()
+					b.Fatal(err)
+				}
+				if err := v.Stop(ctx); err != nil {
+					b.Error(err)
+				}
+				cancel()
+			}
+		})
 	}
 }
