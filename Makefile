@@ -9,7 +9,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_TTRPC_VERSION := v1.2.10
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/vmpod/vmpod/version.Version=$(VERSION)
+LDFLAGS := -X github.com/vmpod/vmpod/version.Version=$(VERSION) -X github.com/vmpod/vmpod/config.ShareDir=$(PREFIX)/share/vmpod
 
 # The agent is the guest's /init: static, cgo for libcontainer's nsenter.
 AGENT_TAGS := netgo,osusergo
