@@ -119,6 +119,26 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// CheckFiles fails, naming the path, when the VMM binary, the kernel or
+// the initrd is missing: before anything is started for the guest.
+func (c Config) CheckFiles() error {
+	for _, f := range []struct{ what, path string }{
+		{"VMM binary", c.Path}, {"kernel", c.Kernel}, {"initrd", c.Initrd},
+	} {
+		if f.path == "" {
+			return fmt.Errorf("hypervisor %s: no %s configured", c.ID, f.what)
+		}
+		st, err := os.Stat(f.path)
+		if err != nil {
+			return fmt.Errorf("hypervisor %s: %s: %w", c.ID, f.what, err)
+		}
+		if !st.Mode().IsRegular() {
+			return fmt.Errorf("hypervisor %s: %s %s is not a regular file", c.ID, f.what, f.path)
+		}
+	}
+	return nil
+}
+
 // Hypervisor runs one guest.
 type Hypervisor interface {
 	// Start launches the VMM and returns once it accepts control commands.

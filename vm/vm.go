@@ -108,6 +108,13 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
+	if cfg.Hypervisor.Path == "" {
+		cfg.Hypervisor.Path = qemu.DefaultPath
+	}
+	cfg.Hypervisor.ID = cfg.ID
+	if err := cfg.Hypervisor.CheckFiles(); err != nil {
+		return nil, err
+	}
 	if _, err := os.Stat(cfg.StateDir); err == nil {
 		return nil, fmt.Errorf("vm %s: state directory %s already exists", cfg.ID, cfg.StateDir)
 	}

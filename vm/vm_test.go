@@ -237,6 +237,12 @@ func TestMissingKernel(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), cfg.Hypervisor.Kernel) {
 		t.Fatalf("error %v does not name the kernel path", err)
 	}
+	// Nothing was started or created for the VM.
+	for _, p := range []string{cfg.StateDir, cfg.SharedDir} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s created for a VM that cannot start", p)
+		}
+	}
 }
 
 // TestAgentNeverAnswers boots an init that sleeps: Start must give up at
@@ -312,7 +318,10 @@ func TestConfigErrors(t *testing.T) {
 		{Config{ID: "x", StateDir: dir + "/s", DialTimeout: -1}, "negative"},
 		{Config{ID: "x", StateDir: dir}, "already exists"},
 	}
+	k := filepath.Join(dir, "kernel")
+	os.WriteFile(k, nil, 0o644)
 	for _, c := range cases {
+		c.cfg.Hypervisor = hypervisor.Config{Path: k, Kernel: k, Initrd: k}
 		if _, err := Start(context.Background(), c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Start(%+v): error %v, want one containing %q", c.cfg, err, c.want)
 		}

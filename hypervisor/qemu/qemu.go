@@ -62,25 +62,6 @@ func New(cfg hypervisor.Config) (*QEMU, error) {
 // QMPSocket is the control socket's path.
 func (q *QEMU) QMPSocket() string { return filepath.Join(q.cfg.StateDir, "qmp.sock") }
 
-// checkFiles fails, naming the path, for a missing binary, kernel or initrd.
-func (q *QEMU) checkFiles() error {
-	for _, f := range []struct{ what, path string }{
-		{"QEMU binary", q.cfg.Path}, {"kernel", q.cfg.Kernel}, {"initrd", q.cfg.Initrd},
-	} {
-		if f.path == "" {
-			return fmt.Errorf("qemu %s: no %s configured", q.cfg.ID, f.what)
-		}
-		st, err := os.Stat(f.path)
-		if err != nil {
-			return fmt.Errorf("qemu %s: %s: %w", q.cfg.ID, f.what, err)
-		}
-		if !st.Mode().IsRegular() {
-			return fmt.Errorf("qemu %s: %s %s is not a regular file", q.cfg.ID, f.what, f.path)
-		}
-	}
-	return nil
-}
-
 // Start launches QEMU and connects to its QMP socket.
 func (q *QEMU) Start(ctx context.Context) error {
 	q.mu.Lock()
@@ -88,7 +69,7 @@ func (q *QEMU) Start(ctx context.Context) error {
 	if q.cmd != nil || q.stopped {
 		return fmt.Errorf("qemu %s: already started", q.cfg.ID)
 	}
-	if err := q.checkFiles(); err != nil {
+	if err := q.cfg.CheckFiles(); err != nil {
 		return err
 	}
 	logger := log.G(ctx).WithField("vm", q.cfg.ID)
