@@ -56,11 +56,9 @@ func DialHybrid(ctx context.Context, udsPath string, port uint32) (net.Conn, err
 }
 
 // deadlineFromContext makes blocking I/O on conn fail once ctx ends, until
-// the returned stop is called.
+// the returned stop is called. (Not conn.SetDeadline(ctx.Deadline()): that
+// could fire before ctx reports why.)
 func deadlineFromContext(ctx context.Context, conn net.Conn) (stop func()) {
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
 	s := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	return func() { s() }
 }
