@@ -1,0 +1,133 @@
+package hostcheck
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// RuntimeType is the containerd runtime vmpod's shim answers for.
+const RuntimeType = "io.containerd.kata.v2"
+
+// ShimBinary is the binary containerd runs for RuntimeType.
+const ShimBinary = "containerd-shim-kata-v2"
+
+const maxContainerdConfig = 1 << 20
+
+// checkContainerdConfig looks in containerd's configuration for a runtime
+// whose runtime_type is RuntimeType, which the CRI plugin (Kubernetes,
+// crictl) needs; ctr and nerdctl name the runtime directly and need none.
+func checkContainerdConfig(path string) Result {
+	const name = "containerd"
+	data, err := readBounded(path, maxContainerdConfig)
+	if errors.Is(err, os.ErrNotExist) {
+		return Result{Name: name, Status: Warn,
+			Reason: fmt.Sprintf("no %s: CRI pods cannot select vmpod (ctr --runtime %s works without it)", path, RuntimeType),
+			Fix:    "create " + path + " with:\nversion = 2\n" + runtimeSnippet(2)}
+	}
+	if err != nil {
+		return Result{Name: name, Status: Warn, Reason: err.Error(), Fix: "check containerd's configuration file"}
+	}
+	return containerdRuntimes(path, data)
+}
+
+// containerdRuntimes is checkContainerdConfig on the file's contents.
+func containerdRuntimes(path string, data []byte) Result {
+	const name = "containerd"
+	var doc map[string]any
+	if _, err := toml.Decode(string(data), &doc); err != nil {
+		return Result{Name: name, Status: Warn, Reason: fmt.Sprintf("%s: %v", path, err),
+			Fix: "fix containerd's configuration file: containerd itself will refuse it"}
+	}
+	version := int64(1)
+	if v, ok := doc["version"].(int64); ok {
+		version = v
+	}
+	var found []string
+	findRuntimes(doc, nil, &found)
+	if len(found) == 0 {
+		return Result{Name: name, Status: Warn,
+			Reason: fmt.Sprintf("no runtime with runtime_type = %q in %s: CRI pods cannot select vmpod (ctr --runtime %s works without it)", RuntimeType, path, RuntimeType),
+			Fix:    "add to " + path + " and restart containerd:\n" + runtimeSnippet(version)}
+	}
+	return Result{Name: name, Status: Pass, Reason: fmt.Sprintf("%s in %s", strings.Join(found, ", "), path)}
+}
+
+// findRuntimes collects the dotted paths of the tables whose runtime_type
+// is RuntimeType, wherever they are: the CRI plugin's table has moved
+// between containerd's configuration versions.
+func findRuntimes(t map[string]any, at []string, found *[]string) {
+	if rt, ok := t["runtime_type"].(string); ok && rt == RuntimeType {
+		*found = append(*found, tomlPath(at))
+	}
+	keys := make([]string, 0, len(t))
+	for k := range t {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if sub, ok := t[k].(map[string]any); ok {
+			findRuntimes(sub, append(slices.Clone(at), k), found)
+		}
+	}
+}
+
+// tomlPath writes a key path as TOML does, quoting keys with dots.
+func tomlPath(keys []string) string {
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		if strings.ContainsAny(k, ". \"") {
+			parts[i] = fmt.Sprintf("%q", k)
+		} else {
+			parts[i] = k
+		}
+	}
+	return strings.Join(parts, ".")
+}
+
+// runtimeSnippet is the runtime table for containerd's configuration
+// version (1 and 2: containerd 1.x; 3: containerd 2.x). make install puts
+// a commented version 2 file in PREFIX/share/vmpod/containerd.toml.
+func runtimeSnippet(version int64) string {
+	plugin := `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata`
+	switch {
+	case version <= 1:
+		plugin = "plugins.cri.containerd.runtimes.kata"
+	case version >= 3:
+		plugin = `plugins."io.containerd.cri.v1.runtime".containerd.runtimes.kata`
+	}
+	return fmt.Sprintf("[%s]\n  runtime_type = %q", plugin, RuntimeType)
+}
+
+// checkShimBinary looks for the shim on PATH, where containerd looks for
+// it (besides containerd's own directory).
+func checkShimBinary() Result {
+	p, err := exec.LookPath(ShimBinary)
+	if err != nil {
+		return Result{Name: "shim", Status: Warn, Reason: fmt.Sprintf("%s is not on PATH: %v", ShimBinary, err),
+			Fix: "make build install (PREFIX/bin), or put " + ShimBinary + " on containerd's PATH"}
+	}
+	return Result{Name: "shim", Status: Pass, Reason: p}
+}
+
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+	}
+	return b, nil
+}

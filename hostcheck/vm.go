@@ -1,0 +1,245 @@
+package hostcheck
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/vmpod/vmpod/config"
+	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/vsock"
+)
+
+// Bounds on the programs the checks run: QEMU answers -version and
+// -device help in well under a second; a hung binary must not hang the
+// check.
+const (
+	progTimeout   = 10 * time.Second
+	progOutputMax = 1 << 20
+)
+
+// checkQEMU resolves hypervisor.qemu.path and asks the binary its version.
+// It returns the resolved path ("" when unusable) for later checks.
+func checkQEMU(ctx context.Context, cfg *config.Config) (string, Result) {
+	const name = "qemu"
+	fix := "install QEMU (Debian: apt-get install qemu-system-x86) or set hypervisor.qemu.path in " + cfg.Source
+	path, err := cfg.QEMUBinary()
+	if err != nil {
+		return "", Result{Name: name, Status: Fail, Reason: err.Error(), Fix: fix}
+	}
+	out, err := runProgram(ctx, path, "-version")
+	if err != nil {
+		return "", Result{Name: name, Status: Fail, Reason: err.Error(), Fix: fix}
+	}
+	v := qemuVersion(out)
+	if v == "" {
+		return path, Result{Name: name, Status: Warn,
+			Reason: fmt.Sprintf("%s -version printed no \"QEMU emulator version\" line", path),
+			Fix:    "check that hypervisor.qemu.path names qemu-system-x86_64"}
+	}
+	return path, Result{Name: name, Status: Pass, Reason: path + ": " + v}
+}
+
+// qemuVersion is the "QEMU emulator version ..." line of -version output.
+func qemuVersion(out string) string {
+	for line := range strings.Lines(out) {
+		if line = strings.TrimSpace(line); strings.HasPrefix(line, "QEMU emulator version ") {
+			return line
+		}
+	}
+	return ""
+}
+
+// runProgram runs path with args under progTimeout and returns its
+// combined output, of which it keeps at most progOutputMax bytes.
+func runProgram(ctx context.Context, path string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, progTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, path, args...)
+	out := &capped{max: progOutputMax}
+	cmd.Stdout, cmd.Stderr = out, out
+	// A child that keeps the pipe open after QEMU is killed must not
+	// block Wait.
+	cmd.WaitDelay = time.Second
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("%s %s: no answer within %s: %w", path, strings.Join(args, " "), progTimeout, ctx.Err())
+		}
+		return "", fmt.Errorf("%s %s: %w: %s", path, strings.Join(args, " "), err, bytes.TrimSpace(out.buf.Bytes()))
+	}
+	return out.buf.String(), nil
+}
+
+// capped is an io.Writer keeping the first max bytes and dropping the rest.
+type capped struct {
+	buf bytes.Buffer
+	max int
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	if room := c.max - c.buf.Len(); room > 0 {
+		c.buf.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+// checkAsset finds the kernel or initrd as the shim would (resolve is
+// Config.KernelPath or InitrdPath) and checks its contents with format.
+func checkAsset(name, key, configured string, resolve func() (string, error), format func(string) error) Result {
+	fix := fmt.Sprintf("build the guest image (make image) or install it (make install), or set %s", key)
+	p, err := resolve()
+	if err != nil {
+		return Result{Name: name, Status: Fail, Reason: err.Error(), Fix: fix}
+	}
+	if err := format(p); err != nil {
+		return Result{Name: name, Status: Fail, Reason: err.Error(), Fix: fix}
+	}
+	if configured != "" {
+		return Result{Name: name, Status: Pass, Reason: fmt.Sprintf("%s (%s)", p, key)}
+	}
+	return Result{Name: name, Status: Pass, Reason: fmt.Sprintf("%s (searched %s)", p, strings.Join(config.AssetDirs(), ", "))}
+}
+
+// kernelFormat accepts what QEMU boots with -kernel: a bzImage (the "HdrS"
+// boot protocol signature at 0x202) or an ELF vmlinux (PVH entry, microvm).
+func kernelFormat(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("kernel %s: %w", path, err)
+	}
+	defer f.Close()
+	head := make([]byte, 0x206)
+	n, err := io.ReadFull(f, head)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("kernel %s: %w", path, err)
+	}
+	return kernelMagic(path, head[:n])
+}
+
+func kernelMagic(path string, head []byte) error {
+	switch {
+	case bytes.HasPrefix(head, []byte("\x7fELF")):
+		return nil
+	case len(head) >= 0x206 && string(head[0x202:0x206]) == "HdrS":
+		return nil
+	}
+	return fmt.Errorf("kernel %s is neither a bzImage nor an ELF vmlinux", path)
+}
+
+// initrdFormat only refuses an empty file: initrds come compressed in
+// several formats, and the guest's kernel is the judge of those.
+func initrdFormat(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("initrd %s: %w", path, err)
+	}
+	if fi.Size() == 0 {
+		return fmt.Errorf("initrd %s is empty", path)
+	}
+	return nil
+}
+
+func checkVirtiofsd(cfg *config.Config) Result {
+	p, err := cfg.VirtiofsdBinary()
+	if err != nil {
+		return Result{Name: "virtiofsd", Status: Fail, Reason: err.Error(),
+			Fix: "install virtiofsd (Debian: qemu-system-common ships /usr/lib/qemu/virtiofsd) or set hypervisor.qemu.virtiofsd_path in " + cfg.Source}
+	}
+	return Result{Name: "virtiofsd", Status: Pass, Reason: p}
+}
+
+// checkAccel reports the accelerator the shim will choose for requested
+// (hypervisor.qemu.accel) on host, with hypervisor.ChooseAccel itself.
+func checkAccel(requested string, host hypervisor.Host) Result {
+	const name = "accel"
+	accel, why, err := hypervisor.ChooseAccel(requested, host)
+	if err != nil {
+		return Result{Name: name, Status: Fail, Reason: err.Error(),
+			Fix: `set hypervisor.qemu.accel = "auto" (or "tcg")`}
+	}
+	switch {
+	case accel == hypervisor.AccelKVM && !host.HWVirt:
+		return Result{Name: name, Status: Warn,
+			Reason: "kvm (configured), but the CPU flags show neither vmx nor svm: stock guests may die with \"KVM internal error\"",
+			Fix:    `set hypervisor.qemu.accel = "auto" to fall back to TCG`}
+	case accel == hypervisor.AccelKVM:
+		return Result{Name: name, Status: Pass, Reason: "kvm: " + why}
+	case requested == hypervisor.AccelTCG:
+		return Result{Name: name, Status: Pass, Reason: "tcg (configured): VMs will be slow"}
+	}
+	var lacks []string
+	if !host.KVMUsable {
+		lacks = append(lacks, "/dev/kvm missing or unusable")
+	}
+	if !host.HWVirt {
+		lacks = append(lacks, "CPU lacks vmx/svm")
+	}
+	return Result{Name: name, Status: Warn,
+		Reason: "TCG fallback: " + strings.Join(lacks, ", ") + " — VMs will be slow",
+		Fix:    "run on a host whose CPU shows vmx or svm and whose /dev/kvm opens (on a cloud VM: enable nested virtualization)"}
+}
+
+func vhostVsockPresent() bool {
+	_, err := os.Stat(vsock.VhostVsockPath)
+	return err == nil
+}
+
+// qemuDevices is `qemu -device help` for machine, "" when it cannot be
+// had (no usable QEMU): the vsock check then skips the device test.
+func qemuDevices(ctx context.Context, qemu, machine string) string {
+	if qemu == "" {
+		return ""
+	}
+	out, err := runProgram(ctx, qemu, "-machine", machine, "-device", "help")
+	if err != nil {
+		return ""
+	}
+	return out
+}
+
+// checkVsock reports which vsock the shim will use for mode
+// (hypervisor.qemu.vsock_mode), whether the host has /dev/vhost-vsock, and
+// whether QEMU (devices: its -device help) has the device for it.
+func checkVsock(mode, machine string, kernelDev bool, devices string) Result {
+	const name = "vsock"
+	if mode == "vhost" && !kernelDev {
+		return Result{Name: name, Status: Fail,
+			Reason: "hypervisor.qemu.vsock_mode = \"vhost\", but " + vsock.VhostVsockPath + " is missing",
+			Fix:    `modprobe vhost_vsock, or set hypervisor.qemu.vsock_mode = "auto" to use vmpod's vhost-user backend`}
+	}
+	kernel := mode == "vhost" || (mode == "auto" && kernelDev)
+	dev := vsockDevice(kernel, machine)
+	if devices != "" && !strings.Contains(devices, `name "`+dev+`"`) {
+		return Result{Name: name, Status: Fail,
+			Reason: "QEMU has no " + dev + " device",
+			Fix:    "use QEMU 7.2 or later built with vhost-user and vhost-vsock support"}
+	}
+	switch {
+	case kernel:
+		return Result{Name: name, Status: Pass, Reason: "kernel vhost-vsock (" + vsock.VhostVsockPath + ", QEMU " + dev + ")"}
+	case mode == "vhost-user":
+		return Result{Name: name, Status: Pass, Reason: "vmpod's vhost-user vsock backend (configured; QEMU " + dev + ")"}
+	}
+	return Result{Name: name, Status: Warn,
+		Reason: "no " + vsock.VhostVsockPath + ": using vmpod's vhost-user vsock backend (QEMU " + dev + ")",
+		Fix:    "nothing needed; for the kernel's vhost-vsock instead, modprobe vhost_vsock"}
+}
+
+// vsockDevice names the QEMU device the driver uses (hypervisor/qemu's
+// command line): PCI on q35, virtio-mmio on microvm.
+func vsockDevice(kernel bool, machine string) string {
+	base := "vhost-user-vsock"
+	if kernel {
+		base = "vhost-vsock"
+	}
+	if machine == hypervisor.MachineMicrovm {
+		return base + "-device"
+	}
+	return base + "-pci"
+}
