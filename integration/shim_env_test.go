@@ -199,16 +199,17 @@ func (l *eventLog) topics(id string) []string {
 	defer l.mu.Unlock()
 	var out []string
 	for _, line := range strings.Split(l.buf.String(), "\n") {
-		f := strings.Fields(line)
-		// ctr events: <time> <namespace> <topic> <event JSON>
-		if len(f) < 4 || !strings.HasPrefix(f[2], "/tasks/") {
+		// ctr events: <time> <namespace> <topic> <event JSON>; the time
+		// has spaces in it.
+		i := strings.Index(line, " /tasks/")
+		if i < 0 {
 			continue
 		}
-		rest := strings.Join(f[3:], " ")
-		if !strings.Contains(rest, `"container_id":"`+id+`"`) {
+		f := strings.SplitN(line[i+1:], " ", 2)
+		if len(f) < 2 || !strings.Contains(f[1], `"container_id":"`+id+`"`) {
 			continue
 		}
-		topic := f[2]
+		topic, rest := f[0], f[1]
 		if topic == "/tasks/exit" {
 			if i := strings.Index(rest, `"id":"`); i >= 0 {
 				topic += ":" + strings.SplitN(rest[i+6:], `"`, 2)[0]

@@ -22,6 +22,10 @@ import (
 	"github.com/vmpod/vmpod/image"
 )
 
+// cgroupMount is the ctr --mount of the container's cgroup2 at
+// /sys/fs/cgroup.
+const cgroupMount = "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:nodev:noexec"
+
 // TestShimRun runs short containers with `ctr run --rm` through the shim,
 // one VM each: output, exit codes, process settings, mounts, stdin and a
 // memory limit.
@@ -121,7 +125,9 @@ func TestShimRun(t *testing.T) {
 	})
 
 	t.Run("memory limit", func(t *testing.T) {
-		out, _, err := e.run("memlimit", "--memory-limit", "134217728", "--", "cat", "/sys/fs/cgroup/memory.max")
+		// ctr's default spec has no cgroup mount; the shim gives the
+		// container a cgroup namespace, so the mount shows its own cgroup.
+		out, _, err := e.run("memlimit", "--memory-limit", "134217728", "--mount", cgroupMount, "--", "cat", "/sys/fs/cgroup/memory.max")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -144,7 +150,7 @@ func TestShimLongRunning(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		out, _, err := e.run("long", "--memory-limit", "268435456", "--", "sleep", "1000")
+		out, _, err := e.run("long", "--memory-limit", "268435456", "--mount", cgroupMount, "--", "sleep", "1000")
 		done <- result{out, err}
 	}()
 	e.waitStatus("long", "RUNNING")

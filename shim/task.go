@@ -115,6 +115,7 @@ func (s *service) createInSandbox(ctx context.Context, sb Sandbox, c *container,
 	if err := c.layout.MountRootfs(ctx, mounts, r.Bundle, spec); err != nil {
 		return 0, err
 	}
+	guestCgroupNamespace(spec)
 	if err := c.layout.BindMounts(ctx, spec); err != nil {
 		return 0, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
@@ -142,6 +143,22 @@ func (s *service) createInSandbox(ctx context.Context, sb Sandbox, c *container,
 	c.init.mu.Unlock()
 	c.init.startCopies(s.ctx, agent)
 	return resp.Pid, nil
+}
+
+// guestCgroupNamespace gives the container a cgroup namespace, as
+// containerd does on cgroup v2 hosts: the guest is cgroup v2 whatever the
+// host is, and with its own namespace the container sees its own cgroup
+// (memory.max and the rest) at /sys/fs/cgroup.
+func guestCgroupNamespace(spec *specs.Spec) {
+	if spec.Linux == nil {
+		return
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.CgroupNamespace {
+			return
+		}
+	}
+	spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
 }
 
 // Start starts a created init process or exec.
