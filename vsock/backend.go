@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/log"
+
 	"github.com/vmpod/vmpod/vsock/device"
 	"github.com/vmpod/vmpod/vsock/vhostuser"
 )
@@ -30,6 +32,10 @@ func WithBufferSize(n int) Option { return func(o *device.Options) { o.BufferSiz
 
 // WithMaxConns bounds the connections open at once.
 func WithMaxConns(n int) Option { return func(o *device.Options) { o.MaxConns = n } }
+
+// WithLogger sends the device's diagnostics (at debug and warning level:
+// what a misbehaving guest did) to l.
+func WithLogger(l *log.Entry) Option { return func(o *device.Options) { o.Log = l } }
 
 // Backend is one VM's vhost-user-vsock device. QEMU needs the VM's memory
 // shared through a memfd and the device on the backend's socket:

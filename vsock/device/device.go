@@ -63,6 +63,8 @@ const (
 type Options struct {
 	BufferSize int // per connection and direction; DefaultBufferSize if 0
 	MaxConns   int // DefaultMaxConns if 0
+	// Log receives the device's diagnostics; log.L if nil.
+	Log *log.Entry
 }
 
 type connKey struct {
@@ -101,6 +103,9 @@ func New(cid uint64, opts Options) (*Device, error) {
 	}
 	if opts.MaxConns == 0 {
 		opts.MaxConns = DefaultMaxConns
+	}
+	if opts.Log == nil {
+		opts.Log = log.L
 	}
 	if opts.BufferSize < MaxPacketData || opts.BufferSize > 64<<20 {
 		return nil, fmt.Errorf("buffer size %d out of range [%d, %d]", opts.BufferSize, MaxPacketData, 64<<20)
@@ -202,7 +207,7 @@ func (d *Device) processTX() {
 	for {
 		c, ok, err := q.Pop()
 		if err != nil {
-			log.L.WithError(err).Warn("vsock: guest broke the tx queue")
+			d.opts.Log.WithError(err).Warn("vsock: guest broke the tx queue")
 			v.Break(err)
 			return
 		}
@@ -210,7 +215,7 @@ func (d *Device) processTX() {
 			break
 		}
 		if c.Err != nil {
-			log.L.WithError(c.Err).Debug("vsock: bad tx descriptor chain")
+			d.opts.Log.WithError(c.Err).Debug("vsock: bad tx descriptor chain")
 		} else {
 			d.txPacket(c)
 		}
@@ -221,7 +226,7 @@ func (d *Device) processTX() {
 	}
 	if used {
 		if err := v.Notify(); err != nil {
-			log.L.WithError(err).Debug("vsock: notify tx")
+			d.opts.Log.WithError(err).Debug("vsock: notify tx")
 		}
 	}
 }
@@ -232,7 +237,7 @@ func (d *Device) processTX() {
 func (d *Device) txPacket(c *virtq.Chain) {
 	var raw [HeaderSize]byte
 	if c.CopyOut(raw[:], 0) < HeaderSize {
-		log.L.Debug("vsock: tx packet shorter than its header")
+		d.opts.Log.Debug("vsock: tx packet shorter than its header")
 		return
 	}
 	h, _ := ParseHeader(raw[:])
@@ -256,7 +261,7 @@ func (d *Device) processRX() {
 	for d.hasRXWork() {
 		c, ok, err := q.Pop()
 		if err != nil {
-			log.L.WithError(err).Warn("vsock: guest broke the rx queue")
+			d.opts.Log.WithError(err).Warn("vsock: guest broke the rx queue")
 			v.Break(err)
 			break
 		}
@@ -265,9 +270,9 @@ func (d *Device) processRX() {
 		}
 		n := 0
 		if c.Err != nil {
-			log.L.WithError(c.Err).Debug("vsock: bad rx descriptor chain")
+			d.opts.Log.WithError(c.Err).Debug("vsock: bad rx descriptor chain")
 		} else if c.WritableLen() < HeaderSize {
-			log.L.Debug("vsock: rx buffer shorter than a packet header")
+			d.opts.Log.Debug("vsock: rx buffer shorter than a packet header")
 		} else {
 			n = d.rxPacket(c)
 		}
@@ -278,7 +283,7 @@ func (d *Device) processRX() {
 	d.mu.Unlock()
 	if used {
 		if err := v.Notify(); err != nil {
-			log.L.WithError(err).Debug("vsock: notify rx")
+			d.opts.Log.WithError(err).Debug("vsock: notify rx")
 		}
 	}
 }
@@ -340,7 +345,7 @@ func (d *Device) enqueue(c *Conn) {
 // reply queues a packet that belongs to no connection. d.mu is held.
 func (d *Device) reply(h Header) {
 	if len(d.control) >= maxControl {
-		log.L.WithField("packet", h.String()).Debug("vsock: control queue full, dropping")
+		d.opts.Log.WithField("packet", h).Debug("vsock: control queue full, dropping")
 		return
 	}
 	d.control = append(d.control, h)
@@ -383,7 +388,9 @@ func (d *Device) Dial(ctx context.Context, port uint32) (*Conn, error) {
 	case <-ctx.Done():
 		d.mu.Lock()
 		if c.state == stateConnecting {
-			d.resetLocked(c, true, ctx.Err())
+			// A REQUEST the guest never saw needs no RST: drop it, so that
+			// dialing a guest that is still booting leaves nothing behind.
+			d.resetLocked(c, c.flags&needRequest == 0, ctx.Err())
 		}
 		d.mu.Unlock()
 		d.wake()

@@ -325,3 +325,24 @@ func TestCloseDevice(t *testing.T) {
 		t.Fatal("accept on a closed device succeeded")
 	}
 }
+
+// TestDialBeforeTheGuestIsUp: dials that time out while the guest's driver
+// has not started leave no connection behind.
+func TestDialBeforeTheGuestIsUp(t *testing.T) {
+	d, err := device.New(cid, device.Options{MaxConns: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for range 10 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		_, err := d.Dial(ctx, 1024)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("dial without a guest: %v", err)
+		}
+	}
+	if s := d.Stats(); s.Conns != 0 {
+		t.Fatalf("%d connections left by timed-out dials", s.Conns)
+	}
+}

@@ -2,8 +2,6 @@ package device
 
 import (
 	"syscall"
-
-	"github.com/containerd/log"
 )
 
 // handlePacket runs the connection state machine for one packet from the
@@ -15,11 +13,11 @@ func (d *Device) handlePacket(h Header, avail int, payload func(dst []byte, off 
 	}
 	if h.SrcCID != d.cid {
 		// Not from our guest's address: there is nobody to reset.
-		log.L.WithField("packet", h.String()).Debug("vsock: packet from a foreign CID dropped")
+		d.opts.Log.WithField("packet", h).Debug("vsock: packet from a foreign CID dropped")
 		return
 	}
 	if h.DstCID != HostCID || h.Type != TypeStream || h.Len > MaxPacketData || int64(h.Len) > int64(avail) {
-		log.L.WithField("packet", h.String()).Debug("vsock: malformed packet")
+		d.opts.Log.WithField("packet", h).Debug("vsock: malformed packet")
 		d.rstMalformed(h)
 		return
 	}
@@ -100,7 +98,7 @@ func (d *Device) receive(c *Conn, h Header, payload func(dst []byte, off int) in
 	}
 	if int(h.Len) > c.rbuf.Free() {
 		// More than the credit we granted.
-		log.L.WithField("packet", h.String()).Debug("vsock: guest exceeded its credit")
+		d.opts.Log.WithField("packet", h).Debug("vsock: guest exceeded its credit")
 		d.resetLocked(c, true, syscall.ECONNRESET)
 		return
 	}

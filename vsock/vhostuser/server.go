@@ -34,6 +34,7 @@ const serverProtocolFeatures = ProtocolReplyAck | ProtocolConfig
 
 // server is the state of one frontend connection.
 type server struct {
+	ctx      context.Context
 	conn     *net.UnixConn
 	dev      Device
 	vrings   []*Vring
@@ -46,7 +47,7 @@ type server struct {
 // and then stops every vring and unmaps guest memory. It returns nil when
 // the frontend hung up or ctx ended, and an error for a protocol violation.
 func Serve(ctx context.Context, conn *net.UnixConn, dev Device) (err error) {
-	s := &server{conn: conn, dev: dev, vrings: dev.Vrings()}
+	s := &server{ctx: ctx, conn: conn, dev: dev, vrings: dev.Vrings()}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	defer s.close()
@@ -83,6 +84,7 @@ func (s *server) serveOne() error {
 	if err != nil {
 		return err
 	}
+	log.G(s.ctx).WithField("request", h.Request).WithField("payload", v).Trace("vhost-user request")
 	reply, err := s.handle(h, v, fds)
 	if err != nil {
 		return fmt.Errorf("vhost-user %v: %w", h.Request, err)
@@ -194,8 +196,7 @@ func (s *server) handle(h Header, v any, fds []int) ([]byte, error) {
 		return nil, nil
 	case ResetOwner:
 		for _, r := range s.vrings {
-			r.close()
-			*r = Vring{index: r.index}
+			r.reset()
 		}
 		return nil, nil
 	case GetQueueNum:
@@ -390,7 +391,7 @@ func (s *server) tryStart(r *Vring) error {
 	if err != nil {
 		return err
 	}
-	log.L.WithField("vring", r.index).WithField("size", r.size).Debug("vhost-user vring started")
+	log.G(s.ctx).WithField("vring", r.index).WithField("size", r.size).Debug("vhost-user vring started")
 	s.dev.Kick(r.index)
 	return nil
 }

@@ -122,3 +122,12 @@ func (v *Vring) close() {
 		v.errFile = nil
 	}
 }
+
+// reset returns the ring to its initial state (RESET_OWNER).
+func (v *Vring) reset() {
+	v.close()
+	v.mu.Lock()
+	v.broken = nil
+	v.mu.Unlock()
+	v.size, v.base, v.addr, v.haveAddr, v.enabled = 0, 0, VringAddr{}, false, false
+}
