@@ -46,8 +46,8 @@ type Config struct {
 	SharedFS *SharedFS
 	// StateDir holds the driver's sockets; it is created if missing.
 	StateDir string
-	// Console, when set, receives the guest console's output (it is also
-	// logged at debug level).
+	// Console, when set, receives the guest console's output line by line
+	// from one goroutine (it is also logged at debug level).
 	Console io.Writer
 	// ExtraArgs are appended to the VMM's command line as they are.
 	ExtraArgs []string

@@ -152,12 +152,15 @@ func TestVM(t *testing.T) {
 }
 
 // TestMicrovm boots the microvm machine (virtio-mmio devices, the
-// tsc_early_khz command line) and mounts the share in the guest.
+// tsc_early_khz command line) with a debug agent and mounts the share in
+// the guest.
 func TestMicrovm(t *testing.T) {
 	imagetest.Require(t)
 	cfg, dir := testConfig(t, imagetest.AgentInitrd(t))
 	cfg.Hypervisor.Machine = hypervisor.MachineMicrovm
 	cfg.SharedDir = filepath.Join(dir, "shared")
+	// The agent must accept the arguments Debug passes it.
+	cfg.Debug = true
 	v, err := Start(ctxFor(t, 2*time.Minute), cfg)
 	if err != nil {
 		t.Fatal(err)
