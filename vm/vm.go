@@ -162,6 +162,14 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 	}
 	v.hv = hv
 	if err := hv.Start(ctx); err != nil {
+		// A vsock backend that already failed explains QEMU's failure.
+		select {
+		case serr := <-v.served:
+			if serr != nil {
+				err = errors.Join(err, serr)
+			}
+		default:
+		}
 		return nil, err
 	}
 	if err := v.connect(ctx); err != nil {

@@ -125,6 +125,34 @@ func TestVM(t *testing.T) {
 		}
 	})
 
+	// Garbage on another VM's vhost-user socket fails that VM's start,
+	// cleanly, and leaves this one alone.
+	t.Run("GarbageOnAnotherVMsSocket", func(t *testing.T) {
+		other, _ := testConfig(t, imagetest.TestInitInitrd(t))
+		other.Hypervisor.KernelParams = []string{"vmpod_testinit=sleep"}
+		other.DialTimeout = 20 * time.Second
+		testHookBeforeHypervisor = func(state string) {
+			c, err := net.Dial("unix", filepath.Join(state, "vsock.sock"))
+			if err != nil {
+				t.Errorf("dial vsock socket: %v", err)
+				return
+			}
+			defer c.Close()
+			c.Write([]byte("\xff\xff\xff\xff this is not vhost-user \x00\x00\x00\x00\x00\x00\x00\x00"))
+			time.Sleep(100 * time.Millisecond)
+		}
+		defer func() { testHookBeforeHypervisor = nil }()
+		if o, err := Start(ctxFor(t, time.Minute), other); err == nil {
+			o.Stop(ctxFor(t, 30*time.Second))
+			t.Fatal("Start succeeded with a broken vsock device")
+		} else {
+			t.Logf("start error: %v", err)
+		}
+		if _, err := v.Agent().Check(ctxFor(t, 10*time.Second), &agentpb.CheckRequest{}); err != nil {
+			t.Errorf("the healthy VM's agent no longer answers: %v", err)
+		}
+	})
+
 	t.Run("Dial", func(t *testing.T) {
 		// A port nobody listens on is refused, not hung.
 		if c, err := v.Dial(ctxFor(t, 10*time.Second), 4444); err == nil {
@@ -283,31 +311,6 @@ func TestQEMUExitsDuringBoot(t *testing.T) {
 			t.Fatalf("error %v, want QEMU's exit with the console", err)
 		}
 	})
-}
-
-// TestGarbageOnVsockSocket: a client that reaches the vhost-user socket
-// before QEMU and writes garbage breaks this VM's start, cleanly.
-func TestGarbageOnVsockSocket(t *testing.T) {
-	imagetest.Require(t)
-	cfg, _ := testConfig(t, imagetest.TestInitInitrd(t))
-	cfg.Hypervisor.KernelParams = []string{"vmpod_testinit=sleep"}
-	cfg.DialTimeout = 20 * time.Second
-	testHookBeforeHypervisor = func(state string) {
-		c, err := net.Dial("unix", filepath.Join(state, "vsock.sock"))
-		if err != nil {
-			t.Errorf("dial vsock socket: %v", err)
-			return
-		}
-		defer c.Close()
-		c.Write([]byte("\xff\xff\xff\xff this is not vhost-user \x00\x00\x00\x00\x00\x00\x00\x00"))
-		time.Sleep(100 * time.Millisecond)
-	}
-	defer func() { testHookBeforeHypervisor = nil }()
-	_, err := Start(ctxFor(t, time.Minute), cfg)
-	if err == nil {
-		t.Fatal("Start succeeded with a broken vsock device")
-	}
-	t.Logf("error: %v", err)
 }
 
 func TestConfigErrors(t *testing.T) {

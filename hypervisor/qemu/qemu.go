@@ -152,13 +152,18 @@ func (q *QEMU) stderrSuffix() string {
 	return ""
 }
 
-// startError describes a failed start with QEMU's stderr, once it exited.
+// startError describes a failed start: QEMU's exit with its stderr when
+// it exited (waiting briefly for that), else err.
 func (q *QEMU) startError(err error) error {
 	select {
 	case <-q.done:
+		if q.exitErr != nil {
+			return fmt.Errorf("qemu %s: exited during start: %w", q.cfg.ID, q.exitErr)
+		}
+		return fmt.Errorf("qemu %s: exited during start: %w%s", q.cfg.ID, err, q.stderrSuffix())
 	case <-time.After(5 * time.Second):
+		return fmt.Errorf("qemu %s: %w%s", q.cfg.ID, err, q.stderrSuffix())
 	}
-	return fmt.Errorf("qemu %s: %w%s", q.cfg.ID, err, q.stderrSuffix())
 }
 
 // killLocked sends SIGKILL; the wait goroutine reaps.
