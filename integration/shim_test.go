@@ -382,3 +382,88 @@ func openPTY() (master, slave *os.File, err error) {
 	}
 	return master, slave, nil
 }
+
+// TestShimCrashCleanup: a VM that dies under a running container ends the
+// task, and a shim killed outright is cleaned up by containerd's `shim
+// delete`; either way nothing is left (no QEMU, virtiofsd, mount or state).
+func TestShimCrashCleanup(t *testing.T) {
+	e := newVMPodEnv(t, "")
+
+	t.Run("VM dies", func(t *testing.T) {
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := e.run("vmdies", "sleep", "1000")
+			done <- err
+		}()
+		e.waitStatus("vmdies", "RUNNING")
+		qemu := pidsWith(t, "vmpod-vmdies", e.stateRoot)
+		if len(qemu) != 1 {
+			t.Fatalf("want one QEMU of vmdies, found pids %v", qemu)
+		}
+		unix.Kill(qemu[0], unix.SIGKILL)
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Error("ctr run succeeded although the VM died")
+			}
+		case <-time.After(2 * time.Minute):
+			t.Fatal("ctr run did not return after the VM died")
+		}
+		e.c.AssertClean(t)
+	})
+
+	t.Run("shim killed", func(t *testing.T) {
+		e.ctr("run", "-d", "--runtime", "io.containerd.kata.v2", e.image, "shimdies", "sleep", "1000")
+		e.waitStatus("shimdies", "RUNNING")
+		shim := pidsWith(t, "containerd-shim-kata-v2", "-id shimdies")
+		if len(shim) != 1 {
+			t.Fatalf("want one shim of shimdies, found pids %v", shim)
+		}
+		unix.Kill(shim[0], unix.SIGKILL)
+		// containerd runs `containerd-shim-kata-v2 delete` and drops the
+		// task; the container record stays for the user to remove.
+		deadline := time.Now().Add(time.Minute)
+		for {
+			out, _, _ := e.ctrErr("task", "ls", "-q")
+			if !strings.Contains(out, "shimdies") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("task still listed after its shim died:\n%s", out)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		e.ctr("containers", "delete", "shimdies")
+		e.c.AssertClean(t)
+	})
+}
+
+// pidsWith lists the processes whose command line holds every one of
+// substrings.
+func pidsWith(t *testing.T, substrings ...string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, ent := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(ent.Name(), "%d", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil || len(data) == 0 {
+			continue
+		}
+		cmdline := strings.ReplaceAll(string(data), "\x00", " ")
+		all := true
+		for _, s := range substrings {
+			all = all && strings.Contains(cmdline, s)
+		}
+		if all {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
