@@ -203,6 +203,10 @@ func (c *Config) fill() error {
 	if c.DialTimeout < 0 {
 		return fmt.Errorf("vm %s: negative dial timeout %v", c.ID, c.DialTimeout)
 	}
+	// sun_path holds 108 bytes with the terminating NUL.
+	if p := filepath.Join(c.StateDir, "vsock.sock"); len(p) > 107 {
+		return fmt.Errorf("vm %s: socket path %s is longer than 107 bytes; choose a shorter state directory", c.ID, p)
+	}
 	return nil
 }
 

@@ -323,6 +323,7 @@ func TestConfigErrors(t *testing.T) {
 		{Config{ID: "x", StateDir: dir + "/s", VsockMode: "virtio-serial"}, "virtio-serial"},
 		{Config{ID: "x", StateDir: dir + "/s", DialTimeout: -1}, "negative"},
 		{Config{ID: "x", StateDir: dir}, "already exists"},
+		{Config{ID: "x", StateDir: "/run/" + strings.Repeat("d", 100)}, "longer than 107"},
 	}
 	k := filepath.Join(dir, "kernel")
 	os.WriteFile(k, nil, 0o644)
