@@ -1,0 +1,105 @@
+package shim
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"github.com/vmpod/vmpod/internal/leakcheck"
+	"golang.org/x/sys/unix"
+)
+
+// TestManagerStopCleansUpAfterCrash plays a dead shim's leftovers — a
+// process naming the sandbox directory (as QEMU and virtiofsd do) and a
+// mount under it — and checks the delete action removes them all.
+func TestManagerStopCleansUpAfterCrash(t *testing.T) {
+	needRoot(t)
+	root, err := os.MkdirTemp("", "vmpod-mgr-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	leakcheck.Check(t, leakcheck.Options{Roots: []string{root}})
+	old := StateRoot
+	StateRoot = filepath.Join(root, "sandboxes")
+	t.Cleanup(func() { StateRoot = old })
+
+	dir := filepath.Join(StateRoot, "c1")
+	target := filepath.Join(dir, SharedDirName, "c1", "rootfs")
+	src := filepath.Join(root, "src")
+	for _, d := range []string{target, src} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	// A stand-in for QEMU: its command line names a socket in the sandbox.
+	leftover := exec.Command("sh", "-c", "sleep 1000", "vmpod-qemu", filepath.Join(dir, "vm", "qmp.sock"))
+	if err := leftover.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { leftover.Wait(); close(exited) }()
+
+	bundle := filepath.Join(root, "bundle")
+	if err := os.MkdirAll(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"annotations":{}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(bundle)
+
+	st, err := NewManager("io.containerd.kata.v2").Stop(context.Background(), "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ExitStatus != 137 || st.ExitedAt.IsZero() {
+		t.Errorf("stop status %+v, want 137 with a time", st)
+	}
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		leftover.Process.Kill()
+		t.Error("leftover sandbox process not killed")
+	}
+	if ms, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(dir)); len(ms) != 0 {
+		t.Errorf("mounts left under %s: %d", dir, len(ms))
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("sandbox directory %s not removed: %v", dir, err)
+	}
+}
+
+// TestBundleSandbox reads the CRI annotations that put a container in a pod.
+func TestBundleSandbox(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	write := func(s string) {
+		if err := os.WriteFile("config.json", []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"pod1"}}`)
+	if sb, joins := bundleSandbox("c1"); sb != "pod1" || !joins {
+		t.Errorf("CRI container: %q %v", sb, joins)
+	}
+	write(`{"annotations":{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":"pod1"}}`)
+	if sb, joins := bundleSandbox("pod1"); sb != "pod1" || joins {
+		t.Errorf("CRI sandbox: %q %v", sb, joins)
+	}
+	write(`{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"../x"}}`)
+	if sb, joins := bundleSandbox("c1"); sb != "c1" || joins {
+		t.Errorf("bad sandbox id accepted: %q %v", sb, joins)
+	}
+	write(`not json`)
+	if sb, joins := bundleSandbox("c1"); sb != "c1" || joins {
+		t.Errorf("garbage spec: %q %v", sb, joins)
+	}
+}
