@@ -35,7 +35,7 @@ const (
 var nsCounter atomic.Int64
 
 // requireRoot skips tests that need to create namespaces and devices.
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces, veths and taps")
@@ -52,7 +52,7 @@ func checkLeaks(t *testing.T) {
 	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"vmpt", "tap0" + tapSuffix, "tap1" + tapSuffix}, Netns: true})
 }
 
-func testCtx(t *testing.T) context.Context {
+func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
@@ -60,7 +60,7 @@ func testCtx(t *testing.T) context.Context {
 
 // newNS creates a named network namespace and a netlink handle in it, both
 // removed when the test ends. It returns the namespace's path.
-func newNS(t *testing.T) (string, netns.NsHandle, *netlink.Handle) {
+func newNS(t testing.TB) (string, netns.NsHandle, *netlink.Handle) {
 	t.Helper()
 	name := fmt.Sprintf("vmpt-%d-%d", os.Getpid(), nsCounter.Add(1))
 	type result struct {
@@ -117,7 +117,7 @@ type podNet struct {
 // newPodNet builds the pod and peer namespaces joined by a veth, with eth0
 // carrying an IPv4 and an IPv6 address, a default route for each family and
 // one more static route.
-func newPodNet(t *testing.T) *podNet {
+func newPodNet(t testing.TB) *podNet {
 	t.Helper()
 	p := &podNet{}
 	p.path, p.ns, p.h = newNS(t)
@@ -159,7 +159,7 @@ func newPodNet(t *testing.T) *podNet {
 	return p
 }
 
-func (p *podNet) link(t *testing.T, name string) netlink.Link {
+func (p *podNet) link(t testing.TB, name string) netlink.Link {
 	t.Helper()
 	l, err := p.h.LinkByName(name)
 	if err != nil {
@@ -168,7 +168,7 @@ func (p *podNet) link(t *testing.T, name string) netlink.Link {
 	return l
 }
 
-func mustCIDR(t *testing.T, s string) *net.IPNet {
+func mustCIDR(t testing.TB, s string) *net.IPNet {
 	t.Helper()
 	ip, n, err := net.ParseCIDR(s)
 	if err != nil {
@@ -178,7 +178,7 @@ func mustCIDR(t *testing.T, s string) *net.IPNet {
 	return n
 }
 
-func mustAddr(t *testing.T, h *netlink.Handle, l netlink.Link, cidr string) {
+func mustAddr(t testing.TB, h *netlink.Handle, l netlink.Link, cidr string) {
 	t.Helper()
 	// NODAD: the address is usable at once, as a routed gateway needs.
 	if err := h.AddrAdd(l, &netlink.Addr{IPNet: mustCIDR(t, cidr), Flags: unix.IFA_F_NODAD}); err != nil {
@@ -198,7 +198,7 @@ type linkState struct {
 	Qdiscs []string
 }
 
-func stateOf(t *testing.T, h *netlink.Handle, name string) linkState {
+func stateOf(t testing.TB, h *netlink.Handle, name string) linkState {
 	t.Helper()
 	l, err := h.LinkByName(name)
 	if err != nil {
@@ -237,7 +237,7 @@ func stateOf(t *testing.T, h *netlink.Handle, name string) linkState {
 
 // assertRedirect checks that from has an ingress qdisc whose filters
 // redirect to to, and only there.
-func assertRedirect(t *testing.T, h *netlink.Handle, from, to netlink.Link) {
+func assertRedirect(t testing.TB, h *netlink.Handle, from, to netlink.Link) {
 	t.Helper()
 	has, err := hasIngress(h, from)
 	if err != nil || !has {
@@ -277,7 +277,7 @@ func assertRedirect(t *testing.T, h *netlink.Handle, from, to netlink.Link) {
 }
 
 // assertNoTaps checks that the namespace holds no tun/tap device.
-func assertNoTaps(t *testing.T, h *netlink.Handle) {
+func assertNoTaps(t testing.TB, h *netlink.Handle) {
 	t.Helper()
 	links, err := h.LinkList()
 	if err != nil {

@@ -24,10 +24,12 @@ import (
 	"sort"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	agentpb "github.com/vmpod/vmpod/proto"
 )
@@ -118,6 +120,10 @@ func nsHandles(ctx context.Context, nsPath string) (netns.NsHandle, *netlink.Han
 	if err != nil {
 		return netns.None(), nil, fmt.Errorf("open network namespace %s: %w", nsPath, err)
 	}
+	if typ, err := unix.IoctlRetInt(int(ns), unix.NS_GET_NSTYPE); err != nil || typ != unix.CLONE_NEWNET {
+		ns.Close()
+		return netns.None(), nil, fmt.Errorf("%s is not a network namespace: %w", nsPath, errdefs.ErrInvalidArgument)
+	}
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		ns.Close()
@@ -136,6 +142,14 @@ func nsHandles(ctx context.Context, nsPath string) (netns.NsHandle, *netlink.Han
 		return netns.None(), nil, fmt.Errorf("netlink timeout in %s: %w", nsPath, err)
 	}
 	return ns, h, nil
+}
+
+// namespaceGone reports whether nsHandles failed because the namespace was
+// removed: its path no longer exists, or is the empty file left behind
+// when the namespace was unmounted. Whatever vmpod created there went with
+// it.
+func namespaceGone(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errdefs.IsInvalidArgument(err)
 }
 
 // Setup wires every interface of the network namespace at nsPath except lo
@@ -288,7 +302,7 @@ func (e *Endpoints) Teardown(ctx context.Context) error {
 		return nil
 	}
 	ns, h, err := nsHandles(ctx, e.NSPath)
-	if errors.Is(err, os.ErrNotExist) {
+	if namespaceGone(err) {
 		e.closeTaps()
 		log.G(ctx).WithField("netns", e.NSPath).Debug("network namespace gone, nothing to tear down")
 		return nil
@@ -335,7 +349,7 @@ func Cleanup(ctx context.Context, nsPath string) error {
 		return nil
 	}
 	ns, h, err := nsHandles(ctx, nsPath)
-	if errors.Is(err, os.ErrNotExist) {
+	if namespaceGone(err) {
 		return nil
 	}
 	if err != nil {

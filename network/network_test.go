@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/errdefs"
 	"github.com/vishvananda/netlink"
 
 	agentpb "github.com/vmpod/vmpod/proto"
@@ -158,6 +159,7 @@ func TestMissingNamespace(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), path) || !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Setup(%s) error %v, want not-exist naming the path", path, err)
 	}
+	t.Logf("error: %v", err)
 	if err := Cleanup(testCtx(t), path); err != nil {
 		t.Errorf("Cleanup of a missing namespace: %v", err)
 	}
@@ -173,8 +175,14 @@ func TestNotANamespace(t *testing.T) {
 	if err := os.WriteFile(path, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Setup(testCtx(t), path); err == nil || !strings.Contains(err.Error(), path) {
-		t.Errorf("Setup(%s) on a regular file: error %v, want one naming the path", path, err)
+	_, err := Setup(testCtx(t), path)
+	if err == nil || !strings.Contains(err.Error(), path) || !errdefs.IsInvalidArgument(err) {
+		t.Errorf("Setup(%s) on a regular file: error %v, want invalid argument naming the path", path, err)
+	}
+	t.Logf("error: %v", err)
+	// An unmounted namespace leaves such a file: nothing to tear down.
+	if err := Cleanup(testCtx(t), path); err != nil {
+		t.Errorf("Cleanup(%s): %v", path, err)
 	}
 }
 
@@ -190,6 +198,7 @@ func TestUnforwardableInterface(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "vmptbr0") || !strings.Contains(err.Error(), `"bridge"`) {
 		t.Fatalf("Setup with a bridge: error %v, want one naming vmptbr0 and its type", err)
 	}
+	t.Logf("error: %v", err)
 	assertNoTaps(t, p.h)
 	if after := stateOf(t, p.h, "eth0"); !reflect.DeepEqual(after, before) {
 		t.Errorf("eth0 changed by a failed Setup:\n before %+v\n  after %+v", before, after)
@@ -249,6 +258,7 @@ func TestRollback(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), TapName(1)) {
 		t.Fatalf("Setup: error %v, want one naming %s", err, TapName(1))
 	}
+	t.Logf("error: %v", err)
 	assertNoTaps(t, p.h)
 	if after := stateOf(t, p.h, "eth0"); !reflect.DeepEqual(after, before) {
 		t.Errorf("eth0 not rolled back:\n before %+v\n  after %+v", before, after)
@@ -267,6 +277,7 @@ func TestSetupTwice(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), TapName(0)) {
 		t.Fatalf("second Setup: error %v, want one naming %s", err, TapName(0))
 	}
+	t.Logf("error: %v", err)
 	// The first setup is untouched.
 	assertRedirect(t, p.h, p.link(t, "eth0"), p.link(t, TapName(0)))
 }
@@ -331,4 +342,21 @@ func TestCancelledContext(t *testing.T) {
 		t.Fatalf("Setup with a cancelled context: %v, want context.Canceled", err)
 	}
 	assertNoTaps(t, p.h)
+}
+
+// BenchmarkSetupTeardown measures wiring one veth to a tap and undoing it,
+// the network share of a pod's start and stop.
+func BenchmarkSetupTeardown(b *testing.B) {
+	requireRoot(b)
+	p := newPodNet(b)
+	ctx := context.Background()
+	for b.Loop() {
+		eps, err := Setup(ctx, p.path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := eps.Teardown(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
