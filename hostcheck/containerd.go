@@ -80,6 +80,9 @@ func findRuntimes(t map[string]any, at []string, found *[]string) {
 
 // tomlPath writes a key path as TOML does, quoting keys with dots.
 func tomlPath(keys []string) string {
+	if len(keys) == 0 {
+		return "the top level"
+	}
 	parts := make([]string, len(keys))
 	for i, k := range keys {
 		if strings.ContainsAny(k, ". \"") {
