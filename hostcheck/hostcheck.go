@@ -58,7 +58,7 @@ func Run(ctx context.Context, opts Options) []Result {
 	var rs []Result
 	if err != nil {
 		rs = append(rs, Result{Name: "config", Status: Fail, Reason: err.Error(),
-			Fix: "correct the key named above in that file (see docs/configuration.md); checks that need the configuration were skipped"})
+			Fix: "fix the file named above (docs/configuration.md describes every key); the checks that need the configuration were skipped"})
 	} else {
 		rs = append(rs, Result{Name: "config", Status: Pass, Reason: configSource(cfg.Source)})
 	}
@@ -70,8 +70,8 @@ func Run(ctx context.Context, opts Options) []Result {
 		var r Result
 		qemu, r = checkQEMU(ctx, cfg)
 		rs = append(rs, r,
-			checkAsset("kernel", "hypervisor.qemu.kernel", cfg.Hypervisor.QEMU.Kernel, cfg.KernelPath, kernelFormat),
-			checkAsset("initrd", "hypervisor.qemu.initrd", cfg.Hypervisor.QEMU.Initrd, cfg.InitrdPath, initrdFormat),
+			checkAsset(cfg, "kernel", "hypervisor.qemu.kernel", cfg.Hypervisor.QEMU.Kernel, cfg.KernelPath, kernelFormat),
+			checkAsset(cfg, "initrd", "hypervisor.qemu.initrd", cfg.Hypervisor.QEMU.Initrd, cfg.InitrdPath, initrdFormat),
 			checkVirtiofsd(cfg))
 	}
 	rs = append(rs, checkAccel(accel, hypervisor.HostInfo()))
@@ -93,6 +93,15 @@ func configSource(src string) string {
 		return fmt.Sprintf("built-in defaults (no --config, $%s or %s)", config.EnvConfig, config.SystemPath)
 	}
 	return src + " over the built-in defaults"
+}
+
+// settingIn names the file in which to change a setting: the one in use,
+// or the host-wide one when only the defaults are.
+func settingIn(cfg *config.Config) string {
+	if cfg.Source == config.DefaultSource {
+		return config.SystemPath
+	}
+	return cfg.Source
 }
 
 func machineOf(cfg *config.Config) string {

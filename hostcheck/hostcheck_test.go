@@ -312,11 +312,11 @@ func TestCheckAsset(t *testing.T) {
 	}
 	cfg := writeConfig(t, "[hypervisor.qemu]\nkernel = \""+notKernel+"\"\ninitrd = \""+empty+"\"\n")
 	q := cfg.Hypervisor.QEMU
-	if r := checkAsset("kernel", "hypervisor.qemu.kernel", q.Kernel, cfg.KernelPath, kernelFormat); r.Status != Fail ||
+	if r := checkAsset(cfg, "kernel", "hypervisor.qemu.kernel", q.Kernel, cfg.KernelPath, kernelFormat); r.Status != Fail ||
 		!strings.Contains(r.Reason, notKernel+" is neither a bzImage nor an ELF vmlinux") {
 		t.Fatalf("kernel: got %s %q", r.Status, r.Reason)
 	}
-	if r := checkAsset("initrd", "hypervisor.qemu.initrd", q.Initrd, cfg.InitrdPath, initrdFormat); r.Status != Fail ||
+	if r := checkAsset(cfg, "initrd", "hypervisor.qemu.initrd", q.Initrd, cfg.InitrdPath, initrdFormat); r.Status != Fail ||
 		!strings.Contains(r.Reason, empty+" is empty") {
 		t.Fatalf("initrd: got %s %q", r.Status, r.Reason)
 	}
@@ -326,7 +326,7 @@ func TestCheckAsset(t *testing.T) {
 	config.ShareDir = filepath.Join(dir, "share")
 	t.Cleanup(func() { config.ShareDir = old })
 	cfg = writeConfig(t, "")
-	r := checkAsset("kernel", "hypervisor.qemu.kernel", "", cfg.KernelPath, kernelFormat)
+	r := checkAsset(cfg, "kernel", "hypervisor.qemu.kernel", "", cfg.KernelPath, kernelFormat)
 	if r.Status != Fail || !strings.Contains(r.Reason, filepath.Join(dir, "share", config.KernelName)) {
 		t.Fatalf("search: got %s %q", r.Status, r.Reason)
 	}
@@ -336,7 +336,7 @@ func TestCheckAsset(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(config.ShareDir, config.InitrdName), []byte("initrd"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r = checkAsset("initrd", "hypervisor.qemu.initrd", "", cfg.InitrdPath, initrdFormat)
+	r = checkAsset(cfg, "initrd", "hypervisor.qemu.initrd", "", cfg.InitrdPath, initrdFormat)
 	if r.Status != Pass || !strings.Contains(r.Reason, "(searched "+config.ShareDir) {
 		t.Fatalf("found: got %s %q", r.Status, r.Reason)
 	}

@@ -28,7 +28,7 @@ const (
 // It returns the resolved path ("" when unusable) for later checks.
 func checkQEMU(ctx context.Context, cfg *config.Config) (string, Result) {
 	const name = "qemu"
-	fix := "install QEMU (Debian: apt-get install qemu-system-x86) or set hypervisor.qemu.path in " + cfg.Source
+	fix := "install QEMU (Debian: apt-get install qemu-system-x86) or set hypervisor.qemu.path in " + settingIn(cfg)
 	path, err := cfg.QEMUBinary()
 	if err != nil {
 		return "", Result{Name: name, Status: Fail, Reason: err.Error(), Fix: fix}
@@ -91,8 +91,8 @@ func (c *capped) Write(p []byte) (int, error) {
 
 // checkAsset finds the kernel or initrd as the shim would (resolve is
 // Config.KernelPath or InitrdPath) and checks its contents with format.
-func checkAsset(name, key, configured string, resolve func() (string, error), format func(string) error) Result {
-	fix := fmt.Sprintf("build the guest image (make image) or install it (make install), or set %s", key)
+func checkAsset(cfg *config.Config, name, key, configured string, resolve func() (string, error), format func(string) error) Result {
+	fix := fmt.Sprintf("build the guest image (make image) or install it (make install), or set %s in %s", key, settingIn(cfg))
 	p, err := resolve()
 	if err != nil {
 		return Result{Name: name, Status: Fail, Reason: err.Error(), Fix: fix}
@@ -149,7 +149,7 @@ func checkVirtiofsd(cfg *config.Config) Result {
 	p, err := cfg.VirtiofsdBinary()
 	if err != nil {
 		return Result{Name: "virtiofsd", Status: Fail, Reason: err.Error(),
-			Fix: "install virtiofsd (Debian: qemu-system-common ships /usr/lib/qemu/virtiofsd) or set hypervisor.qemu.virtiofsd_path in " + cfg.Source}
+			Fix: "install virtiofsd (Debian: qemu-system-common ships /usr/lib/qemu/virtiofsd) or set hypervisor.qemu.virtiofsd_path in " + settingIn(cfg)}
 	}
 	return Result{Name: "virtiofsd", Status: Pass, Reason: p}
 }
