@@ -13,7 +13,7 @@ import (
 // BenchmarkThroughput streams through one connection of the Go backend to
 // and from a real guest under QEMU.
 func BenchmarkThroughput(b *testing.B) {
-	vm := startVM(b)
+	vm := startVM(b, q35)
 	const chunk = 1 << 20
 	buf := make([]byte, chunk)
 	pattern.New(9).Read(buf)

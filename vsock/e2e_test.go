@@ -23,7 +23,7 @@ const streamBytes = 64 << 20
 // TestVM boots one real guest on the Go backend and runs every end-to-end
 // check against it.
 func TestVM(t *testing.T) {
-	vm := startVM(t)
+	vm := startVM(t, q35)
 	t.Run("Echo", func(t *testing.T) { testEcho(t, vm) })
 	t.Run("StreamToGuest", func(t *testing.T) { testStreamToGuest(t, vm) })
 	t.Run("StreamFromGuestWithBackpressure", func(t *testing.T) { testStreamFromGuest(t, vm) })
@@ -33,6 +33,13 @@ func TestVM(t *testing.T) {
 	t.Run("DialUnknownGuestPortIsRefused", func(t *testing.T) { testDialRefused(t, vm) })
 	t.Run("Hybrid", func(t *testing.T) { testHybrid(t, vm) })
 	t.Run("NoConnectionsLeft", func(t *testing.T) { testDrained(t, vm) })
+}
+
+// TestMicrovm checks the MMIO flavour of the device on QEMU's microvm.
+func TestMicrovm(t *testing.T) {
+	vm := startVM(t, microvm)
+	testEcho(t, vm)
+	testManyConns(t, vm, 4)
 }
 
 func testEcho(t *testing.T, vm *testVM) {

@@ -3,10 +3,13 @@ package vsock_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -60,7 +63,7 @@ func guestInitrd(t testing.TB) string {
 		initrdPath = filepath.Join(initrdDir, "guestecho.img")
 		_, initrdErr = image.BuildInitrd(image.Options{
 			Init:    bin,
-			Modules: []string{"virtio_pci", "vmw_vsock_virtio_transport"},
+			Modules: []string{"virtio_pci", "virtio_mmio", "vmw_vsock_virtio_transport"},
 			Output:  initrdPath,
 		})
 	})
@@ -76,10 +79,18 @@ type testVM struct {
 	console string
 }
 
+// Machines the tests boot: the device name differs between PCI and MMIO.
+var (
+	q35     = machine{"q35", "vhost-user-vsock-pci"}
+	microvm = machine{"microvm", "vhost-user-vsock-device"}
+)
+
+type machine struct{ name, device string }
+
 // startVM boots the cloud kernel with guestecho as init on a fresh Backend
 // and returns once the guest's echo port answers. Everything stops when
 // the test ends.
-func startVM(t testing.TB) *testVM {
+func startVM(t testing.TB, m machine) *testVM {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
@@ -111,15 +122,21 @@ func startVM(t testing.TB) *testVM {
 	served := make(chan error, 1)
 	go func() { served <- b.Serve(ctx) }()
 
+	appendLine := "console=ttyS0 panic=-1 quiet"
+	if m == microvm {
+		// Without a PIT to calibrate against, microvm guests stall at
+		// "Marking TSC unstable" unless told the TSC frequency.
+		appendLine += fmt.Sprintf(" tsc_early_khz=%d", hostTSCkHz())
+	}
 	cmd := exec.Command(qemuPath,
-		"-machine", "q35,accel=tcg,memory-backend=mem",
+		"-machine", m.name+",accel=tcg,memory-backend=mem",
 		"-object", "memory-backend-memfd,id=mem,size=256M,share=on",
 		"-m", "256M", "-smp", "1", "-nographic", "-nodefaults", "-no-reboot",
 		"-chardev", "file,id=con,path="+vm.console, "-serial", "chardev:con",
 		"-kernel", kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 panic=-1 quiet",
+		"-append", appendLine,
 		"-chardev", "socket,id=vsock,path="+sock,
-		"-device", "vhost-user-vsock-pci,chardev=vsock",
+		"-device", m.device+",chardev=vsock",
 	)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -156,13 +173,15 @@ func startVM(t testing.TB) *testVM {
 		}
 	})
 
-	deadline := time.Now().Add(bootLimit)
+	started := time.Now()
+	deadline := started.Add(bootLimit)
 	for {
 		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
 		c, err := b.Dial(dctx, portEcho)
 		dcancel()
 		if err == nil {
 			c.Close()
+			t.Logf("guest answered %v after QEMU started", time.Since(started).Round(time.Millisecond))
 			return vm
 		}
 		select {
@@ -214,4 +233,17 @@ func expectLine(t testing.TB, c net.Conn, want string) {
 	if got := readLine(t, c); got != want {
 		t.Fatalf("guest replied %q, want %q", got, want)
 	}
+}
+
+// hostTSCkHz estimates the host's TSC frequency from /proc/cpuinfo.
+func hostTSCkHz() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "cpu MHz" {
+			if mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && mhz > 0 {
+				return int(mhz * 1000)
+			}
+		}
+	}
+	return 2000000
 }
