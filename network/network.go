@@ -179,32 +179,24 @@ func Setup(ctx context.Context, nsPath string) (_ *Endpoints, retErr error) {
 		log.G(ctx).WithField("netns", nsPath).Debug("no interface to forward")
 		return eps, nil
 	}
-	guestNames := make(map[int]string, len(links))
-	for i, l := range links {
-		guestNames[l.Attrs().Index] = GuestName(i)
-	}
 	// Read everything the guest needs before creating anything.
-	ifaces := make([]*agentpb.Interface, len(links))
-	for i, l := range links {
-		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			return nil, fmt.Errorf("addresses of %s in %s: %w", l.Attrs().Name, nsPath, err)
-		}
-		ifaces[i] = convertInterface(GuestName(i), l.Attrs(), addrs)
-	}
-	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: mainTable}, netlink.RT_FILTER_TABLE)
+	ifaces, err := describe(h, nsPath, links, eps)
 	if err != nil {
-		return nil, fmt.Errorf("routes in %s: %w", nsPath, err)
+		return nil, err
 	}
-	if eps.Routes, err = convertRoutes(routes, guestNames); err != nil {
-		return nil, fmt.Errorf("network namespace %s: %w", nsPath, err)
-	}
-
 	defer func() {
-		if retErr != nil {
-			if err := eps.teardown(ctx, h); err != nil {
-				log.G(ctx).WithError(err).WithField("netns", nsPath).Warn("roll back network setup")
-			}
+		if retErr == nil {
+			return
+		}
+		// Roll back even when ctx is what failed.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), defaultTimeout)
+		defer cancel()
+		err := h.SetSocketTimeout(defaultTimeout)
+		if err == nil {
+			err = eps.teardown(rctx, h)
+		}
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("netns", nsPath).Warn("roll back network setup")
 		}
 	}()
 	for i, l := range links {
@@ -228,6 +220,29 @@ func Setup(ctx context.Context, nsPath string) (_ *Endpoints, retErr error) {
 			WithField("tap", ep.TapName).Debug("redirecting interface to tap")
 	}
 	return eps, nil
+}
+
+// describe reads the addresses of links and the routes through them, as the
+// guest must see them, into one agent Interface per link and eps.Routes.
+func describe(h *netlink.Handle, nsPath string, links []netlink.Link, eps *Endpoints) ([]*agentpb.Interface, error) {
+	guestNames := make(map[int]string, len(links))
+	ifaces := make([]*agentpb.Interface, len(links))
+	for i, l := range links {
+		guestNames[l.Attrs().Index] = GuestName(i)
+		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			return nil, fmt.Errorf("addresses of %s in %s: %w", l.Attrs().Name, nsPath, err)
+		}
+		ifaces[i] = convertInterface(GuestName(i), l.Attrs(), addrs)
+	}
+	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: mainTable}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("routes in %s: %w", nsPath, err)
+	}
+	if eps.Routes, err = convertRoutes(routes, guestNames); err != nil {
+		return nil, fmt.Errorf("network namespace %s: %w", nsPath, err)
+	}
+	return ifaces, nil
 }
 
 // forwardLinks lists the namespace's interfaces except loopback, in index

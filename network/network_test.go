@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -358,5 +359,38 @@ func BenchmarkSetupTeardown(b *testing.B) {
 		if err := eps.Teardown(ctx); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// cancelAfter is a context whose Err turns to Canceled after n calls, to
+// cancel Setup between two endpoints deterministically.
+type cancelAfter struct {
+	context.Context
+	n atomic.Int32
+}
+
+func (c *cancelAfter) Err() error {
+	if c.n.Add(-1) < 0 {
+		return context.Canceled
+	}
+	return nil
+}
+
+// TestCancelBetweenEndpoints cancels Setup after the first endpoint is
+// wired: the rollback must still run and remove it.
+func TestCancelBetweenEndpoints(t *testing.T) {
+	requireRoot(t)
+	checkLeaks(t)
+	p := newPodNet(t)
+	addMacvlan(t, p, "net1")
+	before := stateOf(t, p.h, "eth0")
+	ctx := &cancelAfter{Context: context.Background()}
+	ctx.n.Store(2) // Setup's first check and the first endpoint's
+	if _, err := Setup(ctx, p.path); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Setup: %v, want context.Canceled", err)
+	}
+	assertNoTaps(t, p.h)
+	if after := stateOf(t, p.h, "eth0"); !reflect.DeepEqual(after, before) {
+		t.Errorf("eth0 not rolled back:\n before %+v\n  after %+v", before, after)
 	}
 }
