@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -144,6 +145,46 @@ func TestCheckThisHost(t *testing.T) {
 	if !strings.HasPrefix(line(t, out, "cgroups"), "pass  cgroups     v") {
 		t.Errorf("cgroups: %q", line(t, out, "cgroups"))
 	}
+}
+
+// Without root the tc probe cannot make a network namespace: a warning, not
+// a failure, and the other checks still run.
+func TestCheckUnprivileged(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run vmpod as another user")
+	}
+	// testbin's and t.TempDir's directories are private to root: copy the
+	// binary where nobody can run it.
+	dir, err := os.MkdirTemp("", "vmpod-unprivileged-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(testbin.Build(t, "./cmd/vmpod", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := writeFile(t, dir, "vmpod", string(data))
+	if err := os.Chmod(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "check", "--containerd-config", "/nonexistent/containerd.toml")
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "VMPOD_CONFIG="}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.Output()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	if l := line(t, string(out), "tc"); !strings.HasPrefix(l, "warn  tc          not probed: ") {
+		t.Fatalf("tc as nobody: %q", l)
+	}
+	line(t, string(out), "accel")
 }
 
 // A QEMU path that does not exist makes vmpod unable to run: exit 1 with
