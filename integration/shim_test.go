@@ -40,6 +40,15 @@ func TestShimRun(t *testing.T) {
 		if out != "hi\n" {
 			t.Errorf("stdout %q, want %q", out, "hi\n")
 		}
+		// debug = true: the guest console, with the agent's log, is in
+		// containerd's log tagged with the sandbox.
+		found := false
+		for _, l := range strings.Split(e.c.Logs(), "\n") {
+			found = found || strings.Contains(l, "vmpod-agent serving") && strings.Contains(l, "sandbox=echo")
+		}
+		if !found {
+			t.Error("containerd's log has no guest console line of sandbox echo")
+		}
 	})
 
 	t.Run("guest kernel", func(t *testing.T) {
@@ -122,6 +131,30 @@ func TestShimRun(t *testing.T) {
 		if out != "piped through cat\n" {
 			t.Errorf("stdout %q", out)
 		}
+	})
+
+	t.Run("file log", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "ctr.log")
+		if _, _, err := e.run("filelog", "--log-uri", "file://"+path, "--", "sh", "-c", "echo out; echo err >&2"); err != nil {
+			t.Fatal(err)
+		}
+		waitFileLines(t, path, "out", "err")
+	})
+
+	t.Run("binary log", func(t *testing.T) {
+		dir := t.TempDir()
+		logPath := filepath.Join(dir, "binary.log")
+		// containerd's logging-binary protocol: stdout on fd 3, stderr on
+		// fd 4, and closing fd 5 says the logger is ready.
+		logger := filepath.Join(dir, "logger")
+		script := fmt.Sprintf("#!/bin/sh\nexec 5>&-\ncat <&3 >>%s &\ncat <&4 >>%s\nwait\n", logPath, logPath)
+		if err := os.WriteFile(logger, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := e.run("binlog", "--log-uri", "binary://"+logger, "--", "sh", "-c", "echo out; echo err >&2"); err != nil {
+			t.Fatal(err)
+		}
+		waitFileLines(t, logPath, "out", "err")
 	})
 
 	t.Run("memory limit", func(t *testing.T) {
@@ -436,6 +469,32 @@ func TestShimCrashCleanup(t *testing.T) {
 		e.ctr("containers", "delete", "shimdies")
 		e.c.AssertClean(t)
 	})
+}
+
+// waitFileLines waits until the file at path holds every one of lines.
+func waitFileLines(t *testing.T, path string, lines ...string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		data, _ := os.ReadFile(path)
+		got := strings.Fields(string(data))
+		missing := false
+		for _, l := range lines {
+			found := false
+			for _, g := range got {
+				found = found || g == l
+			}
+			missing = missing || !found
+		}
+		if !missing {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%s holds %q, want lines %v", path, data, lines)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // pidsWith lists the processes whose command line holds every one of
