@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -38,10 +39,11 @@ func TestMain(m *testing.M) {
 
 // env is one running agent and a client for it.
 type env struct {
-	t      *testing.T
-	client agentpb.AgentService
-	rootfs string
-	prefix string // makes container ids unique on the machine
+	t        *testing.T
+	client   agentpb.AgentService
+	rootfs   string
+	prefix   string // makes container ids unique on the machine
+	agentPid int
 }
 
 // startAgent runs the real static agent binary on a Unix socket.
@@ -99,7 +101,7 @@ func startAgent(t *testing.T) *env {
 	}
 	tc := ttrpc.NewClient(conn)
 	t.Cleanup(func() { tc.Close() })
-	return &env{t: t, client: agentpb.NewAgentClient(tc), rootfs: rootfs, prefix: fmt.Sprintf("e2e%d-", os.Getpid())}
+	return &env{t: t, client: agentpb.NewAgentClient(tc), rootfs: rootfs, prefix: fmt.Sprintf("e2e%d-", os.Getpid()), agentPid: cmd.Process.Pid}
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
@@ -486,4 +488,209 @@ func testBadInput(t *testing.T, e *env, ctx context.Context) {
 	if errors.Is(err, context.DeadlineExceeded) {
 		t.Fatal(err)
 	}
+}
+
+// TestAgentLifecycle covers sandbox set-up, rootfs mounts, orphan reaping,
+// terminals for execs, and removal in every state.
+func TestAgentLifecycle(t *testing.T) {
+	e := startAgent(t)
+	ctx := ctxT(t, 60*time.Second)
+	dir := t.TempDir()
+
+	t.Run("sandbox", func(t *testing.T) {
+		mnt := filepath.Join(dir, "sandbox-tmpfs")
+		req := &agentpb.CreateSandboxRequest{
+			SandboxId: "pod1", Hostname: "pod1",
+			Dns:    &agentpb.DNS{Nameservers: []string{"10.0.0.10"}, Searches: []string{"svc.local"}},
+			Mounts: []*agentpb.Mount{{Type: "tmpfs", Source: "tmpfs", Target: mnt, Options: []string{"size=1m", "nosuid"}}},
+		}
+		if _, err := e.client.CreateSandbox(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+		if !isMountPoint(t, mnt) {
+			t.Errorf("sandbox mount %s missing", mnt)
+		}
+		_, err := e.client.CreateSandbox(ctx, req)
+		wantCode(t, "second sandbox", err, codes.AlreadyExists)
+		gd, err := e.client.GuestDetails(ctx, &agentpb.GuestDetailsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gd.Cpus == 0 || gd.MemoryBytes == 0 || gd.AgentRssBytes == 0 || gd.BootId == "" || gd.KernelRelease == "" || gd.CgroupMode == "" {
+			t.Errorf("guest details incomplete: %v", gd)
+		}
+		if _, err := e.client.DestroySandbox(ctx, &agentpb.DestroySandboxRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		if isMountPoint(t, mnt) {
+			t.Errorf("sandbox mount %s remains after DestroySandbox", mnt)
+		}
+		_, err = e.client.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{SandboxId: "pod2", Mounts: []*agentpb.Mount{{Type: "tmpfs", Target: "relative"}}})
+		wantCode(t, "relative sandbox mount", err, codes.InvalidArgument)
+	})
+
+	t.Run("rootfs mounts", func(t *testing.T) {
+		e.t = t
+		id := e.prefix + "mounted"
+		target := filepath.Join(dir, "rootfs-bind")
+		s := spec("cat", "/etc/hostname")
+		_, err := e.client.CreateContainer(ctx, &agentpb.CreateContainerRequest{
+			ContainerId: id, Spec: mustJSON(t, s),
+			Rootfs: &agentpb.Rootfs{Path: target, Mounts: []*agentpb.Mount{{Source: e.rootfs, Target: target, Options: []string{"rbind"}}}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.client.StartContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
+			t.Fatal(err)
+		}
+		if out := e.readAll(id, "", false); string(out) != "busybox\n" {
+			t.Errorf("read %q through the bind-mounted rootfs", out)
+		}
+		e.wait(id, "")
+		e.remove(id)
+		if isMountPoint(t, target) {
+			t.Errorf("rootfs mount %s remains after RemoveContainer", target)
+		}
+		// A failed create undoes the rootfs mounts.
+		_, err = e.client.CreateContainer(ctx, &agentpb.CreateContainerRequest{
+			ContainerId: id, Spec: mustJSON(t, spec("true")),
+			Rootfs: &agentpb.Rootfs{Path: target + "/nonexistent", Mounts: []*agentpb.Mount{{Source: e.rootfs, Target: target, Options: []string{"rbind"}}}},
+		})
+		wantCode(t, "rootfs that is not a directory", err, codes.InvalidArgument)
+		if isMountPoint(t, target) {
+			t.Errorf("rootfs mount %s remains after a failed create", target)
+		}
+	})
+
+	t.Run("orphans are reaped", func(t *testing.T) {
+		e.t = t
+		id := e.prefix + "orphan"
+		s := spec("sh", "-c", "sleep 1 >/dev/null 2>&1 & echo $!")
+		// Without a pid namespace, the orphaned sleep is re-parented to the
+		// agent, the subreaper, which must reap it.
+		var nss []specs.LinuxNamespace
+		for _, ns := range s.Linux.Namespaces {
+			if ns.Type != specs.PIDNamespace {
+				nss = append(nss, ns)
+			}
+		}
+		s.Linux.Namespaces = nss
+		e.create(id, s, false, true)
+		orphan := strings.TrimSpace(string(e.readAll(id, "", false)))
+		e.wait(id, "")
+		if ppid := parentOf(orphan); ppid != e.agentPid {
+			t.Errorf("orphan %s has parent %d, want the agent %d", orphan, ppid, e.agentPid)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if _, err := os.Stat("/proc/" + orphan); errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("orphan %s was not reaped (zombies of the agent: %v)", orphan, agentZombies(t, e))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		e.remove(id)
+	})
+
+	t.Run("exec terminal", func(t *testing.T) {
+		e.t = t
+		id := e.prefix + "exectty"
+		e.create(id, spec("sleep", "100"), false, true)
+		p := spec("sh", "-c", "read l; stty size").Process
+		p.Terminal = true
+		if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "tty", Process: mustJSON(t, p), Stdin: true}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, ExecId: "tty", Rows: 40, Columns: 100}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, ExecId: "tty", Data: []byte("x\n")}); err != nil {
+			t.Fatal(err)
+		}
+		if out := e.readAll(id, "tty", false); !strings.Contains(string(out), "40 100") {
+			t.Errorf("stty size in an exec printed %q", out)
+		}
+		if st := e.wait(id, "tty"); st != 0 {
+			t.Errorf("exec exit status %d", st)
+		}
+		// Remove with a running exec: both go.
+		p = spec("sleep", "100").Process
+		if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "sleeper", Process: mustJSON(t, p)}); err != nil {
+			t.Fatal(err)
+		}
+		e.remove(id)
+		_, err := e.client.WaitProcess(ctx, &agentpb.ProcessRequest{ContainerId: id, ExecId: "sleeper"})
+		wantCode(t, "wait on a removed container", err, codes.NotFound)
+	})
+
+	t.Run("remove in every state", func(t *testing.T) {
+		e.t = t
+		created := e.prefix + "created"
+		e.create(created, spec("echo", "never"), false, false)
+		paused := e.prefix + "paused"
+		e.create(paused, spec("sleep", "100"), false, true)
+		if _, err := e.client.PauseContainer(ctx, &agentpb.ContainerRequest{ContainerId: paused}); err != nil {
+			t.Fatal(err)
+		}
+		running := e.prefix + "running"
+		e.create(running, spec("sleep", "100"), true, true)
+		e.remove(created)
+		e.remove(paused)
+		e.remove(running)
+	})
+}
+
+// agentZombies lists the agent's children that exited and were not reaped.
+func agentZombies(t *testing.T, e *env) []string {
+	t.Helper()
+	pid := e.agentPid
+	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []string
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		for _, child := range strings.Fields(string(b)) {
+			stat, err := os.ReadFile("/proc/" + child + "/stat")
+			if err != nil {
+				continue
+			}
+			s := string(stat)
+			if i := strings.LastIndexByte(s, ')'); i > 0 && i+2 < len(s) && s[i+2] == 'Z' {
+				out = append(out, child)
+			}
+		}
+	}
+	return out
+}
+
+// parentOf returns the parent pid of pid, or -1.
+func parentOf(pid string) int {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return -1
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	f := strings.Fields(s[i+1:])
+	if len(f) < 2 {
+		return -1
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+func isMountPoint(t *testing.T, path string) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == path {
+			return true
+		}
+	}
+	return false
 }

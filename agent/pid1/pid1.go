@@ -51,11 +51,6 @@ func Setup(ctx context.Context) error {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
 		}
 	}
-	// /dev/ptmx must be the devpts instance's, for container terminals.
-	_ = os.Remove("/dev/ptmx")
-	if err := os.Symlink("pts/ptmx", "/dev/ptmx"); err != nil {
-		log.G(ctx).WithError(err).Warn("linking /dev/ptmx")
-	}
 	if err := EnableControllers("/sys/fs/cgroup"); err != nil {
 		return err
 	}
