@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmpod/vmpod/internal/testbin"
+	"github.com/vmpod/vmpod/internal/testrootfs"
 	agentpb "github.com/vmpod/vmpod/proto"
 )
 
@@ -32,6 +34,19 @@ func TestAgentAsPID1(t *testing.T) {
 		t.Skip("unshare (util-linux) not installed")
 	}
 	bin := testbin.Agent(t)
+	// Not under /tmp, which the agent covers with a tmpfs.
+	rootfsDir, err := os.MkdirTemp("/var/tmp", "vmpod-pid1-rootfs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(rootfsDir) })
+	rootfs := filepath.Join(rootfsDir, "rootfs")
+	if err := testrootfs.Busybox(rootfs); err != nil {
+		if errors.Is(err, testrootfs.ErrNoBusybox) {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
 	logPath := filepath.Join(t.TempDir(), "agent.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -94,6 +109,8 @@ func TestAgentAsPID1(t *testing.T) {
 		t.Errorf("set hostname in its own UTS namespace: %v", err)
 	}
 
+	testContainerOnCgroup2(t, client, rootfs)
+
 	agent := childOf(t, cmd.Process.Pid)
 	if err := unix.Kill(agent, unix.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -113,6 +130,49 @@ func TestAgentAsPID1(t *testing.T) {
 	b, _ := os.ReadFile(logPath)
 	if !strings.Contains(string(b), "powering off") {
 		t.Errorf("agent log does not mention powering off:\n%s", b)
+	}
+}
+
+// testContainerOnCgroup2 runs a container under the PID-1 agent, whose
+// libcontainer sees the cgroup v2 hierarchy it mounted (without controllers
+// on a hybrid host), as in the guest.
+func testContainerOnCgroup2(t *testing.T, client agentpb.AgentService, rootfs string) {
+	ctx := ctxT(t, 30*time.Second)
+	id := fmt.Sprintf("pid1-%d", os.Getpid())
+	_, err := client.CreateContainer(ctx, &agentpb.CreateContainerRequest{
+		ContainerId: id, Spec: mustJSON(t, spec("echo", "hello")), Rootfs: &agentpb.Rootfs{Path: rootfs},
+	})
+	if err != nil {
+		t.Fatalf("create on cgroup v2: %v", err)
+	}
+	if _, err := client.StartContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	for {
+		r, err := client.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: id, Len: 4096})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r.Data...)
+		if r.Eof {
+			break
+		}
+	}
+	if string(out) != "hello\n" {
+		t.Errorf("stdout %q", out)
+	}
+	if w, err := client.WaitProcess(ctx, &agentpb.ProcessRequest{ContainerId: id}); err != nil || w.ExitStatus != 0 {
+		t.Errorf("wait: %v %v", w, err)
+	}
+	if _, err := client.RemoveContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
+		t.Fatal(err)
+	}
+	// The agent's cgroup2 mount is the host's unified hierarchy.
+	for _, d := range []string{"/sys/fs/cgroup/unified/vmpod/" + id, "/sys/fs/cgroup/vmpod/" + id} {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup %s remains after RemoveContainer", d)
+		}
 	}
 }
 
