@@ -1,11 +1,9 @@
 package harness
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"testing"
@@ -86,37 +84,6 @@ func (r *recorder) Errorf(format string, args ...any) {
 }
 
 func (r *recorder) Helper() {}
-
-func TestBusyboxArchiveReproducible(t *testing.T) {
-	a, err := BusyboxArchive()
-	if err != nil {
-		t.Skip(err)
-	}
-	b, err := buildBusyboxArchive()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(a, b) {
-		t.Error("two builds of the busybox archive differ")
-	}
-	names := map[string]bool{}
-	tr := tar.NewReader(bytes.NewReader(a))
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		names[h.Name] = true
-	}
-	for _, n := range []string{"oci-layout", "index.json", "blobs/sha256/"} {
-		if !names[n] {
-			t.Errorf("archive lacks %s", n)
-		}
-	}
-}
 
 // TestCRIPlugin checks that the CRI configuration the harness writes (kata
 // handler, restrict_oom_score_adj) loads: the plugin reports ok.
