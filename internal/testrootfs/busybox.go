@@ -130,4 +130,3 @@ func copyFile(src, dst string, mode os.FileMode) error {
 	}
 	return out.Close()
 }
-
