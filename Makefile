@@ -17,7 +17,7 @@ AGENT_LDFLAGS := $(LDFLAGS) -extldflags -static
 
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all deps build agent proto proto-check test unit-test fuzz vet fmt-check clean
+.PHONY: all demo deps build agent proto proto-check test unit-test fuzz vet fmt-check clean
 all: build
 
 build: agent
@@ -54,6 +54,10 @@ vet:
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+# Runs a container in a VM with a private containerd (sets up everything).
+demo:
+	scripts/demo.sh
 
 # Debian packages and tools for building and testing (root, idempotent).
 deps:
