@@ -64,7 +64,7 @@ deps:
 	scripts/install-deps.sh
 
 # The README's test command: everything CI checks, on a fresh Debian machine.
-test: deps build proto-check vet fmt-check unit-test fuzz
+test: deps build image proto-check vet fmt-check unit-test fuzz
 
 unit-test:
 	$(GO) test -timeout $(TEST_TIMEOUT) ./...
