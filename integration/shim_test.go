@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -157,15 +158,30 @@ func TestShimRun(t *testing.T) {
 		waitFileLines(t, logPath, "out", "err")
 	})
 
-	t.Run("memory limit", func(t *testing.T) {
+	t.Run("resources size the VM", func(t *testing.T) {
 		// ctr's default spec has no cgroup mount; the shim gives the
 		// container a cgroup namespace, so the mount shows its own cgroup.
-		out, _, err := e.run("memlimit", "--memory-limit", "134217728", "--mount", cgroupMount, "--", "cat", "/sys/fs/cgroup/memory.max")
+		out, _, err := e.run("sized", "--memory-limit", "134217728", "--cpus", "1", "--mount", cgroupMount, "--",
+			"sh", "-c", "cat /sys/fs/cgroup/memory.max; grep MemTotal /proc/meminfo; nproc")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if trim(out) != "134217728" {
-			t.Errorf("memory.max in the container = %q, want 134217728", trim(out))
+		f := strings.Fields(out)
+		if len(f) != 5 {
+			t.Fatalf("unexpected output %q", out)
+		}
+		if f[0] != "134217728" {
+			t.Errorf("memory.max in the container = %q, want 134217728", f[0])
+		}
+		// 512 MiB by default plus the 128 MiB limit; the kernel keeps some.
+		var memKiB int
+		fmt.Sscan(f[2], &memKiB)
+		if memKiB < 560<<10 || memKiB > 640<<10 {
+			t.Errorf("guest MemTotal %d KiB, want a VM of 640 MiB", memKiB)
+		}
+		// One default vCPU plus one for the quota, no more than the host has.
+		if want := fmt.Sprint(min(2, runtime.NumCPU())); f[4] != want {
+			t.Errorf("nproc = %s, want %s", f[4], want)
 		}
 	})
 }
@@ -260,7 +276,19 @@ func TestShimLongRunning(t *testing.T) {
 		}
 	})
 
-	e.ctr("task", "kill", "-s", "KILL", "long")
+	t.Run("exec with stdin", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		out, _, err := e.c.CtrStdin(ctx, strings.NewReader("into exec\n"), "task", "exec", "--exec-id", "e5", "long", "cat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out != "into exec\n" {
+			t.Errorf("exec cat printed %q", out)
+		}
+	})
+
+	e.ctr("task", "kill", "--all", "-s", "KILL", "long")
 	select {
 	case r := <-done:
 		if code := exitCode(r.err); code != 137 {
