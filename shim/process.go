@@ -2,7 +2,6 @@ package shim
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -46,6 +45,7 @@ type process struct {
 	pid        uint32      // guarded by mu
 	exitStatus uint32      // guarded by mu
 	exitedAt   time.Time   // guarded by mu
+	starting   bool        // guarded by mu; Start was called
 
 	// exited is closed once the exit is recorded and TaskExit queued.
 	exited chan struct{}
@@ -90,6 +90,25 @@ func (p *process) setStatus(s task.Status) {
 	if p.status != task.Status_STOPPED {
 		p.status = s
 	}
+}
+
+// claimStart marks a created process as being started; only one Start
+// call may go on.
+func (p *process) claimStart() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.status != task.Status_CREATED || p.starting {
+		return fmt.Errorf("process %q of container %s is %s, not created: %w", p.execID, p.containerID, p.status, errdefs.ErrFailedPrecondition)
+	}
+	p.starting = true
+	return nil
+}
+
+// unclaimStart undoes claimStart after a failed start.
+func (p *process) unclaimStart() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.starting = false
 }
 
 // hasExited reports whether the exit was recorded.
@@ -148,6 +167,7 @@ type readFunc func(context.Context, *agentpb.ReadStreamRequest) (*agentpb.ReadSt
 func (p *process) copyOut(ctx context.Context, read readFunc, w io.Writer, name string) {
 	out := &sink{w: w}
 	req := &agentpb.ReadStreamRequest{ContainerId: p.containerID, ExecId: p.execID, Len: readChunk}
+	empty := 0
 	for {
 		resp, err := read(ctx, req)
 		if err != nil {
@@ -161,6 +181,15 @@ func (p *process) copyOut(ctx context.Context, read readFunc, w io.Writer, name 
 			p.logger(ctx).WithField("stream", name).Errorf("agent returned %d bytes for a %d-byte read; dropping the stream", len(resp.Data), readChunk)
 			return
 		}
+		if len(resp.Data) == 0 && !resp.Eof {
+			// The agent blocks until data comes; a guest answering empty
+			// reads in a loop must not spin the shim.
+			if empty++; empty > 16 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			continue
+		}
+		empty = 0
 		if len(resp.Data) > 0 {
 			out.Write(ctx, resp.Data)
 			select {
@@ -293,5 +322,3 @@ func (p *process) wait(ctx context.Context) error {
 func errProcessFinished(id string) error {
 	return fmt.Errorf("process %s already finished: %w", id, errdefs.ErrNotFound)
 }
-
-var errNoSandbox = errors.New("no sandbox")

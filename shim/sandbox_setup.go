@@ -54,7 +54,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		return nil, fmt.Errorf("start sandbox %s: %w", id, err)
 	}
 	s.mu.Lock()
-	s.sandbox, s.sandboxID, s.sandboxDir = sb, id, dir
+	s.sandbox, s.sandboxDir = sb, dir
 	s.mu.Unlock()
 	go s.watchOOM(sb)
 	return sb, nil

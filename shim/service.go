@@ -48,7 +48,6 @@ type service struct {
 
 	mu         sync.Mutex
 	sandbox    Sandbox               // guarded by mu; nil until the first Create
-	sandboxID  string                // guarded by mu
 	sandboxDir string                // guarded by mu
 	containers map[string]*container // guarded by mu
 }
@@ -129,7 +128,7 @@ func (s *service) currentSandbox() (Sandbox, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.sandbox == nil {
-		return nil, fmt.Errorf("%w: %w", errNoSandbox, errdefs.ErrFailedPrecondition)
+		return nil, fmt.Errorf("no sandbox yet: %w", errdefs.ErrFailedPrecondition)
 	}
 	return s.sandbox, nil
 }

@@ -177,11 +177,12 @@ func (s *service) start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return nil, err
 	}
 	agent := sb.Agent()
-	if st, _, _, _ := p.state(); st != task.Status_CREATED {
-		return nil, fmt.Errorf("process %s of container %s is %s, not created: %w", r.ExecID, r.ID, st, errdefs.ErrFailedPrecondition)
+	if err := p.claimStart(); err != nil {
+		return nil, err
 	}
 	if r.ExecID == "" {
 		if _, err := agent.StartContainer(ctx, &agentpb.ContainerRequest{ContainerId: r.ID}); err != nil {
+			p.unclaimStart()
 			return nil, fromAgent(err, "start container %s", r.ID)
 		}
 		p.setStatus(task.Status_RUNNING)
@@ -189,6 +190,7 @@ func (s *service) start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		s.events.send(&eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
 	} else {
 		if err := s.startExec(ctx, agent, p); err != nil {
+			p.unclaimStart()
 			return nil, err
 		}
 	}
