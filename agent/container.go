@@ -294,12 +294,29 @@ func (c *Container) Exec(ctx context.Context, execID string, spec *specs.Process
 	if c.init.Exited() {
 		return nil, fmt.Errorf("exec %s in container %s: the container has exited: %w", execID, c.id, errdefs.ErrFailedPrecondition)
 	}
+	// A process joining a frozen cgroup would freeze before it reports
+	// to libcontainer, which would then wait forever.
+	if err := c.checkNotPaused("exec " + execID + " in"); err != nil {
+		return nil, err
+	}
 	p, err := c.startProcess(ctx, spec, execID, stdin)
 	if err != nil {
 		return nil, err
 	}
 	c.execs[execID] = p
 	return p, nil
+}
+
+// checkNotPaused fails when the container is frozen.
+func (c *Container) checkNotPaused(op string) error {
+	st, err := c.lc.Status()
+	if err != nil {
+		return fmt.Errorf("status of container %s: %w", c.id, err)
+	}
+	if st == libcontainer.Paused {
+		return fmt.Errorf("%s container %s: it is paused: %w", op, c.id, errdefs.ErrFailedPrecondition)
+	}
+	return nil
 }
 
 // Process finds the init process (execID "") or an exec.

@@ -285,6 +285,8 @@ func TestAgent(t *testing.T) {
 		if _, err := e.client.PauseContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
 			t.Fatal(err)
 		}
+		_, err = e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "frozen", Process: mustJSON(t, p)})
+		wantCode(t, "exec into a paused container", err, codes.FailedPrecondition)
 		list, err := e.client.ListProcesses(ctx, &agentpb.ContainerRequest{ContainerId: id})
 		if err != nil || len(list.Processes) != 1 || list.Processes[0].ExecId != "" {
 			t.Errorf("processes of a paused container with one process: %v %v", list, err)

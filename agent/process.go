@@ -149,6 +149,10 @@ type processState interface {
 type createdState struct{ p *Process }
 
 func (s *createdState) Start(c *Container) error {
+	// A frozen init never opens the exec fifo, and Exec would wait forever.
+	if err := c.checkNotPaused("start"); err != nil {
+		return err
+	}
 	if err := c.lc.Exec(); err != nil {
 		return fmt.Errorf("start container %s: %w", c.id, err)
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -77,20 +78,27 @@ func (r *Reaper) Untrack(pid int) {
 	}
 }
 
-// Run makes the agent a child subreaper and reaps orphans on every
-// SIGCHLD until ctx ends.
-func (r *Reaper) Run(ctx context.Context) error {
+// Run makes the agent a child subreaper and returns a function that reaps
+// orphans on every SIGCHLD until ctx ends. The agent must be a subreaper
+// before it starts any container, so Run does that before returning.
+func (r *Reaper) Run(ctx context.Context) (loop func(), err error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		return err
+		return nil, fmt.Errorf("become child subreaper: %w", err)
 	}
 	sigs := make(chan os.Signal, 32)
 	signal.Notify(sigs, unix.SIGCHLD)
-	defer signal.Stop(sigs)
+	return func() {
+		defer signal.Stop(sigs)
+		r.loop(ctx, sigs)
+	}, nil
+}
+
+func (r *Reaper) loop(ctx context.Context, sigs <-chan os.Signal) {
 	for {
 		r.reap(ctx)
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-sigs:
 		case <-r.kick:
 		}

@@ -90,17 +90,22 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	agentpb.RegisterAgentService(srv, s)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	reaperErr := make(chan error, 1)
-	go func() { reaperErr <- s.reaper.Run(ctx) }()
+	reap, err := s.reaper.Run(ctx)
+	if err != nil {
+		return err
+	}
+	reaped := make(chan struct{})
+	go func() {
+		defer close(reaped)
+		reap()
+	}()
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
 	}()
 	err = srv.Serve(ctx, l)
 	cancel()
-	if rerr := <-reaperErr; rerr != nil {
-		return fmt.Errorf("reaper: %w", rerr)
-	}
+	<-reaped
 	if errors.Is(err, ttrpc.ErrServerClosed) {
 		return nil
 	}

@@ -96,12 +96,11 @@ func ContainerConfig(id string, specJSON []byte, rootfs string) (*configs.Config
 	if spec.Linux == nil {
 		spec.Linux = &specs.Linux{}
 	}
-	if spec.Linux.CgroupsPath == "" {
+	// A relative path, or the host's systemd form "slice:prefix:name",
+	// means nothing in the guest, whose cgroups are the agent's alone:
+	// such containers go to the default place.
+	if !path.IsAbs(spec.Linux.CgroupsPath) {
 		spec.Linux.CgroupsPath = path.Join(DefaultCgroupParent, id)
-	} else if !path.IsAbs(spec.Linux.CgroupsPath) {
-		// A relative path would land under the agent's own cgroup, which
-		// differs between guest and host; insist on an explicit place.
-		return nil, nil, fmt.Errorf("spec: linux.cgroupsPath %q is not absolute: %w", spec.Linux.CgroupsPath, errdefs.ErrInvalidArgument)
 	}
 	cfg, err := convertSpec(id, spec)
 	if err != nil {

@@ -49,6 +49,12 @@ func TestContainerConfig(t *testing.T) {
 	if cfg, _, err = ContainerConfig("c1", b, "/r"); err != nil || cfg.Cgroups.Path != "/pods/x/c1" {
 		t.Errorf("explicit cgroups path: %v %v", cfg, err)
 	}
+	for _, p := range []string{"rel/c1", "kubepods.slice:cri-containerd:c1"} {
+		b = exampleSpec(t, func(s *specs.Spec) { s.Linux.CgroupsPath = p })
+		if cfg, _, err = ContainerConfig("c1", b, "/r"); err != nil || cfg.Cgroups.Path != "/vmpod/c1" {
+			t.Errorf("cgroups path %q: got %v %v, want the default", p, cfg.Cgroups.Path, err)
+		}
+	}
 }
 
 func TestContainerConfigRejects(t *testing.T) {
@@ -64,7 +70,6 @@ func TestContainerConfigRejects(t *testing.T) {
 		{"no args", "c", "/r", exampleSpec(t, func(s *specs.Spec) { s.Process.Args = nil })},
 		{"relative cwd", "c", "/r", exampleSpec(t, func(s *specs.Spec) { s.Process.Cwd = "x" })},
 		{"bad rlimit", "c", "/r", exampleSpec(t, func(s *specs.Spec) { s.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_BOGUS"}} })},
-		{"relative cgroups path", "c", "/r", exampleSpec(t, func(s *specs.Spec) { s.Linux.CgroupsPath = "x/y" })},
 		{"unknown namespace", "c", "/r", exampleSpec(t, func(s *specs.Spec) {
 			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: "bogus"})
 		})},
