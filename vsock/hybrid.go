@@ -114,9 +114,11 @@ func (b *Backend) ServeHybrid(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		cancel() // ends the splices
+		wg.Wait()
+	}()
 	for {
 		c, err := ln.Accept()
 		if err != nil {

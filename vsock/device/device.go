@@ -204,7 +204,13 @@ func (d *Device) processTX() {
 		return
 	}
 	used := false
-	for {
+	// At most one queue's worth per round, so that a guest refilling the
+	// ring as fast as we drain it cannot keep the ring locked forever.
+	for budget := int(q.Size()); ; budget-- {
+		if budget == 0 {
+			d.wake()
+			break
+		}
 		c, ok, err := q.Pop()
 		if err != nil {
 			d.opts.Log.WithError(err).Warn("vsock: guest broke the tx queue")
@@ -258,7 +264,11 @@ func (d *Device) processRX() {
 	}
 	used := false
 	d.mu.Lock()
-	for d.hasRXWork() {
+	for budget := int(q.Size()); d.hasRXWork(); budget-- {
+		if budget == 0 {
+			d.wake()
+			break
+		}
 		c, ok, err := q.Pop()
 		if err != nil {
 			d.opts.Log.WithError(err).Warn("vsock: guest broke the rx queue")
@@ -309,7 +319,9 @@ func (d *Device) rxPacket(c *virtq.Chain) int {
 		h.Encode(raw[:])
 		return c.CopyIn(raw[:], 0)
 	}
-	for len(d.pending) > 0 {
+	// Each queued connection gets one chance, so a buffer too small for
+	// any data cannot make this spin.
+	for range len(d.pending) {
 		conn := d.pending[0]
 		d.pending = d.pending[1:]
 		conn.queued = false
@@ -318,10 +330,10 @@ func (d *Device) rxPacket(c *virtq.Chain) int {
 			max = MaxPacketData
 		}
 		h, data1, data2, ok := conn.nextPacket(max)
-		if conn.hasWork() {
-			d.enqueue(conn)
-		}
 		if !ok {
+			if conn.hasWork() {
+				d.enqueue(conn)
+			}
 			continue
 		}
 		h.Encode(raw[:])
@@ -329,6 +341,9 @@ func (d *Device) rxPacket(c *virtq.Chain) int {
 		n += c.CopyIn(data1, n)
 		n += c.CopyIn(data2, n)
 		conn.sent(h)
+		if conn.hasWork() {
+			d.enqueue(conn)
+		}
 		return n
 	}
 	return 0

@@ -346,3 +346,39 @@ func TestDialBeforeTheGuestIsUp(t *testing.T) {
 		t.Fatalf("%d connections left by timed-out dials", s.Conns)
 	}
 }
+
+// TestTinyReceiveBuffers: receive buffers with room for a header only
+// cannot carry data; the device hands them back empty and does not spin.
+func TestTinyReceiveBuffers(t *testing.T) {
+	g := newGuestRx(t, device.Options{}, 0)
+	l := listen(t, g.dev, 1)
+	c := g.connect(l, 2, 1, 1<<20) // a header-only RESPONSE fits
+	if _, err := c.Write([]byte("data")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if u := g.rx.TakeUsed(); len(u) > 0 {
+			for _, e := range u {
+				if e.Len != 0 {
+					t.Fatalf("used length %d in a header-only buffer", e.Len)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("device neither used nor skipped the tiny buffers")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stats := make(chan device.Stats, 1)
+	go func() { stats <- g.dev.Stats() }()
+	select {
+	case s := <-stats:
+		if s.SendBuffered != 4 {
+			t.Fatalf("send buffer holds %d bytes, want the 4 written", s.SendBuffered)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("device is stuck")
+	}
+}

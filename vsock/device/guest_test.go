@@ -26,6 +26,7 @@ type guest struct {
 	dev    *device.Device
 	rx, tx *testdriver.Ring
 	rxBufs map[uint16][2]uint64 // head -> header and data buffer
+	rxData uint32               // data buffer size; 0 posts header-only buffers
 	txHdr  uint64               // scratch for outgoing packets
 	txData uint64
 	inbox  []packet
@@ -37,6 +38,12 @@ type packet struct {
 }
 
 func newGuest(t testing.TB, opts device.Options) *guest {
+	t.Helper()
+	return newGuestRx(t, opts, rxBufSize)
+}
+
+// newGuestRx posts receive buffers of rxData bytes after the header.
+func newGuestRx(t testing.TB, opts device.Options, rxData uint32) *guest {
 	t.Helper()
 	dev, err := device.New(cid, opts)
 	if err != nil {
@@ -50,7 +57,7 @@ func newGuest(t testing.TB, opts device.Options) *guest {
 	if len(cfg) != 20 || binary.LittleEndian.Uint64(cfg[12:]) != cid {
 		t.Fatalf("config space %x does not carry CID %d", cfg, cid)
 	}
-	g := &guest{t: t, f: f, dev: dev, rx: f.Rings[device.QueueRX], tx: f.Rings[device.QueueTX], rxBufs: map[uint16][2]uint64{}}
+	g := &guest{t: t, f: f, dev: dev, rx: f.Rings[device.QueueRX], tx: f.Rings[device.QueueTX], rxBufs: map[uint16][2]uint64{}, rxData: rxData}
 	g.txHdr = f.Mem.Alloc(device.HeaderSize, 8)
 	g.txData = f.Mem.Alloc(device.MaxPacketData+4096, 8)
 	for range queueSize / 2 {
@@ -63,7 +70,11 @@ func newGuest(t testing.TB, opts device.Options) *guest {
 // postRx offers a receive buffer the way Linux 6.1 does: header and data
 // in two descriptors.
 func (g *guest) postRx(hdr, data uint64) {
-	head, ok := g.rx.AddChain([]testdriver.Buf{{Addr: hdr, Len: device.HeaderSize, Write: true}, {Addr: data, Len: rxBufSize, Write: true}})
+	bufs := []testdriver.Buf{{Addr: hdr, Len: device.HeaderSize, Write: true}}
+	if g.rxData > 0 {
+		bufs = append(bufs, testdriver.Buf{Addr: data, Len: g.rxData, Write: true})
+	}
+	head, ok := g.rx.AddChain(bufs)
 	if !ok {
 		g.t.Fatal("rx ring full")
 	}

@@ -79,6 +79,11 @@ func New(mem *guestmem.Memory, cfg Config) (*Queue, error) {
 	if q.used, err = mem.Slice(cfg.UsedAddr, 4+8*n); err != nil {
 		return nil, fmt.Errorf("used ring: %w", err)
 	}
+	// The used index is published with one 32-bit atomic store; it must
+	// not straddle a cache line (split locks can be fatal).
+	if uintptr(unsafe.Pointer(&q.used[0]))%4 != 0 {
+		return nil, fmt.Errorf("used ring at %#x is not 4-byte aligned in this process", cfg.UsedAddr)
+	}
 	q.nextUsed = binary.LittleEndian.Uint16(q.used[2:4])
 	return q, nil
 }
