@@ -14,8 +14,9 @@ import (
 
 // TestQEMUAcceptsTap hands the tap to QEMU the way the QEMU driver does
 // (ExtraFiles, "-netdev tap,fd=3,vhost=off" and a virtio-net NIC with the
-// interface's MAC) and checks that QEMU takes it. The VM stays paused (-S):
-// no guest boots, only the host side of the device is initialised.
+// interface's MAC: PCI on q35, MMIO on microvm) and checks that QEMU takes
+// it. The VM stays paused (-S): no guest boots, only the host side of the
+// device is initialised.
 func TestQEMUAcceptsTap(t *testing.T) {
 	requireRoot(t)
 	qemu, err := exec.LookPath("qemu-system-x86_64")
@@ -28,26 +29,39 @@ func TestQEMUAcceptsTap(t *testing.T) {
 	eps := setup(t, p.path)
 	ep := eps.List[0]
 
+	for _, m := range []struct{ machine, nic string }{
+		{"q35", "virtio-net-pci"},
+		{"microvm", "virtio-net-device"},
+	} {
+		t.Run(m.machine, func(t *testing.T) {
+			got := runQEMU(t, qemu, dir, ep.Tap,
+				"-machine", m.machine+",accel=tcg",
+				"-netdev", "tap,id=net0,fd=3,vhost=off",
+				"-device", m.nic+",netdev=net0,mac="+ep.MAC.String())
+			for _, want := range []string{"type=tap,fd=3", "macaddr=" + ep.MAC.String()} {
+				if !strings.Contains(got, want) {
+					t.Errorf("info network lacks %q:\n%s", want, got)
+				}
+			}
+		})
+	}
+}
+
+// runQEMU runs a paused QEMU with args and the tap as fd 3, asks its
+// monitor for "info network" and returns the output.
+func runQEMU(t *testing.T, qemu, dir string, tap *os.File, args ...string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu,
-		"-S", "-nodefaults", "-display", "none", "-machine", "q35,accel=tcg", "-m", "64",
-		"-monitor", "stdio",
-		"-netdev", "tap,id=net0,fd=3,vhost=off",
-		"-device", "virtio-net-pci,netdev=net0,mac="+ep.MAC.String(),
-	)
+	args = append([]string{"-S", "-nodefaults", "-display", "none", "-m", "64", "-monitor", "stdio"}, args...)
+	cmd := exec.CommandContext(ctx, qemu, args...)
 	cmd.Dir = dir // attributes the process to this test for leakcheck
-	cmd.ExtraFiles = []*os.File{ep.Tap}
+	cmd.ExtraFiles = []*os.File{tap}
 	cmd.Stdin = strings.NewReader("info network\nquit\n")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("qemu: %v\n%s", err, out.String())
+		t.Fatalf("qemu %s: %v\n%s", strings.Join(args, " "), err, out.String())
 	}
-	got := out.String()
-	for _, want := range []string{"type=tap,fd=3", "macaddr=" + ep.MAC.String()} {
-		if !strings.Contains(got, want) {
-			t.Errorf("info network lacks %q:\n%s", want, got)
-		}
-	}
+	return out.String()
 }
