@@ -1,6 +1,8 @@
 package hypervisor
 
 import (
+	"net"
+	"os"
 	"strings"
 	"testing"
 )
@@ -74,6 +76,8 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.StateDir = "" }, "state directory"},
 		{func(c *Config) { c.SharedFS = &SharedFS{Socket: "/s"} }, "tag"},
 		{func(c *Config) { c.Vsock = &Vsock{GuestCID: 2} }, "CID 2"},
+		{func(c *Config) { c.Net = []NetDevice{{MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}} }, "no tap"},
+		{func(c *Config) { c.Net = []NetDevice{{Tap: os.Stdin, MAC: net.HardwareAddr{2}}} }, "6-byte"},
 	}
 	for _, b := range bad {
 		c := good

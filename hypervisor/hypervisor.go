@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 )
 
@@ -44,6 +45,8 @@ type Config struct {
 	Vsock *Vsock
 	// SharedFS, when set, gives the guest a virtio-fs device.
 	SharedFS *SharedFS
+	// Net are the guest's virtio-net NICs, in order (eth0, eth1, ...).
+	Net []NetDevice
 	// StateDir holds the driver's sockets; it is created if missing.
 	StateDir string
 	// Console, when set, receives the guest console's output line by line
@@ -63,6 +66,17 @@ type Vsock struct {
 	// GuestCID is already claimed (vsock.AllocateCID), so that two VMs
 	// cannot race for one CID. The VMM inherits it.
 	VhostFD *os.File
+}
+
+// NetDevice is a virtio-net NIC backed by a tap the caller opened
+// (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR). The VMM inherits the descriptor; the
+// caller may close its copy once Start returned.
+type NetDevice struct {
+	Tap *os.File
+	// MAC is the guest NIC's address.
+	MAC net.HardwareAddr
+	// MTU, when set, is offered to the guest driver (virtio host_mtu).
+	MTU int
 }
 
 // SharedFS is a virtio-fs device served by a vhost-user daemon (virtiofsd)
@@ -112,6 +126,17 @@ func (c Config) Validate() error {
 	}
 	if c.SharedFS != nil && (c.SharedFS.Socket == "" || c.SharedFS.Tag == "") {
 		return fmt.Errorf("hypervisor %s: shared fs needs a socket and a tag", c.ID)
+	}
+	for i, n := range c.Net {
+		if n.Tap == nil {
+			return fmt.Errorf("hypervisor %s: NIC %d has no tap", c.ID, i)
+		}
+		if len(n.MAC) != 6 {
+			return fmt.Errorf("hypervisor %s: NIC %d: MAC %q is not a 6-byte address", c.ID, i, n.MAC)
+		}
+		if n.MTU < 0 || n.MTU > 65535 {
+			return fmt.Errorf("hypervisor %s: NIC %d: MTU %d out of range", c.ID, i, n.MTU)
+		}
 	}
 	if c.Vsock != nil && c.Vsock.VhostUserSocket == "" && c.Vsock.GuestCID < 3 {
 		return fmt.Errorf("hypervisor %s: guest CID %d is reserved (want 3 or more)", c.ID, c.Vsock.GuestCID)

@@ -63,7 +63,7 @@ type Config struct {
 	// /run/vmpod/sandboxes/<id>/vm).
 	StateDir string
 	// Hypervisor is the guest: Path, Kernel, Initrd, Machine, Accel, VCPUs,
-	// MemoryMiB, KernelParams, Console, ExtraArgs. Its ID, StateDir, Vsock
+	// MemoryMiB, KernelParams, Net (taps), Console, ExtraArgs. Its ID, StateDir, Vsock
 	// and SharedFS are set by Start.
 	Hypervisor hypervisor.Config
 	// VsockMode is VsockAuto (default), VsockVhost or VsockVhostUser.

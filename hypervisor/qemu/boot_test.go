@@ -2,11 +2,14 @@ package qemu
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/image"
@@ -245,4 +248,47 @@ func bootToExit(b *testing.B, cfg hypervisor.Config) {
 	if err := q.Err(); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// TestStartWithTap hands QEMU a real tap: QEMU must accept the descriptor
+// and the NIC arguments. The guest stays paused (-S); no boot is needed.
+func TestStartWithTap(t *testing.T) {
+	cfg := bootConfig(t)
+	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"vmpodqt"}})
+	tap, err := openTap("vmpodqt0")
+	if err != nil {
+		t.Skipf("cannot create a tap: %v", err)
+	}
+	cfg.Net = []hypervisor.NetDevice{{Tap: tap, MAC: net.HardwareAddr{0x02, 0x42, 0, 0, 0, 7}, MTU: 1400}}
+	cfg.ExtraArgs = []string{"-S"}
+	q := start(t, cfg)
+	tap.Close() // QEMU holds its own copy now
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if st, err := q.Status(ctx); err != nil || st != "prelaunch" && st != "paused" {
+		t.Errorf("status %q, %v", st, err)
+	}
+	if err := q.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// openTap creates a non-persistent tap the way vmpod's network package
+// does; it disappears with the last descriptor.
+func openTap(name string) (*os.File, error) {
+	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(int(f.Fd()), unix.TUNSETIFF, ifr); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

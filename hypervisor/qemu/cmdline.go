@@ -18,7 +18,8 @@ type commandLine struct {
 	accel     string            // resolved: kvm or tcg
 	tscKHz    uint64            // host TSC rate, for microvm
 	qmpSocket string
-	vhostFD   int // the child's fd number of Vsock.VhostFD, 0 if none
+	vhostFD   int   // the child's fd number of Vsock.VhostFD, 0 if none
+	tapFDs    []int // the child's fd number of each Net[i].Tap
 }
 
 // kernelParams is the guest kernel's command line.
@@ -90,6 +91,16 @@ func (c commandLine) args() []string {
 		a = append(a,
 			"-chardev", "socket,id=fs,path="+fs.Socket,
 			"-device", dev("vhost-user-fs-pci", "vhost-user-fs-device")+",chardev=fs,tag="+fs.Tag)
+	}
+	for i, n := range cfg.Net {
+		nic := fmt.Sprintf("%s,netdev=net%d,mac=%s", dev("virtio-net-pci", "virtio-net-device"), i, n.MAC)
+		if n.MTU > 0 {
+			nic += fmt.Sprintf(",host_mtu=%d", n.MTU)
+		}
+		// vhost=off: these hosts have no vhost-net; QEMU moves the frames.
+		a = append(a,
+			"-netdev", fmt.Sprintf("tap,id=net%d,fd=%d,vhost=off", i, c.tapFDs[i]),
+			"-device", nic)
 	}
 	return append(a, cfg.ExtraArgs...)
 }

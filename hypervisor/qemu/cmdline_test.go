@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -98,5 +99,27 @@ func TestArgsQ35NoTSC(t *testing.T) {
 	}
 	if got := argsAfter(a, "-device"); len(got) != 0 {
 		t.Errorf("devices without any configured: %q", got)
+	}
+}
+
+func TestArgsNet(t *testing.T) {
+	for _, m := range []struct{ machine, nic string }{
+		{hypervisor.MachineQ35, "virtio-net-pci"},
+		{hypervisor.MachineMicrovm, "virtio-net-device"},
+	} {
+		cfg := baseConfig()
+		cfg.Machine = m.machine
+		cfg.Net = []hypervisor.NetDevice{
+			{MAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 1}, MTU: 1450},
+			{MAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 2}},
+		}
+		a := commandLine{cfg: cfg, accel: hypervisor.AccelTCG, qmpSocket: "/q", tapFDs: []int{4, 5}}.args()
+		if got, want := argsAfter(a, "-netdev"), []string{"tap,id=net0,fd=4,vhost=off", "tap,id=net1,fd=5,vhost=off"}; !slices.Equal(got, want) {
+			t.Errorf("%s -netdev %q, want %q", m.machine, got, want)
+		}
+		want := []string{m.nic + ",netdev=net0,mac=02:00:00:00:00:01,host_mtu=1450", m.nic + ",netdev=net1,mac=02:00:00:00:00:02"}
+		if got := argsAfter(a, "-device"); !slices.Equal(got, want) {
+			t.Errorf("%s -device %q, want %q", m.machine, got, want)
+		}
 	}
 }

@@ -91,6 +91,10 @@ func (q *QEMU) Start(ctx context.Context) error {
 		extraFiles = append(extraFiles, v.VhostFD)
 		cl.vhostFD = 2 + len(extraFiles) // ExtraFiles start at fd 3
 	}
+	for _, n := range q.cfg.Net {
+		extraFiles = append(extraFiles, n.Tap)
+		cl.tapFDs = append(cl.tapFDs, 2+len(extraFiles))
+	}
 	args := cl.args()
 
 	consoleR, consoleW, err := os.Pipe()
