@@ -110,6 +110,10 @@ func GuestName(i int) string { return fmt.Sprintf("eth%d", i) }
 // TapName is the name of the tap for the i-th endpoint.
 func TapName(i int) string { return fmt.Sprintf("tap%d%s", i, tapSuffix) }
 
+// in6AddrGenModeNone is IN6_ADDR_GEN_MODE_NONE (linux/if_link.h): no IPv6
+// link-local address.
+const in6AddrGenModeNone = 1
+
 // tapSuffix marks taps vmpod created, for Cleanup.
 const tapSuffix = "_vmpod"
 
@@ -296,6 +300,11 @@ func attach(ns netns.NsHandle, h *netlink.Handle, ep *Endpoint) error {
 	if err := h.LinkSetMTU(tap, ep.MTU); err != nil {
 		return fmt.Errorf("tap %s: set MTU %d: %w", ep.TapName, ep.MTU, err)
 	}
+	// The tap is a wire, not an interface of the namespace: without an
+	// IPv6 link-local address the namespace's kernel sends nothing on it
+	// (DAD, router solicitations) that would reach the guest. Best effort:
+	// a kernel without IPv6 refuses, and has nothing to send anyway.
+	_ = h.LinkSetIP6AddrGenMode(tap, in6AddrGenModeNone)
 	if err := h.LinkSetUp(tap); err != nil {
 		return fmt.Errorf("tap %s: up: %w", ep.TapName, err)
 	}

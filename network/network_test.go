@@ -80,6 +80,9 @@ func TestSetupTeardown(t *testing.T) {
 	if tap.MTU != podMTU || tap.Flags&0 != 0 || tap.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("tap MTU %d up=%v, want %d and up", tap.MTU, tap.Attrs().Flags&net.FlagUp != 0, podMTU)
 	}
+	if addrs, err := p.h.AddrList(tap, netlink.FAMILY_ALL); err != nil || len(addrs) != 0 {
+		t.Errorf("tap addresses %v (%v), want none: the namespace must not talk on the tap", addrs, err)
+	}
 	if ep.TapName != tap.Name || ep.TapIndex != tap.Index {
 		t.Errorf("endpoint tap %s/%d, want %s/%d", ep.TapName, ep.TapIndex, tap.Name, tap.Index)
 	}
