@@ -49,8 +49,8 @@ type Backend struct {
 	dev  *device.Device
 
 	mu      sync.Mutex
-	ln      *net.UnixListener // nil once QEMU connected or Close ran
-	conn    *net.UnixConn
+	ln      *net.UnixListener  // nil once QEMU connected or Close ran
+	cancel  context.CancelFunc // ends Serve
 	closed  bool
 	serving chan struct{} // closed when Serve returns; nil if not serving
 }
@@ -100,6 +100,9 @@ func (b *Backend) Serve(ctx context.Context) error {
 	}
 	b.serving = make(chan struct{})
 	defer close(b.serving)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	b.cancel = cancel
 	b.mu.Unlock()
 
 	stop := context.AfterFunc(ctx, func() { ln.SetDeadline(time.Unix(1, 0)) })
@@ -113,7 +116,6 @@ func (b *Backend) Serve(ctx context.Context) error {
 		conn.Close()
 		err = net.ErrClosed
 	}
-	b.conn = conn
 	closed := b.closed
 	b.mu.Unlock()
 	if err != nil {
@@ -163,8 +165,8 @@ func (b *Backend) Close() error {
 		errs = append(errs, b.ln.Close())
 		b.ln = nil
 	}
-	if b.conn != nil {
-		b.conn.Close()
+	if b.cancel != nil {
+		b.cancel()
 	}
 	serving := b.serving
 	b.mu.Unlock()

@@ -253,6 +253,25 @@ func Connect(t testing.TB, serve func(ctx context.Context, c *net.UnixConn) erro
 	return f
 }
 
+// Dial connects to a backend listening on the Unix socket at path, as
+// QEMU does. done receives the backend's Serve result, which the caller
+// runs.
+func Dial(t testing.TB, path string) *Frontend {
+	t.Helper()
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatalf("connect to backend %s: %v", path, err)
+	}
+	f := &Frontend{t: t, Conn: c, Mem: NewMemory(t)}
+	t.Cleanup(func() {
+		c.Close()
+		for _, fd := range append(f.Kicks, f.Calls...) {
+			unix.Close(fd)
+		}
+	})
+	return f
+}
+
 // Send writes one request with optional descriptors.
 func (f *Frontend) Send(req vhostuser.Request, flags uint32, payload []byte, fds ...int) error {
 	msg := binary.LittleEndian.AppendUint32(nil, uint32(req))
