@@ -2,6 +2,7 @@ package network
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -93,6 +94,9 @@ func newNS(t testing.TB) (string, netns.NsHandle, *netlink.Handle) {
 	}
 	t.Cleanup(func() {
 		r.ns.Close()
+		if _, err := os.Stat(filepath.Join("/run/netns", name)); errors.Is(err, os.ErrNotExist) {
+			return // the test removed it
+		}
 		if err := netns.DeleteNamed(name); err != nil {
 			t.Errorf("delete network namespace %s: %v", name, err)
 		}

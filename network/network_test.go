@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	agentpb "github.com/vmpod/vmpod/proto"
 )
@@ -395,5 +397,42 @@ func TestCancelBetweenEndpoints(t *testing.T) {
 	assertNoTaps(t, p.h)
 	if after := stateOf(t, p.h, "eth0"); !reflect.DeepEqual(after, before) {
 		t.Errorf("eth0 not rolled back:\n before %+v\n  after %+v", before, after)
+	}
+}
+
+// TestTeardownAfterCNIDel tears down after CNI DEL already removed the veth:
+// only the tap is left to remove, and that is no error.
+func TestTeardownAfterCNIDel(t *testing.T) {
+	requireRoot(t)
+	checkLeaks(t)
+	p := newPodNet(t)
+	eps := setup(t, p.path)
+	if err := p.h.LinkDel(p.link(t, "eth0")); err != nil {
+		t.Fatal(err)
+	}
+	if err := eps.Teardown(testCtx(t)); err != nil {
+		t.Fatalf("Teardown: %v", err)
+	}
+	assertNoTaps(t, p.h)
+}
+
+// TestTeardownAfterNamespaceRemoved tears down after the namespace was
+// unmounted and removed: nothing is left, and that is no error.
+func TestTeardownAfterNamespaceRemoved(t *testing.T) {
+	requireRoot(t)
+	checkLeaks(t)
+	p := newPodNet(t)
+	eps, err := Setup(testCtx(t), p.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.DeleteNamed(filepath.Base(p.path)); err != nil {
+		t.Fatal(err)
+	}
+	if err := eps.Teardown(testCtx(t)); err != nil {
+		t.Errorf("Teardown: %v", err)
+	}
+	if err := Cleanup(testCtx(t), p.path); err != nil {
+		t.Errorf("Cleanup: %v", err)
 	}
 }
