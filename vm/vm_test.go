@@ -205,6 +205,57 @@ func TestMicrovm(t *testing.T) {
 	}
 }
 
+// TestConcurrentMicrovms starts two microvm guests at once, the case that
+// hangs at "Marking TSC unstable" without tsc_early_khz; each must reach
+// its own agent.
+func TestConcurrentMicrovms(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots two VMs at once; skipped with -short")
+	}
+	imagetest.Require(t)
+	initrd := imagetest.AgentInitrd(t)
+	var cfgs []Config
+	for i := 0; i < 2; i++ {
+		cfg, _ := testConfig(t, initrd)
+		cfg.Hypervisor.Machine = hypervisor.MachineMicrovm
+		cfgs = append(cfgs, cfg)
+	}
+	type result struct {
+		v   *VM
+		err error
+	}
+	results := make(chan result, len(cfgs))
+	ctx := ctxFor(t, 3*time.Minute)
+	for _, cfg := range cfgs {
+		go func() {
+			v, err := Start(ctx, cfg)
+			results <- result{v, err}
+		}()
+	}
+	var vms []*VM
+	for range cfgs {
+		r := <-results
+		if r.err != nil {
+			t.Error(r.err)
+			continue
+		}
+		vms = append(vms, r.v)
+	}
+	for _, v := range vms {
+		if _, err := v.Agent().Check(ctxFor(t, 10*time.Second), &agentpb.CheckRequest{}); err != nil {
+			t.Errorf("vm %d: %v", v.Pid(), err)
+		}
+	}
+	if len(vms) == 2 && vms[0].Pid() == vms[1].Pid() {
+		t.Error("both VMs report the same QEMU")
+	}
+	for _, v := range vms {
+		if err := v.Stop(ctxFor(t, 30*time.Second)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 // runContainer runs args in a container whose rootfs is <shared>/<id>/rootfs
 // and returns its stdout and exit status; it removes the container.
 func runContainer(t *testing.T, v *VM, id string, args ...string) (string, uint32) {
