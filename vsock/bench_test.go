@@ -3,7 +3,6 @@ package vsock_test
 import (
 	"fmt"
 	"io"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,7 +18,7 @@ func BenchmarkThroughput(b *testing.B) {
 	pattern.New(9).Read(buf)
 
 	b.Run("HostToGuest", func(b *testing.B) {
-		c := vm.dial(b, portSink)
+		c := vm.dial(b, portDiscard)
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(10 * time.Minute))
 		b.SetBytes(chunk)
@@ -32,7 +31,7 @@ func BenchmarkThroughput(b *testing.B) {
 		c.(interface{ CloseWrite() error }).CloseWrite()
 		line := readLine(b, c)
 		b.StopTimer()
-		if want := fmt.Sprintf("%d ", b.N*chunk); !strings.HasPrefix(line, want) {
+		if want := fmt.Sprint(b.N * chunk); line != want {
 			b.Fatalf("guest received %q, want %q...", line, want)
 		}
 	})

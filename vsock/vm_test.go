@@ -29,10 +29,11 @@ const (
 
 // Guest services of vsock/internal/guestecho.
 const (
-	portEcho   = 5000
-	portSink   = 5001
-	portSource = 5002
-	portDialer = 5003
+	portEcho    = 5000
+	portSink    = 5001
+	portSource  = 5002
+	portDialer  = 5003
+	portDiscard = 5004
 )
 
 var (

@@ -4,6 +4,8 @@
 //	5000 echo: copies everything back
 //	5001 sink: reads to EOF, answers "<bytes> <sha256>\n"
 //	5002 source: reads "<bytes> <seed>\n", writes that much pattern data
+//	5004 discard: reads to EOF, answers "<bytes>\n" (no checksum, for
+//	     benchmarks: hashing under TCG is slower than the transport)
 //	5003 dialer: reads "<port> <bytes> <seed>\n", connects to the host's
 //	     port, answers "OK\n" and sends the pattern there, or answers
 //	     "ERR <errno name>\n"
@@ -44,7 +46,7 @@ func run() error {
 	if err := kmod.LoadListed(kmod.ListPath, dir); err != nil {
 		return fmt.Errorf("load modules: %w", err)
 	}
-	services := map[uint32]func(net.Conn){5000: echo, 5001: sink, 5002: source, 5003: dialer}
+	services := map[uint32]func(net.Conn){5000: echo, 5001: sink, 5002: source, 5003: dialer, 5004: discard}
 	for port, h := range services {
 		l, err := vsock.Listen(port, nil)
 		if err != nil {
@@ -80,6 +82,15 @@ func sink(c net.Conn) {
 		return
 	}
 	fmt.Fprintf(c, "%d %x\n", n, h.Sum(nil))
+}
+
+func discard(c net.Conn) {
+	n, err := io.Copy(io.Discard, c)
+	if err != nil {
+		fmt.Fprintf(c, "ERR %v\n", err)
+		return
+	}
+	fmt.Fprintf(c, "%d\n", n)
 }
 
 func source(c net.Conn) {
