@@ -33,9 +33,16 @@ type Container struct {
 	init         *Process
 	outputLimit  int
 
-	mu    sync.Mutex          // guards execs
-	execs map[string]*Process // exec id → process
+	mu        sync.Mutex          // guards execs and execOrder
+	execs     map[string]*Process // exec id → process
+	execOrder []string            // exec ids, oldest first
 }
+
+// maxFinishedExecs bounds the finished execs a container keeps (exited,
+// output read to EOF), so that a long-lived container probed by exec
+// every few seconds does not grow the agent without bound. The oldest
+// finished execs are forgotten first.
+const maxFinishedExecs = 128
 
 // containerParams is what createContainer needs.
 type containerParams struct {
@@ -134,9 +141,22 @@ func newProcessIO(terminal, stdin bool) (_ *processIO, retErr error) {
 	if io.stdoutR, io.stdoutW, err = os.Pipe(); err != nil {
 		return io, err
 	}
-	io.stderrR, io.stderrW, err = os.Pipe()
-	return io, err
+	if io.stderrR, io.stderrW, err = os.Pipe(); err != nil {
+		return io, err
+	}
+	// Larger pipes let a process write a burst without waiting for the
+	// agent to be scheduled, which matters on a busy guest. Best effort:
+	// the kernel may cap the size (fs.pipe-max-size).
+	for _, f := range []*os.File{io.stdoutR, io.stderrR} {
+		if raw, err := f.SyscallConn(); err == nil {
+			_ = raw.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
+		}
+	}
+	return io, nil
 }
+
+// pipeSize is the capacity asked for output pipes.
+const pipeSize = 1 << 20
 
 func (io *processIO) attach(lp *libcontainer.Process) {
 	if io.consoleChild != nil {
@@ -304,7 +324,30 @@ func (c *Container) Exec(ctx context.Context, execID string, spec *specs.Process
 		return nil, err
 	}
 	c.execs[execID] = p
+	c.execOrder = append(c.execOrder, execID)
+	c.forgetFinishedExecs()
 	return p, nil
+}
+
+// forgetFinishedExecs drops the oldest finished execs beyond
+// maxFinishedExecs; c.mu must be held.
+func (c *Container) forgetFinishedExecs() {
+	finished := 0
+	for _, id := range c.execOrder {
+		if c.execs[id].finished() {
+			finished++
+		}
+	}
+	kept := c.execOrder[:0]
+	for _, id := range c.execOrder {
+		if finished > maxFinishedExecs && c.execs[id].finished() {
+			delete(c.execs, id)
+			finished--
+			continue
+		}
+		kept = append(kept, id)
+	}
+	c.execOrder = kept
 }
 
 // checkNotPaused fails when the container is frozen.

@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 
 // env is one running agent and a client for it.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	client   agentpb.AgentService
 	rootfs   string
 	prefix   string // makes container ids unique on the machine
@@ -47,7 +47,7 @@ type env struct {
 }
 
 // startAgent runs the real static agent binary on a Unix socket.
-func startAgent(t *testing.T) *env {
+func startAgent(t testing.TB) *env {
 	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("the agent runs containers: needs root")
@@ -104,7 +104,7 @@ func startAgent(t *testing.T) *env {
 	return &env{t: t, client: agentpb.NewAgentClient(tc), rootfs: rootfs, prefix: fmt.Sprintf("e2e%d-", os.Getpid()), agentPid: cmd.Process.Pid}
 }
 
-func ctxT(t *testing.T, d time.Duration) context.Context {
+func ctxT(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
@@ -120,7 +120,7 @@ func spec(args ...string) *specs.Spec {
 	return s
 }
 
-func mustJSON(t *testing.T, v any) []byte {
+func mustJSON(t testing.TB, v any) []byte {
 	b, err := json.Marshal(v)
 	if err != nil {
 		t.Fatal(err)
@@ -695,4 +695,38 @@ func isMountPoint(t *testing.T, path string) bool {
 		}
 	}
 	return false
+}
+
+// BenchmarkReadStdout measures output throughput through ReadStdout over a
+// Unix socket: a container writes b.N bytes as fast as it can.
+func BenchmarkReadStdout(b *testing.B) {
+	e := startAgent(b)
+	for _, chunk := range []int64{64 << 10, 1 << 20} {
+		b.Run(fmt.Sprintf("chunk=%dKiB", chunk>>10), func(b *testing.B) {
+			e.t = b
+			const size = 64 << 20
+			id := fmt.Sprintf("%sbench%d", e.prefix, chunk)
+			e.create(id, spec("head", "-c", fmt.Sprint(size), "/dev/zero"), false, true)
+			ctx := ctxT(b, 60*time.Second)
+			b.SetBytes(size)
+			b.ResetTimer()
+			var n int
+			for {
+				r, err := e.client.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: id, Len: chunk})
+				if err != nil {
+					b.Fatal(err)
+				}
+				n += len(r.Data)
+				if r.Eof {
+					break
+				}
+			}
+			b.StopTimer()
+			if n != size {
+				b.Fatalf("read %d bytes, want %d", n, size)
+			}
+			e.wait(id, "")
+			e.remove(id)
+		})
+	}
 }

@@ -105,6 +105,12 @@ func (p *Process) Exited() bool {
 	}
 }
 
+// finished reports whether the process exited and its output was read to
+// the end, so that nobody needs it any more.
+func (p *Process) finished() bool {
+	return p.Exited() && p.stdout.drained() && p.stderr.drained()
+}
+
 // waitExit collects the exit status through libcontainer (which owns the
 // child), hands the pid back to the reaper and records the exit.
 func (p *Process) waitExit(ctx context.Context, r *Reaper) {

@@ -1,7 +1,3 @@
-// Package agent is vmpod-agent's service: it runs the containers of one
-// pod inside the guest with runc's libcontainer and serves the Agent API
-// (proto/agent.proto) over ttrpc on any net.Listener — vsock in the guest,
-// a Unix socket in tests.
 package agent
 
 import (

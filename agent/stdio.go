@@ -18,6 +18,10 @@ import (
 // the host before it stops reading the process's pipe.
 const DefaultOutputLimit = 1 << 20
 
+// releaseAbove is the capacity above which a drained buffer frees its
+// memory.
+const releaseAbove = 64 << 10
+
 // errBufferClosed is returned to a writer whose buffer was abandoned.
 var errBufferClosed = errors.New("output buffer closed")
 
@@ -81,6 +85,13 @@ func (b *outputBuffer) CloseWrite() {
 	b.broadcast()
 }
 
+// drained reports whether the stream ended and everything was read.
+func (b *outputBuffer) drained() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed || (b.eof && b.data.Len() == 0)
+}
+
 // Close abandons the buffer: pending data is dropped, a blocked writer
 // returns errBufferClosed and readers see EOF.
 func (b *outputBuffer) Close() {
@@ -101,6 +112,11 @@ func (b *outputBuffer) Read(ctx context.Context, n int) (data []byte, eof bool, 
 			data = make([]byte, min(n, b.data.Len()))
 			b.data.Read(data)
 			eof = b.eof && b.data.Len() == 0
+			// Give the memory back once drained: many exited processes
+			// may be kept, each with a buffer that once held a lot.
+			if b.data.Len() == 0 && (b.eof || b.data.Cap() > releaseAbove) {
+				b.data = bytes.Buffer{}
+			}
 			b.broadcast()
 			b.mu.Unlock()
 			return data, eof, nil
@@ -125,7 +141,7 @@ func pump(r io.ReadCloser, b *outputBuffer, done chan<- struct{}) {
 	defer close(done)
 	defer r.Close()
 	defer b.CloseWrite()
-	buf := make([]byte, 32<<10)
+	buf := make([]byte, 256<<10)
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {

@@ -206,3 +206,64 @@ func TestStdinWriterHonoursContext(t *testing.T) {
 		t.Fatalf("write after a timed-out write: %v", err)
 	}
 }
+
+func TestOutputBufferReleasesMemory(t *testing.T) {
+	b := newOutputBuffer(1 << 20)
+	if _, err := b.Write(make([]byte, 512<<10)); err != nil {
+		t.Fatal(err)
+	}
+	b.CloseWrite()
+	if b.drained() {
+		t.Fatal("drained before the data was read")
+	}
+	for {
+		_, eof, err := b.Read(context.Background(), 100<<10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if eof {
+			break
+		}
+	}
+	if !b.drained() || b.data.Cap() != 0 {
+		t.Fatalf("drained %v, capacity %d after reading to EOF", b.drained(), b.data.Cap())
+	}
+}
+
+// BenchmarkPump measures a pipe → outputBuffer → reader transfer in the
+// agent process.
+func BenchmarkPump(b *testing.B) {
+	const size = 64 << 20
+	chunk := make([]byte, 64<<10)
+	b.SetBytes(size)
+	for i := 0; i < b.N; i++ {
+		r, w, err := os.Pipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() {
+			for n := 0; n < size; n += len(chunk) {
+				_, _ = w.Write(chunk)
+			}
+			w.Close()
+		}()
+		buf := newOutputBuffer(DefaultOutputLimit)
+		done := make(chan struct{})
+		go pump(r, buf, done)
+		total := 0
+		for {
+			data, eof, err := buf.Read(context.Background(), 1<<20)
+			if err != nil {
+				b.Fatal(err)
+			}
+			total += len(data)
+			if eof {
+				break
+			}
+		}
+		<-done
+		if total != size {
+			b.Fatalf("read %d", total)
+		}
+	}
+}
