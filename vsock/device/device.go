@@ -59,7 +59,10 @@ const (
 	firstEphemeralPort = 49152
 )
 
-// Options tune a Device.
+// Options tune a Device. Memory held for connections is at most
+// MaxConns × 2 × BufferSize, and a guest can only make the host hold
+// receive buffers on connections the host accepted or dialed: buffers are
+// allocated on first use and freed when a connection ends.
 type Options struct {
 	BufferSize int // per connection and direction; DefaultBufferSize if 0
 	MaxConns   int // DefaultMaxConns if 0
@@ -106,6 +109,9 @@ func New(cid uint64, opts Options) (*Device, error) {
 	}
 	if opts.Log == nil {
 		opts.Log = log.L
+	}
+	if opts.MaxConns < 0 {
+		return nil, fmt.Errorf("connection limit %d is negative", opts.MaxConns)
 	}
 	if opts.BufferSize < MaxPacketData || opts.BufferSize > 64<<20 {
 		return nil, fmt.Errorf("buffer size %d out of range [%d, %d]", opts.BufferSize, MaxPacketData, 64<<20)
