@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"sync"
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/cgroups"
@@ -118,10 +119,23 @@ func convertSpec(id string, spec *specs.Spec) (cfg *configs.Config, err error) {
 		}
 	}()
 	return specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
-		CgroupName: id,
-		Spec:       spec,
+		CgroupName:  id,
+		Spec:        spec,
+		NoPivotRoot: noPivotRoot(),
 	})
 }
+
+// noPivotRoot reports whether / is the initramfs, which pivot_root(2)
+// cannot move away from (EINVAL). There libcontainer enters the rootfs with
+// MS_MOVE and chroot instead, as Kata's agent does on an initrd; the VM,
+// not pivot_root, is the isolation boundary of the pod.
+var noPivotRoot = sync.OnceValue(func() bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/", &st); err != nil {
+		return false
+	}
+	return st.Type == unix.RAMFS_MAGIC || st.Type == unix.TMPFS_MAGIC
+})
 
 var rlimits = map[string]int{
 	"RLIMIT_CPU":        unix.RLIMIT_CPU,
