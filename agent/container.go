@@ -441,12 +441,19 @@ func (c *Container) Remove(ctx context.Context) error {
 
 // destroy releases everything of a container whose processes are gone.
 func (c *Container) destroy(ctx context.Context) error {
+	var errs []error
 	for _, p := range c.processes() {
-		if p != nil {
-			p.closeIO()
+		if p == nil {
+			continue
+		}
+		p.closeIO()
+		// The pumps end once the killed processes' pipe ends are closed.
+		select {
+		case <-p.pumpsDone:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("output of %s still open: %w", p.name(), ctx.Err()))
 		}
 	}
-	var errs []error
 	if err := c.lc.Destroy(); err != nil {
 		errs = append(errs, fmt.Errorf("destroy container %s: %w", c.id, err))
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -46,38 +47,28 @@ func (p *Process) name() string {
 	return fmt.Sprintf("exec %s of container %s", p.execID, p.containerID)
 }
 
-func (p *Process) lock()   { p.mu.Lock() }
-func (p *Process) unlock() { p.mu.Unlock() }
-
 // Pid is the process's pid in the agent's pid namespace.
 func (p *Process) Pid() int { return p.pid }
 
 // Start lets a created init process run its program.
 func (p *Process) Start(c *Container) error {
-	p.lock()
-	defer p.unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	return p.state.Start(c)
 }
 
 // Signal delivers sig to the process.
 func (p *Process) Signal(c *Container, sig unix.Signal) error {
-	p.lock()
-	defer p.unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	return p.state.Signal(c, sig)
 }
 
 // Resize sets the terminal size.
 func (p *Process) Resize(rows, cols uint16) error {
-	p.lock()
-	defer p.unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	return p.state.Resize(rows, cols)
-}
-
-// Status returns the phase name.
-func (p *Process) Status() string {
-	p.lock()
-	defer p.unlock()
-	return p.state.Status()
 }
 
 // Wait blocks until the process exited or ctx ends.
@@ -87,8 +78,8 @@ func (p *Process) Wait(ctx context.Context) (*agentpb.WaitProcessResponse, error
 	case <-ctx.Done():
 		return nil, fmt.Errorf("wait for %s: %w", p.name(), ctx.Err())
 	}
-	p.lock()
-	defer p.unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	return &agentpb.WaitProcessResponse{
 		ExitStatus:       uint32(p.status),
 		ExitedAtUnixNano: p.exitedAt.UnixNano(),
@@ -120,11 +111,11 @@ func (p *Process) waitExit(ctx context.Context, r *Reaper) {
 	if err != nil && ps == nil {
 		log.G(ctx).WithError(err).WithField("pid", p.pid).Warn("waiting for process")
 	}
-	p.lock()
+	p.mu.Lock()
 	p.status = status
 	p.exitedAt = time.Now()
 	p.state = &stoppedState{p: p}
-	p.unlock()
+	p.mu.Unlock()
 	close(p.exited)
 	log.G(ctx).WithField("pid", p.pid).WithField("status", status).Debugf("%s exited", p.name())
 }
@@ -148,7 +139,6 @@ type processState interface {
 	Start(c *Container) error
 	Signal(c *Container, sig unix.Signal) error
 	Resize(rows, cols uint16) error
-	Status() string
 }
 
 // createdState: the init process exists and waits for StartContainer.
@@ -171,7 +161,6 @@ func (s *createdState) Signal(c *Container, sig unix.Signal) error {
 }
 
 func (s *createdState) Resize(rows, cols uint16) error { return resize(s.p, rows, cols) }
-func (s *createdState) Status() string                 { return "created" }
 
 // runningState: the process runs its program.
 type runningState struct{ p *Process }
@@ -185,7 +174,6 @@ func (s *runningState) Signal(c *Container, sig unix.Signal) error {
 }
 
 func (s *runningState) Resize(rows, cols uint16) error { return resize(s.p, rows, cols) }
-func (s *runningState) Status() string                 { return "running" }
 
 // stoppedState: the process exited and its status is recorded.
 type stoppedState struct{ p *Process }
@@ -202,8 +190,6 @@ func (s *stoppedState) Resize(uint16, uint16) error {
 	return fmt.Errorf("cannot resize the terminal of %s: it has exited: %w", s.p.name(), errdefs.ErrFailedPrecondition)
 }
 
-func (s *stoppedState) Status() string { return "stopped" }
-
 // signalProcess signals a live process. The init process goes through the
 // container, which also thaws a frozen cgroup for SIGKILL.
 func signalProcess(c *Container, p *Process, sig unix.Signal) error {
@@ -213,10 +199,14 @@ func signalProcess(c *Container, p *Process, sig unix.Signal) error {
 	} else {
 		err = p.lc.Signal(sig)
 	}
-	if err != nil {
-		return fmt.Errorf("signal %s with %s: %w", p.name(), unix.SignalName(sig), err)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, os.ErrProcessDone) || errors.Is(err, libcontainer.ErrNotRunning):
+		// It exited and waitExit has not recorded it yet.
+		return fmt.Errorf("cannot signal %s: it has exited: %w", p.name(), errdefs.ErrFailedPrecondition)
 	}
-	return nil
+	return fmt.Errorf("signal %s with %s: %w", p.name(), unix.SignalName(sig), err)
 }
 
 func resize(p *Process, rows, cols uint16) error {
