@@ -33,9 +33,10 @@ type Container struct {
 	init         *Process
 	outputLimit  int
 
-	mu        sync.Mutex          // guards execs and execOrder
+	mu        sync.Mutex          // guards execs, execOrder and removing
 	execs     map[string]*Process // exec id → process
 	execOrder []string            // exec ids, oldest first
+	removing  bool                // Remove began: no new exec may start
 }
 
 // maxFinishedExecs bounds the finished execs a container keeps (exited,
@@ -63,8 +64,9 @@ func createContainer(ctx context.Context, p containerParams) (_ *Container, retE
 	if err := mountAll(p.rootfsMounts); err != nil {
 		return nil, fmt.Errorf("rootfs of container %s: %w", p.id, err)
 	}
+	var c *Container // once set, its destroy undoes everything
 	defer func() {
-		if retErr != nil {
+		if retErr != nil && c == nil {
 			_ = unmountAll(p.rootfsMounts)
 		}
 	}()
@@ -78,7 +80,7 @@ func createContainer(ctx context.Context, p containerParams) (_ *Container, retE
 		}
 		return nil, fmt.Errorf("create container %s: %w", p.id, err)
 	}
-	c := &Container{
+	c = &Container{
 		id:           p.id,
 		lc:           lc,
 		rootfsMounts: p.rootfsMounts,
@@ -311,7 +313,7 @@ func (c *Container) Exec(ctx context.Context, execID string, spec *specs.Process
 	if _, ok := c.execs[execID]; ok {
 		return nil, fmt.Errorf("exec %s of container %s: %w", execID, c.id, errdefs.ErrAlreadyExists)
 	}
-	if c.init.Exited() {
+	if c.init.Exited() || c.removing {
 		return nil, fmt.Errorf("exec %s in container %s: the container has exited: %w", execID, c.id, errdefs.ErrFailedPrecondition)
 	}
 	// A process joining a frozen cgroup would freeze before it reports
@@ -418,6 +420,9 @@ func (c *Container) signalCgroup(sig unix.Signal) error {
 // Remove kills every process of the container, waits for them (bounded by
 // ctx), and removes its state, cgroups and rootfs mounts.
 func (c *Container) Remove(ctx context.Context) error {
+	c.mu.Lock()
+	c.removing = true
+	c.mu.Unlock()
 	for _, p := range c.processes() {
 		if !p.Exited() {
 			if err := c.signalCgroup(unix.SIGKILL); err != nil {
