@@ -382,3 +382,31 @@ func TestTinyReceiveBuffers(t *testing.T) {
 		t.Fatal("device is stuck")
 	}
 }
+
+// TestPauseResume: QEMU stops the rings when the VM pauses and restarts
+// them where they stopped; connections survive.
+func TestPauseResume(t *testing.T) {
+	g := newGuest(t, device.Options{})
+	l := listen(t, g.dev, 1)
+	c := g.connect(l, 2, 1, 1<<20)
+	rxBase, txBase := g.f.StopRing(device.QueueRX), g.f.StopRing(device.QueueTX)
+	if txBase != 1 {
+		t.Fatalf("tx stopped at %d, want 1 (one REQUEST consumed)", txBase)
+	}
+	// Data written while paused waits.
+	if _, err := c.Write([]byte("while paused")); err != nil {
+		t.Fatal(err)
+	}
+	g.expectNothing(100 * time.Millisecond)
+	g.f.StartRing(device.QueueRX, rxBase)
+	g.f.StartRing(device.QueueTX, txBase)
+	if p := g.expect(device.OpRW); string(p.Data) != "while paused" {
+		t.Fatalf("after resume the guest got %q", p.Data)
+	}
+	g.send(device.Header{SrcPort: 2, DstPort: 1, Op: device.OpRW}, []byte("resumed"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 16)
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "resumed" {
+		t.Fatalf("host read %q, %v", buf[:n], err)
+	}
+}

@@ -247,7 +247,9 @@ func Connect(t testing.TB, serve func(ctx context.Context, c *net.UnixConn) erro
 			t.Error("backend did not stop within 10s")
 		}
 		for _, fd := range append(f.Kicks, f.Calls...) {
-			unix.Close(fd)
+			if fd >= 0 {
+				unix.Close(fd)
+			}
 		}
 	})
 	return f
@@ -266,7 +268,9 @@ func Dial(t testing.TB, path string) *Frontend {
 	t.Cleanup(func() {
 		c.Close()
 		for _, fd := range append(f.Kicks, f.Calls...) {
-			unix.Close(fd)
+			if fd >= 0 {
+				unix.Close(fd)
+			}
 		}
 	})
 	return f
@@ -368,33 +372,56 @@ func (f *Frontend) Setup(nqueues int, size uint16) []byte {
 	}
 	f.Call(vhostuser.SetMemTable, mt, false, f.Mem.FD)
 	for i := range nqueues {
-		r := f.Mem.NewRing(size)
-		f.Rings = append(f.Rings, r)
-		kick, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-		if err != nil {
-			t.Fatal(err)
-		}
+		f.Rings = append(f.Rings, f.Mem.NewRing(size))
 		call, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.Kicks, f.Calls = append(f.Kicks, kick), append(f.Calls, call)
+		f.Calls = append(f.Calls, call)
+		f.Kicks = append(f.Kicks, -1)
 		f.Call(vhostuser.SetVringCall, u64(uint64(i)), false, call)
-		f.Call(vhostuser.SetVringNum, state(uint32(i), uint32(size)), false)
-		f.Call(vhostuser.SetVringBase, state(uint32(i), 0), false)
-		addr := state(uint32(i), 0)
-		for _, gpa := range []uint64{r.Desc, r.Used, r.Avail, 0} {
-			va := uint64(0)
-			if gpa != 0 {
-				va = gpa - GuestBase + UserBase
-			}
-			addr = binary.LittleEndian.AppendUint64(addr, va)
-		}
-		f.Call(vhostuser.SetVringAddr, addr, false)
-		f.Call(vhostuser.SetVringKick, u64(uint64(i)), false, kick)
-		f.Call(vhostuser.SetVringEnable, state(uint32(i), 1), false)
+		f.StartRing(i, 0)
 	}
 	return cfg
+}
+
+// StartRing (re)starts vring i at base with a fresh kick eventfd, as QEMU
+// does when the guest's driver starts or the VM resumes.
+func (f *Frontend) StartRing(i int, base uint16) {
+	f.t.Helper()
+	r := f.Rings[i]
+	kick, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if f.Kicks[i] >= 0 {
+		unix.Close(f.Kicks[i])
+	}
+	f.Kicks[i] = kick
+	f.Call(vhostuser.SetVringNum, state(uint32(i), uint32(r.Size)), false)
+	f.Call(vhostuser.SetVringBase, state(uint32(i), uint32(base)), false)
+	addr := state(uint32(i), 0)
+	for _, gpa := range []uint64{r.Desc, r.Used, r.Avail, 0} {
+		va := uint64(0)
+		if gpa != 0 {
+			va = gpa - GuestBase + UserBase
+		}
+		addr = binary.LittleEndian.AppendUint64(addr, va)
+	}
+	f.Call(vhostuser.SetVringAddr, addr, false)
+	f.Call(vhostuser.SetVringKick, u64(uint64(i)), false, kick)
+	f.Call(vhostuser.SetVringEnable, state(uint32(i), 1), false)
+}
+
+// StopRing stops vring i (GET_VRING_BASE), as QEMU does when the VM
+// pauses, and returns where the backend stopped.
+func (f *Frontend) StopRing(i int) uint16 {
+	f.t.Helper()
+	p := f.Call(vhostuser.GetVringBase, state(uint32(i), 0), true)
+	if len(p) != 8 || binary.LittleEndian.Uint32(p) != uint32(i) {
+		f.t.Fatalf("GET_VRING_BASE reply %x", p)
+	}
+	return uint16(binary.LittleEndian.Uint32(p[4:]))
 }
 
 // Kick notifies queue i.
