@@ -3,6 +3,7 @@ package vsock_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -136,6 +137,7 @@ func startVM(t testing.TB, m machine) *testVM {
 		"-chardev", "file,id=con,path="+vm.console, "-serial", "chardev:con",
 		"-kernel", kernel, "-initrd", initrd,
 		"-append", appendLine,
+		"-qmp", "unix:"+filepath.Join(dir, "qmp.sock")+",server=on,wait=off",
 		"-chardev", "socket,id=vsock,path="+sock,
 		"-device", m.device+",chardev=vsock",
 	)
@@ -247,4 +249,37 @@ func hostTSCkHz() int {
 		}
 	}
 	return 2000000
+}
+
+// qmp runs QMP commands on the test VM's monitor and fails the test on an
+// error reply.
+func (vm *testVM) qmp(t testing.TB, commands ...string) {
+	t.Helper()
+	c, err := net.DialTimeout("unix", filepath.Join(vm.dir, "qmp.sock"), 5*time.Second)
+	if err != nil {
+		t.Fatalf("connect to QMP: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	dec := json.NewDecoder(c)
+	var greeting map[string]any
+	if err := dec.Decode(&greeting); err != nil {
+		t.Fatalf("QMP greeting: %v", err)
+	}
+	for _, cmd := range append([]string{"qmp_capabilities"}, commands...) {
+		fmt.Fprintf(c, `{"execute":%q}`+"\n", cmd)
+		for {
+			var reply map[string]any
+			if err := dec.Decode(&reply); err != nil {
+				t.Fatalf("QMP %s: %v", cmd, err)
+			}
+			if e, ok := reply["error"]; ok {
+				t.Fatalf("QMP %s: %v", cmd, e)
+			}
+			if _, ok := reply["return"]; ok {
+				break
+			}
+			// An asynchronous event: keep reading.
+		}
+	}
 }
