@@ -54,6 +54,10 @@ func Setup(ctx context.Context) error {
 	if err := EnableControllers("/sys/fs/cgroup"); err != nil {
 		return err
 	}
+	// The image's name until the host gives the sandbox's (SetHostname).
+	if err := unix.Sethostname([]byte(bootHostname())); err != nil {
+		return fmt.Errorf("set hostname: %w", err)
+	}
 	dir, err := kmod.ModulesDir()
 	if err != nil {
 		return err
@@ -62,6 +66,15 @@ func Setup(ctx context.Context) error {
 		return fmt.Errorf("load modules: %w", err)
 	}
 	return nil
+}
+
+// bootHostname is /etc/hostname of the image, or "localhost".
+func bootHostname() string {
+	b, err := os.ReadFile("/etc/hostname")
+	if h := strings.TrimSpace(string(b)); err == nil && h != "" && len(h) <= 64 {
+		return h
+	}
+	return "localhost"
 }
 
 // EnableControllers delegates every controller of the cgroup v2 root to
