@@ -9,13 +9,13 @@ import (
 // The spec conversion is the path from untrusted bytes into libcontainer:
 // it must return a config or an error, never panic.
 func FuzzContainerConfig(f *testing.F) {
-	f.Add("c1", exampleSpec(f, nil), "/run/rootfs")
-	f.Add("c1", []byte(`{"process":{"args":["sh"],"cwd":"/"}}`), "/r")
-	f.Add("c1", []byte(`{"process":{"args":["sh"],"cwd":"/"},"mounts":[{"destination":"x","type":"bind","source":"/","options":["rbind","idmap"]}]}`), "/r")
-	f.Add("c1", []byte(`{"process":{"args":["sh"],"cwd":"/"},"linux":{"namespaces":[{"type":"user"}],"uidMappings":[{"containerID":0,"hostID":1000,"size":0}]}}`), "/r")
-	f.Add("x", []byte(`{"process":{"args":["sh"],"cwd":"/"},"linux":{"resources":{"devices":[{"allow":true,"type":"q"}]},"seccomp":{"defaultAction":"SCMP_ACT_X"}}}`), "/")
-	f.Fuzz(func(t *testing.T, id string, spec []byte, rootfs string) {
-		cfg, s, err := ContainerConfig(id, spec, rootfs)
+	f.Add("c1", exampleSpec(f, nil), "/run/rootfs", false)
+	f.Add("c1", []byte(`{"process":{"args":["sh"],"cwd":"/"}}`), "/r", true)
+	f.Add("c1", []byte(`{"process":{"args":["sh"],"cwd":"/"},"mounts":[{"destination":"x","type":"bind","source":"/","options":["rbind","idmap"]}]}`), "/r", false)
+	f.Add("c1", []byte(`{"process":{"args":["sh"],"cwd":"/"},"linux":{"namespaces":[{"type":"user"}],"uidMappings":[{"containerID":0,"hostID":1000,"size":0}]}}`), "/r", false)
+	f.Add("x", []byte(`{"process":{"args":["sh"],"cwd":"/"},"linux":{"resources":{"devices":[{"allow":true,"type":"q"}]},"seccomp":{"defaultAction":"SCMP_ACT_X"}}}`), "/", false)
+	f.Fuzz(func(t *testing.T, id string, spec []byte, rootfs string, noPivot bool) {
+		cfg, s, err := ContainerConfig(id, spec, rootfs, noPivot)
 		if err == nil && (cfg == nil || s == nil || cfg.Rootfs != rootfs) {
 			t.Fatalf("accepted without a config for rootfs %q", rootfs)
 		}
@@ -43,7 +43,7 @@ func FuzzDecodeResources(f *testing.F) {
 		if err != nil {
 			return
 		}
-		cfg, _, err := ContainerConfig("c", exampleSpec(t, nil), "/r")
+		cfg, _, err := ContainerConfig("c", exampleSpec(t, nil), "/r", false)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -29,6 +29,9 @@ type Config struct {
 	// /etc/resolv.conf). It is set when the agent is the guest's PID 1
 	// and unset in host tests, which must not touch the host.
 	Guest bool
+	// NoPivotRoot makes containers enter their root with MS_MOVE and
+	// chroot: pivot_root fails when the agent's root is the initramfs.
+	NoPivotRoot bool
 	// OutputLimit bounds the buffered output of one stream of one process;
 	// DefaultOutputLimit when zero.
 	OutputLimit int
@@ -172,7 +175,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *agentpb.CreateContain
 	if req.GetRootfs() == nil {
 		return nil, fmt.Errorf("container %s: no rootfs: %w", id, errdefs.ErrInvalidArgument)
 	}
-	cfg, spec, err := ContainerConfig(id, req.GetSpec(), req.GetRootfs().GetPath())
+	cfg, spec, err := ContainerConfig(id, req.GetSpec(), req.GetRootfs().GetPath(), s.cfg.NoPivotRoot)
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}

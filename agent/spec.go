@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path"
-	"sync"
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/cgroups"
@@ -79,9 +78,11 @@ func validateProcess(p *specs.Process) error {
 }
 
 // ContainerConfig turns spec JSON into the libcontainer configuration of
-// container id, with its root file system at rootfs. It is the single entry
-// point from untrusted spec bytes to libcontainer, so it is fuzzed.
-func ContainerConfig(id string, specJSON []byte, rootfs string) (*configs.Config, *specs.Spec, error) {
+// container id, with its root file system at rootfs. noPivotRoot makes the
+// container enter its root with MS_MOVE and chroot instead of pivot_root,
+// which fails when the agent's own root is the initramfs. It is the single
+// entry point from untrusted spec bytes to libcontainer, so it is fuzzed.
+func ContainerConfig(id string, specJSON []byte, rootfs string, noPivotRoot bool) (*configs.Config, *specs.Spec, error) {
 	if err := validateID("container id", id); err != nil {
 		return nil, nil, err
 	}
@@ -103,7 +104,7 @@ func ContainerConfig(id string, specJSON []byte, rootfs string) (*configs.Config
 	if !path.IsAbs(spec.Linux.CgroupsPath) {
 		spec.Linux.CgroupsPath = path.Join(DefaultCgroupParent, id)
 	}
-	cfg, err := convertSpec(id, spec)
+	cfg, err := convertSpec(id, spec, noPivotRoot)
 	if err != nil {
 		return nil, nil, fmt.Errorf("spec of container %s: %v: %w", id, err, errdefs.ErrInvalidArgument)
 	}
@@ -112,7 +113,7 @@ func ContainerConfig(id string, specJSON []byte, rootfs string) (*configs.Config
 
 // convertSpec calls specconv, turning a panic on a malformed spec into an
 // error: the agent must survive any spec the host sends.
-func convertSpec(id string, spec *specs.Spec) (cfg *configs.Config, err error) {
+func convertSpec(id string, spec *specs.Spec, noPivotRoot bool) (cfg *configs.Config, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			cfg, err = nil, fmt.Errorf("spec conversion panicked: %v", r)
@@ -121,21 +122,9 @@ func convertSpec(id string, spec *specs.Spec) (cfg *configs.Config, err error) {
 	return specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
 		CgroupName:  id,
 		Spec:        spec,
-		NoPivotRoot: noPivotRoot(),
+		NoPivotRoot: noPivotRoot,
 	})
 }
-
-// noPivotRoot reports whether / is the initramfs, which pivot_root(2)
-// cannot move away from (EINVAL). There libcontainer enters the rootfs with
-// MS_MOVE and chroot instead, as Kata's agent does on an initrd; the VM,
-// not pivot_root, is the isolation boundary of the pod.
-var noPivotRoot = sync.OnceValue(func() bool {
-	var st unix.Statfs_t
-	if err := unix.Statfs("/", &st); err != nil {
-		return false
-	}
-	return st.Type == unix.RAMFS_MAGIC || st.Type == unix.TMPFS_MAGIC
-})
 
 var rlimits = map[string]int{
 	"RLIMIT_CPU":        unix.RLIMIT_CPU,

@@ -31,7 +31,7 @@ func TestContainerConfig(t *testing.T) {
 		s.Root = &specs.Root{Path: "ignored", Readonly: true}
 		s.Process.Env = []string{"A=b"}
 	})
-	cfg, spec, err := ContainerConfig("c1", b, "/run/rootfs")
+	cfg, spec, err := ContainerConfig("c1", b, "/run/rootfs", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,13 +45,17 @@ func TestContainerConfig(t *testing.T) {
 		t.Errorf("process env lost: %v", spec.Process.Env)
 	}
 
+	if cfg, _, err = ContainerConfig("c1", exampleSpec(t, nil), "/r", true); err != nil || !cfg.NoPivotRoot {
+		t.Errorf("no pivot_root: %v", err)
+	}
+
 	b = exampleSpec(t, func(s *specs.Spec) { s.Linux.CgroupsPath = "/pods/x/c1" })
-	if cfg, _, err = ContainerConfig("c1", b, "/r"); err != nil || cfg.Cgroups.Path != "/pods/x/c1" {
+	if cfg, _, err = ContainerConfig("c1", b, "/r", false); err != nil || cfg.Cgroups.Path != "/pods/x/c1" {
 		t.Errorf("explicit cgroups path: %v %v", cfg, err)
 	}
 	for _, p := range []string{"rel/c1", "kubepods.slice:cri-containerd:c1"} {
 		b = exampleSpec(t, func(s *specs.Spec) { s.Linux.CgroupsPath = p })
-		if cfg, _, err = ContainerConfig("c1", b, "/r"); err != nil || cfg.Cgroups.Path != "/vmpod/c1" {
+		if cfg, _, err = ContainerConfig("c1", b, "/r", false); err != nil || cfg.Cgroups.Path != "/vmpod/c1" {
 			t.Errorf("cgroups path %q: got %v %v, want the default", p, cfg.Cgroups.Path, err)
 		}
 	}
@@ -78,7 +82,7 @@ func TestContainerConfigRejects(t *testing.T) {
 		{"escaping rootfs", "c", "/r/../etc", good},
 		{"unclean rootfs", "c", "/r/", good},
 	} {
-		_, _, err := ContainerConfig(c.id, c.spec, c.rootfs)
+		_, _, err := ContainerConfig(c.id, c.spec, c.rootfs, false)
 		if !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%s: got %v, want invalid argument", c.name, err)
 		}
@@ -127,7 +131,7 @@ func TestDecodeResources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, _, err := ContainerConfig("c", exampleSpec(t, nil), "/r")
+	cfg, _, err := ContainerConfig("c", exampleSpec(t, nil), "/r", false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,6 +68,37 @@ func Setup(ctx context.Context) error {
 	return nil
 }
 
+// RootIsInitramfs reports whether / is the kernel's initial root file
+// system (an initramfs), which pivot_root cannot move away from (EINVAL).
+// There containers enter their root with MS_MOVE and chroot instead, as
+// Kata's agent does on an initrd; the VM is the pod's isolation boundary.
+func RootIsInitramfs() bool {
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil && rootFSType(string(b)) == "rootfs" {
+		return true
+	}
+	var st unix.Statfs_t
+	return unix.Statfs("/", &st) == nil && st.Type == unix.RAMFS_MAGIC
+}
+
+// rootFSType returns the file system type of / in a mountinfo text.
+func rootFSType(mountinfo string) string {
+	fstype := ""
+	for _, line := range strings.Split(mountinfo, "\n") {
+		// id parent major:minor root mountpoint options [optional...] - fstype source options
+		f := strings.Fields(line)
+		if len(f) < 5 || f[4] != "/" {
+			continue
+		}
+		for i := 5; i+1 < len(f); i++ {
+			if f[i] == "-" {
+				fstype = f[i+1] // the last mount on / is the visible one
+				break
+			}
+		}
+	}
+	return fstype
+}
+
 // bootHostname is /etc/hostname of the image, or "localhost".
 func bootHostname() string {
 	b, err := os.ReadFile("/etc/hostname")

@@ -40,3 +40,14 @@ func TestEnableControllersNone(t *testing.T) {
 		t.Error("a missing cgroup root is not an error")
 	}
 }
+
+func TestRootFSType(t *testing.T) {
+	initramfs := "1 1 0:2 / / rw - rootfs rootfs rw,size=250000k\n22 1 0:20 / /proc rw,relatime - proc proc rw\n"
+	if got := rootFSType(initramfs); got != "rootfs" {
+		t.Errorf("initramfs root: %q", got)
+	}
+	disk := "21 26 0:20 / /proc rw - proc proc rw\n26 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+	if got := rootFSType(disk); got != "ext4" {
+		t.Errorf("disk root: %q", got)
+	}
+}

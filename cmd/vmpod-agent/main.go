@@ -66,7 +66,11 @@ func run(ctx context.Context, listen, stateDir string) error {
 		return err
 	}
 	defer l.Close()
-	srv, err := agent.New(agent.Config{StateDir: stateDir, Guest: guest})
+	srv, err := agent.New(agent.Config{
+		StateDir:    stateDir,
+		Guest:       guest,
+		NoPivotRoot: guest && pid1.RootIsInitramfs(),
+	})
 	if err != nil {
 		return err
 	}
