@@ -392,6 +392,10 @@ func TestAgent(t *testing.T) {
 		if st := e.wait(id, ""); st != 137 {
 			t.Errorf("OOM-killed exit status %d, want 137", st)
 		}
+		st, err := e.client.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: id})
+		if err != nil || st.Memory.GetOomKillEvents() == 0 || st.Memory.GetLimitBytes() != uint64(limit) {
+			t.Errorf("stats after the OOM kill: %v, %v", st.GetMemory(), err)
+		}
 		e.remove(id)
 	})
 
