@@ -459,7 +459,7 @@ func (c *Container) destroy(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("output of %s still open: %w", p.name(), ctx.Err()))
 		}
 	}
-	if err := c.lc.Destroy(); err != nil {
+	if err := c.reaper.Hold(c.lc.Destroy); err != nil {
 		errs = append(errs, fmt.Errorf("destroy container %s: %w", c.id, err))
 	}
 	// libcontainer removes the cgroups; make sure, since a leftover cgroup

@@ -28,7 +28,8 @@ import (
 // So the reaper reaps selectively:
 //
 //   - while libcontainer starts a process (Start), which forks and waits for
-//     helpers we cannot see, reaping is held off (mu held shared);
+//     helpers we cannot see, or runs hooks (Hold), reaping is held off (mu
+//     held shared);
 //   - the pid of every started process is tracked until its own Wait has
 //     returned, and tracked pids are never reaped here;
 //   - anything else that is a zombie child of the agent is an orphan and is
@@ -64,6 +65,14 @@ func (r *Reaper) Start(fn func() (int, error)) (int, error) {
 		r.trackMu.Unlock()
 	}
 	return pid, err
+}
+
+// Hold runs fn with reaping held off, for libcontainer calls that run and
+// wait for their own children (Destroy runs the poststop hooks).
+func (r *Reaper) Hold(fn func() error) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return fn()
 }
 
 // Untrack hands pid back to the reaper once its Wait has returned.
