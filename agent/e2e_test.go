@@ -214,215 +214,222 @@ func TestAgent(t *testing.T) {
 		t.Fatalf("check: %v %v", check, err)
 	}
 
-	t.Run("echo", func(t *testing.T) {
-		e.t = t
-		id := e.prefix + "echo"
-		e.create(id, spec("echo", "hello"), false, true)
-		if out := e.readAll(id, "", false); string(out) != "hello\n" {
-			t.Errorf("stdout %q, want %q", out, "hello\n")
-		}
-		if st := e.wait(id, ""); st != 0 {
-			t.Errorf("exit status %d, want 0", st)
-		}
-		if st := e.wait(id, ""); st != 0 { // again, after the exit
-			t.Errorf("second wait: exit status %d, want 0", st)
-		}
-		e.remove(id)
-	})
+	for _, tc := range []struct {
+		name string
+		fn   func(*testing.T, *env, context.Context)
+	}{
+		{"echo", testEcho},
+		{"exit codes", testExitCodes},
+		{"exec", testExec},
+		{"stdin", testStdin},
+		{"tty", testTTY},
+		{"oom", testOOM},
+		{"large output", testLargeOutput},
+		{"bad input", testBadInput},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.t = t
+			tc.fn(t, e, ctx)
+		})
+	}
+}
 
-	t.Run("exit codes", func(t *testing.T) {
-		e.t = t
-		id := e.prefix + "exit3"
-		e.create(id, spec("sh", "-c", "exit 3"), false, true)
-		if st := e.wait(id, ""); st != 3 {
-			t.Errorf("exit status %d, want 3", st)
-		}
-		_, err := e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, Signal: 9})
-		wantCode(t, "signal an exited process", err, codes.FailedPrecondition)
-		if err != nil && !strings.Contains(err.Error(), id) {
-			t.Errorf("error %q does not name container %s", err, id)
-		}
-		e.remove(id)
+func testEcho(t *testing.T, e *env, ctx context.Context) {
+	id := e.prefix + "echo"
+	e.create(id, spec("echo", "hello"), false, true)
+	if out := e.readAll(id, "", false); string(out) != "hello\n" {
+		t.Errorf("stdout %q, want %q", out, "hello\n")
+	}
+	if st := e.wait(id, ""); st != 0 {
+		t.Errorf("exit status %d, want 0", st)
+	}
+	if st := e.wait(id, ""); st != 0 { // again, after the exit
+		t.Errorf("second wait: exit status %d, want 0", st)
+	}
+	e.remove(id)
+}
 
-		id = e.prefix + "killed"
-		e.create(id, spec("sleep", "100"), false, true)
-		if _, err := e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, Signal: uint32(unix.SIGKILL)}); err != nil {
-			t.Fatal(err)
-		}
-		if st := e.wait(id, ""); st != 137 {
-			t.Errorf("exit status %d, want 137", st)
-		}
-		e.remove(id)
-	})
+func testExitCodes(t *testing.T, e *env, ctx context.Context) {
+	id := e.prefix + "exit3"
+	e.create(id, spec("sh", "-c", "exit 3"), false, true)
+	if st := e.wait(id, ""); st != 3 {
+		t.Errorf("exit status %d, want 3", st)
+	}
+	_, err := e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, Signal: 9})
+	wantCode(t, "signal an exited process", err, codes.FailedPrecondition)
+	if err != nil && !strings.Contains(err.Error(), id) {
+		t.Errorf("error %q does not name container %s", err, id)
+	}
+	e.remove(id)
 
-	t.Run("exec", func(t *testing.T) {
-		e.t = t
-		id := e.prefix + "exec"
-		e.create(id, spec("sleep", "100"), false, true)
-		p := spec("id", "-u").Process
-		p.User = specs.User{UID: 1000, GID: 1000}
-		if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "idu", Process: mustJSON(t, p)}); err != nil {
-			t.Fatal(err)
-		}
-		if out := e.readAll(id, "idu", false); string(out) != "1000\n" {
-			t.Errorf("id -u as 1000: %q", out)
-		}
-		if st := e.wait(id, "idu"); st != 0 {
-			t.Errorf("exec exit status %d", st)
-		}
-		_, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "idu", Process: mustJSON(t, p)})
-		wantCode(t, "duplicate exec id", err, codes.AlreadyExists)
+	id = e.prefix + "killed"
+	e.create(id, spec("sleep", "100"), false, true)
+	if _, err := e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, Signal: uint32(unix.SIGKILL)}); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.wait(id, ""); st != 137 {
+		t.Errorf("exit status %d, want 137", st)
+	}
+	e.remove(id)
+}
 
-		p = spec("sh", "-c", "exit 7").Process
-		if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "seven", Process: mustJSON(t, p)}); err != nil {
-			t.Fatal(err)
-		}
-		if st := e.wait(id, "seven"); st != 7 {
-			t.Errorf("exec exit status %d, want 7", st)
-		}
+func testExec(t *testing.T, e *env, ctx context.Context) {
+	id := e.prefix + "exec"
+	e.create(id, spec("sleep", "100"), false, true)
+	p := spec("id", "-u").Process
+	p.User = specs.User{UID: 1000, GID: 1000}
+	if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "idu", Process: mustJSON(t, p)}); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.readAll(id, "idu", false); string(out) != "1000\n" {
+		t.Errorf("id -u as 1000: %q", out)
+	}
+	if st := e.wait(id, "idu"); st != 0 {
+		t.Errorf("exec exit status %d", st)
+	}
+	_, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "idu", Process: mustJSON(t, p)})
+	wantCode(t, "duplicate exec id", err, codes.AlreadyExists)
 
-		// Pause, list, resume.
-		if _, err := e.client.PauseContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
-			t.Fatal(err)
-		}
-		_, err = e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "frozen", Process: mustJSON(t, p)})
-		wantCode(t, "exec into a paused container", err, codes.FailedPrecondition)
-		list, err := e.client.ListProcesses(ctx, &agentpb.ContainerRequest{ContainerId: id})
-		if err != nil || len(list.Processes) != 1 || list.Processes[0].ExecId != "" {
-			t.Errorf("processes of a paused container with one process: %v %v", list, err)
-		}
-		if _, err := e.client.ResumeContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
-			t.Fatal(err)
-		}
-		_, err = e.client.ResumeContainer(ctx, &agentpb.ContainerRequest{ContainerId: id})
-		wantCode(t, "resume a running container", err, codes.FailedPrecondition)
+	p = spec("sh", "-c", "exit 7").Process
+	if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "seven", Process: mustJSON(t, p)}); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.wait(id, "seven"); st != 7 {
+		t.Errorf("exec exit status %d, want 7", st)
+	}
 
-		// Stats.
-		st, err := e.client.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.Memory.GetUsageBytes() == 0 || st.Pids.GetCurrent() < 1 {
-			t.Errorf("stats: memory usage %d, pids %d", st.Memory.GetUsageBytes(), st.Pids.GetCurrent())
-		}
-		// Update.
-		res := `{"pids":{"limit":100},"memory":{"limit":67108864}}`
-		if _, err := e.client.UpdateContainer(ctx, &agentpb.UpdateContainerRequest{ContainerId: id, Resources: []byte(res)}); err != nil {
-			t.Errorf("update: %v", err)
-		} else if st, err := e.client.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil || st.Pids.GetLimit() != 100 {
-			t.Errorf("after update: pids limit %d, %v", st.Pids.GetLimit(), err)
-		}
-		// Exec after update still works, and exec signals.
-		p = spec("sleep", "100").Process
-		if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "sleeper", Process: mustJSON(t, p)}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, ExecId: "sleeper", Signal: uint32(unix.SIGTERM)}); err != nil {
-			t.Fatal(err)
-		}
-		if st := e.wait(id, "sleeper"); st != 128+uint32(unix.SIGTERM) {
-			t.Errorf("exec killed by SIGTERM: status %d", st)
-		}
-		if _, err := e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, Signal: uint32(unix.SIGKILL), All: true}); err != nil {
-			t.Fatal(err)
-		}
-		if st := e.wait(id, ""); st != 137 {
-			t.Errorf("after kill --all: status %d", st)
-		}
-		e.remove(id)
-	})
+	// Pause, list, resume.
+	if _, err := e.client.PauseContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "frozen", Process: mustJSON(t, p)})
+	wantCode(t, "exec into a paused container", err, codes.FailedPrecondition)
+	list, err := e.client.ListProcesses(ctx, &agentpb.ContainerRequest{ContainerId: id})
+	if err != nil || len(list.Processes) != 1 || list.Processes[0].ExecId != "" {
+		t.Errorf("processes of a paused container with one process: %v %v", list, err)
+	}
+	if _, err := e.client.ResumeContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.client.ResumeContainer(ctx, &agentpb.ContainerRequest{ContainerId: id})
+	wantCode(t, "resume a running container", err, codes.FailedPrecondition)
 
-	t.Run("stdin", func(t *testing.T) {
-		e.t = t
-		id := e.prefix + "cat"
-		e.create(id, spec("cat"), true, true)
-		msg := []byte("ping\nsecond line\n")
-		w, err := e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, Data: msg})
-		if err != nil || int(w.Len) != len(msg) {
-			t.Fatalf("write stdin: %v %v", w, err)
-		}
-		if _, err := e.client.CloseStdin(ctx, &agentpb.ProcessRequest{ContainerId: id}); err != nil {
-			t.Fatal(err)
-		}
-		if out := e.readAll(id, "", false); !bytes.Equal(out, msg) {
-			t.Errorf("cat echoed %q, want %q", out, msg)
-		}
-		if st := e.wait(id, ""); st != 0 {
-			t.Errorf("cat exit status %d", st)
-		}
-		e.remove(id)
-	})
+	// Stats.
+	st, err := e.client.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Memory.GetUsageBytes() == 0 || st.Pids.GetCurrent() < 1 {
+		t.Errorf("stats: memory usage %d, pids %d", st.Memory.GetUsageBytes(), st.Pids.GetCurrent())
+	}
+	// Update.
+	res := `{"pids":{"limit":100},"memory":{"limit":67108864}}`
+	if _, err := e.client.UpdateContainer(ctx, &agentpb.UpdateContainerRequest{ContainerId: id, Resources: []byte(res)}); err != nil {
+		t.Errorf("update: %v", err)
+	} else if st, err := e.client.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil || st.Pids.GetLimit() != 100 {
+		t.Errorf("after update: pids limit %d, %v", st.Pids.GetLimit(), err)
+	}
+	// Exec after update still works, and exec signals.
+	p = spec("sleep", "100").Process
+	if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "sleeper", Process: mustJSON(t, p)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, ExecId: "sleeper", Signal: uint32(unix.SIGTERM)}); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.wait(id, "sleeper"); st != 128+uint32(unix.SIGTERM) {
+		t.Errorf("exec killed by SIGTERM: status %d", st)
+	}
+	if _, err := e.client.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: id, Signal: uint32(unix.SIGKILL), All: true}); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.wait(id, ""); st != 137 {
+		t.Errorf("after kill --all: status %d", st)
+	}
+	e.remove(id)
+}
 
-	t.Run("tty", func(t *testing.T) {
-		e.t = t
-		id := e.prefix + "tty"
-		s := spec("sh", "-c", "read line; stty size")
-		s.Process.Terminal = true
-		e.create(id, s, true, true)
-		if _, err := e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, Rows: 40, Columns: 100}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, Data: []byte("go\n")}); err != nil {
-			t.Fatal(err)
-		}
-		out := e.readAll(id, "", false)
-		if !strings.Contains(string(out), "40 100") {
-			t.Errorf("stty size printed %q, want 40 100", out)
-		}
-		if errOut := e.readAll(id, "", true); len(errOut) != 0 {
-			t.Errorf("a terminal has no stderr, got %q", errOut)
-		}
-		e.wait(id, "")
-		_, err := e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, Rows: 1, Columns: 1})
-		wantCode(t, "resize an exited process", err, codes.FailedPrecondition)
-		e.remove(id)
-	})
+func testStdin(t *testing.T, e *env, ctx context.Context) {
+	id := e.prefix + "cat"
+	e.create(id, spec("cat"), true, true)
+	msg := []byte("ping\nsecond line\n")
+	w, err := e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, Data: msg})
+	if err != nil || int(w.Len) != len(msg) {
+		t.Fatalf("write stdin: %v %v", w, err)
+	}
+	if _, err := e.client.CloseStdin(ctx, &agentpb.ProcessRequest{ContainerId: id}); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.readAll(id, "", false); !bytes.Equal(out, msg) {
+		t.Errorf("cat echoed %q, want %q", out, msg)
+	}
+	if st := e.wait(id, ""); st != 0 {
+		t.Errorf("cat exit status %d", st)
+	}
+	e.remove(id)
+}
 
-	t.Run("oom", func(t *testing.T) {
-		e.t = t
-		id := e.prefix + "oom"
-		s := spec("sh", "-c", "x=a; while true; do x=$x$x; done")
-		limit := int64(16 << 20)
-		s.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
-		e.create(id, s, false, true)
-		ev, err := e.client.GetOOMEvent(ctxT(t, 30*time.Second), &agentpb.GetOOMEventRequest{})
-		if err != nil || ev.ContainerId != id {
-			t.Errorf("OOM event: %v %v", ev, err)
-		}
-		if st := e.wait(id, ""); st != 137 {
-			t.Errorf("OOM-killed exit status %d, want 137", st)
-		}
-		st, err := e.client.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: id})
-		if err != nil || st.Memory.GetOomKillEvents() == 0 || st.Memory.GetLimitBytes() != uint64(limit) {
-			t.Errorf("stats after the OOM kill: %v, %v", st.GetMemory(), err)
-		}
-		e.remove(id)
-	})
+func testTTY(t *testing.T, e *env, ctx context.Context) {
+	id := e.prefix + "tty"
+	s := spec("sh", "-c", "read line; stty size")
+	s.Process.Terminal = true
+	e.create(id, s, true, true)
+	if _, err := e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, Rows: 40, Columns: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, Data: []byte("go\n")}); err != nil {
+		t.Fatal(err)
+	}
+	out := e.readAll(id, "", false)
+	if !strings.Contains(string(out), "40 100") {
+		t.Errorf("stty size printed %q, want 40 100", out)
+	}
+	if errOut := e.readAll(id, "", true); len(errOut) != 0 {
+		t.Errorf("a terminal has no stderr, got %q", errOut)
+	}
+	e.wait(id, "")
+	_, err := e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, Rows: 1, Columns: 1})
+	wantCode(t, "resize an exited process", err, codes.FailedPrecondition)
+	e.remove(id)
+}
 
-	t.Run("large output", func(t *testing.T) {
-		e.t = t
-		id := e.prefix + "large"
-		e.create(id, spec("sh", "-c", "head -c 8388608 /dev/urandom > /tmp/r; cat /tmp/r; sha256sum /tmp/r >&2; rm /tmp/r"), false, true)
-		var errOut []byte
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() { defer wg.Done(); errOut = e.readAll(id, "", true) }()
-		out := e.readAll(id, "", false)
-		wg.Wait()
-		sum := sha256.Sum256(out)
-		if len(out) != 8<<20 || !strings.HasPrefix(string(errOut), hex.EncodeToString(sum[:])) {
-			t.Errorf("got %d bytes with sha256 %x; the container wrote 8388608 bytes: %s", len(out), sum, errOut)
-		}
-		if st := e.wait(id, ""); st != 0 {
-			t.Errorf("exit status %d", st)
-		}
-		e.remove(id)
-	})
+func testOOM(t *testing.T, e *env, ctx context.Context) {
+	id := e.prefix + "oom"
+	s := spec("sh", "-c", "x=a; while true; do x=$x$x; done")
+	limit := int64(16 << 20)
+	s.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
+	e.create(id, s, false, true)
+	ev, err := e.client.GetOOMEvent(ctxT(t, 30*time.Second), &agentpb.GetOOMEventRequest{})
+	if err != nil || ev.ContainerId != id {
+		t.Errorf("OOM event: %v %v", ev, err)
+	}
+	if st := e.wait(id, ""); st != 137 {
+		t.Errorf("OOM-killed exit status %d, want 137", st)
+	}
+	st, err := e.client.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: id})
+	if err != nil || st.Memory.GetOomKillEvents() == 0 || st.Memory.GetLimitBytes() != uint64(limit) {
+		t.Errorf("stats after the OOM kill: %v, %v", st.GetMemory(), err)
+	}
+	e.remove(id)
+}
 
-	t.Run("bad input", func(t *testing.T) {
-		e.t = t
-		testBadInput(t, e, ctx)
-	})
+func testLargeOutput(t *testing.T, e *env, ctx context.Context) {
+	id := e.prefix + "large"
+	e.create(id, spec("sh", "-c", "head -c 8388608 /dev/urandom > /tmp/r; cat /tmp/r; sha256sum /tmp/r >&2; rm /tmp/r"), false, true)
+	var errOut []byte
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); errOut = e.readAll(id, "", true) }()
+	out := e.readAll(id, "", false)
+	wg.Wait()
+	sum := sha256.Sum256(out)
+	if len(out) != 8<<20 || !strings.HasPrefix(string(errOut), hex.EncodeToString(sum[:])) {
+		t.Errorf("got %d bytes with sha256 %x; the container wrote 8388608 bytes: %s", len(out), sum, errOut)
+	}
+	if st := e.wait(id, ""); st != 0 {
+		t.Errorf("exit status %d", st)
+	}
+	e.remove(id)
 }
 
 func testBadInput(t *testing.T, e *env, ctx context.Context) {
@@ -503,150 +510,162 @@ func TestAgentLifecycle(t *testing.T) {
 	ctx := ctxT(t, 60*time.Second)
 	dir := t.TempDir()
 
-	t.Run("sandbox", func(t *testing.T) {
-		mnt := filepath.Join(dir, "sandbox-tmpfs")
-		req := &agentpb.CreateSandboxRequest{
-			SandboxId: "pod1", Hostname: "pod1",
-			Dns:    &agentpb.DNS{Nameservers: []string{"10.0.0.10"}, Searches: []string{"svc.local"}},
-			Mounts: []*agentpb.Mount{{Type: "tmpfs", Source: "tmpfs", Target: mnt, Options: []string{"size=1m", "nosuid"}}},
-		}
-		if _, err := e.client.CreateSandbox(ctx, req); err != nil {
-			t.Fatal(err)
-		}
-		if !isMountPoint(t, mnt) {
-			t.Errorf("sandbox mount %s missing", mnt)
-		}
-		_, err := e.client.CreateSandbox(ctx, req)
-		wantCode(t, "second sandbox", err, codes.AlreadyExists)
-		gd, err := e.client.GuestDetails(ctx, &agentpb.GuestDetailsRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if gd.Cpus == 0 || gd.MemoryBytes == 0 || gd.AgentRssBytes == 0 || gd.BootId == "" || gd.KernelRelease == "" || gd.CgroupMode == "" {
-			t.Errorf("guest details incomplete: %v", gd)
-		}
-		if _, err := e.client.DestroySandbox(ctx, &agentpb.DestroySandboxRequest{}); err != nil {
-			t.Fatal(err)
-		}
-		if isMountPoint(t, mnt) {
-			t.Errorf("sandbox mount %s remains after DestroySandbox", mnt)
-		}
-		_, err = e.client.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{SandboxId: "pod2", Mounts: []*agentpb.Mount{{Type: "tmpfs", Target: "relative"}}})
-		wantCode(t, "relative sandbox mount", err, codes.InvalidArgument)
-	})
-
-	t.Run("rootfs mounts", func(t *testing.T) {
-		e.t = t
-		id := e.prefix + "mounted"
-		target := filepath.Join(dir, "rootfs-bind")
-		s := spec("cat", "/etc/hostname")
-		_, err := e.client.CreateContainer(ctx, &agentpb.CreateContainerRequest{
-			ContainerId: id, Spec: mustJSON(t, s),
-			Rootfs: &agentpb.Rootfs{Path: target, Mounts: []*agentpb.Mount{{Source: e.rootfs, Target: target, Options: []string{"rbind"}}}},
+	for _, tc := range []struct {
+		name string
+		fn   func(*testing.T, *env, context.Context, string)
+	}{
+		{"sandbox", testSandbox},
+		{"rootfs mounts", testRootfsMounts},
+		{"orphans are reaped", testOrphansAreReaped},
+		{"exec terminal", testExecTerminal},
+		{"remove in every state", testRemoveInEveryState},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.t = t
+			tc.fn(t, e, ctx, dir)
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := e.client.StartContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
-			t.Fatal(err)
-		}
-		if out := e.readAll(id, "", false); string(out) != "busybox\n" {
-			t.Errorf("read %q through the bind-mounted rootfs", out)
-		}
-		e.wait(id, "")
-		e.remove(id)
-		if isMountPoint(t, target) {
-			t.Errorf("rootfs mount %s remains after RemoveContainer", target)
-		}
-		// A failed create undoes the rootfs mounts.
-		_, err = e.client.CreateContainer(ctx, &agentpb.CreateContainerRequest{
-			ContainerId: id, Spec: mustJSON(t, spec("true")),
-			Rootfs: &agentpb.Rootfs{Path: target + "/nonexistent", Mounts: []*agentpb.Mount{{Source: e.rootfs, Target: target, Options: []string{"rbind"}}}},
-		})
-		wantCode(t, "rootfs that is not a directory", err, codes.InvalidArgument)
-		if isMountPoint(t, target) {
-			t.Errorf("rootfs mount %s remains after a failed create", target)
-		}
-	})
+	}
+}
 
-	t.Run("orphans are reaped", func(t *testing.T) {
-		e.t = t
-		id := e.prefix + "orphan"
-		s := spec("sh", "-c", "sleep 1 >/dev/null 2>&1 & echo $!")
-		// Without a pid namespace, the orphaned sleep is re-parented to the
-		// agent, the subreaper, which must reap it.
-		var nss []specs.LinuxNamespace
-		for _, ns := range s.Linux.Namespaces {
-			if ns.Type != specs.PIDNamespace {
-				nss = append(nss, ns)
-			}
-		}
-		s.Linux.Namespaces = nss
-		e.create(id, s, false, true)
-		orphan := strings.TrimSpace(string(e.readAll(id, "", false)))
-		e.wait(id, "")
-		if ppid := parentOf(orphan); ppid != e.agentPid {
-			t.Errorf("orphan %s has parent %d, want the agent %d", orphan, ppid, e.agentPid)
-		}
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if _, err := os.Stat("/proc/" + orphan); errors.Is(err, os.ErrNotExist) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("orphan %s was not reaped (zombies of the agent: %v)", orphan, agentZombies(t, e))
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		e.remove(id)
-	})
+func testSandbox(t *testing.T, e *env, ctx context.Context, dir string) {
+	mnt := filepath.Join(dir, "sandbox-tmpfs")
+	req := &agentpb.CreateSandboxRequest{
+		SandboxId: "pod1", Hostname: "pod1",
+		Dns:    &agentpb.DNS{Nameservers: []string{"10.0.0.10"}, Searches: []string{"svc.local"}},
+		Mounts: []*agentpb.Mount{{Type: "tmpfs", Source: "tmpfs", Target: mnt, Options: []string{"size=1m", "nosuid"}}},
+	}
+	if _, err := e.client.CreateSandbox(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if !isMountPoint(t, mnt) {
+		t.Errorf("sandbox mount %s missing", mnt)
+	}
+	_, err := e.client.CreateSandbox(ctx, req)
+	wantCode(t, "second sandbox", err, codes.AlreadyExists)
+	gd, err := e.client.GuestDetails(ctx, &agentpb.GuestDetailsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gd.Cpus == 0 || gd.MemoryBytes == 0 || gd.AgentRssBytes == 0 || gd.BootId == "" || gd.KernelRelease == "" || gd.CgroupMode == "" {
+		t.Errorf("guest details incomplete: %v", gd)
+	}
+	if _, err := e.client.DestroySandbox(ctx, &agentpb.DestroySandboxRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if isMountPoint(t, mnt) {
+		t.Errorf("sandbox mount %s remains after DestroySandbox", mnt)
+	}
+	_, err = e.client.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{SandboxId: "pod2", Mounts: []*agentpb.Mount{{Type: "tmpfs", Target: "relative"}}})
+	wantCode(t, "relative sandbox mount", err, codes.InvalidArgument)
+}
 
-	t.Run("exec terminal", func(t *testing.T) {
-		e.t = t
-		id := e.prefix + "exectty"
-		e.create(id, spec("sleep", "100"), false, true)
-		p := spec("sh", "-c", "read l; stty size").Process
-		p.Terminal = true
-		if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "tty", Process: mustJSON(t, p), Stdin: true}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, ExecId: "tty", Rows: 40, Columns: 100}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, ExecId: "tty", Data: []byte("x\n")}); err != nil {
-			t.Fatal(err)
-		}
-		if out := e.readAll(id, "tty", false); !strings.Contains(string(out), "40 100") {
-			t.Errorf("stty size in an exec printed %q", out)
-		}
-		if st := e.wait(id, "tty"); st != 0 {
-			t.Errorf("exec exit status %d", st)
-		}
-		// Remove with a running exec: both go.
-		p = spec("sleep", "100").Process
-		if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "sleeper", Process: mustJSON(t, p)}); err != nil {
-			t.Fatal(err)
-		}
-		e.remove(id)
-		_, err := e.client.WaitProcess(ctx, &agentpb.ProcessRequest{ContainerId: id, ExecId: "sleeper"})
-		wantCode(t, "wait on a removed container", err, codes.NotFound)
+func testRootfsMounts(t *testing.T, e *env, ctx context.Context, dir string) {
+	id := e.prefix + "mounted"
+	target := filepath.Join(dir, "rootfs-bind")
+	s := spec("cat", "/etc/hostname")
+	_, err := e.client.CreateContainer(ctx, &agentpb.CreateContainerRequest{
+		ContainerId: id, Spec: mustJSON(t, s),
+		Rootfs: &agentpb.Rootfs{Path: target, Mounts: []*agentpb.Mount{{Source: e.rootfs, Target: target, Options: []string{"rbind"}}}},
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.StartContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.readAll(id, "", false); string(out) != "busybox\n" {
+		t.Errorf("read %q through the bind-mounted rootfs", out)
+	}
+	e.wait(id, "")
+	e.remove(id)
+	if isMountPoint(t, target) {
+		t.Errorf("rootfs mount %s remains after RemoveContainer", target)
+	}
+	// A failed create undoes the rootfs mounts.
+	_, err = e.client.CreateContainer(ctx, &agentpb.CreateContainerRequest{
+		ContainerId: id, Spec: mustJSON(t, spec("true")),
+		Rootfs: &agentpb.Rootfs{Path: target + "/nonexistent", Mounts: []*agentpb.Mount{{Source: e.rootfs, Target: target, Options: []string{"rbind"}}}},
+	})
+	wantCode(t, "rootfs that is not a directory", err, codes.InvalidArgument)
+	if isMountPoint(t, target) {
+		t.Errorf("rootfs mount %s remains after a failed create", target)
+	}
+}
 
-	t.Run("remove in every state", func(t *testing.T) {
-		e.t = t
-		created := e.prefix + "created"
-		e.create(created, spec("echo", "never"), false, false)
-		paused := e.prefix + "paused"
-		e.create(paused, spec("sleep", "100"), false, true)
-		if _, err := e.client.PauseContainer(ctx, &agentpb.ContainerRequest{ContainerId: paused}); err != nil {
-			t.Fatal(err)
+func testOrphansAreReaped(t *testing.T, e *env, ctx context.Context, dir string) {
+	id := e.prefix + "orphan"
+	s := spec("sh", "-c", "sleep 1 >/dev/null 2>&1 & echo $!")
+	// Without a pid namespace, the orphaned sleep is re-parented to the
+	// agent, the subreaper, which must reap it.
+	var nss []specs.LinuxNamespace
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Type != specs.PIDNamespace {
+			nss = append(nss, ns)
 		}
-		running := e.prefix + "running"
-		e.create(running, spec("sleep", "100"), true, true)
-		e.remove(created)
-		e.remove(paused)
-		e.remove(running)
-	})
+	}
+	s.Linux.Namespaces = nss
+	e.create(id, s, false, true)
+	orphan := strings.TrimSpace(string(e.readAll(id, "", false)))
+	e.wait(id, "")
+	if ppid := parentOf(orphan); ppid != e.agentPid {
+		t.Errorf("orphan %s has parent %d, want the agent %d", orphan, ppid, e.agentPid)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat("/proc/" + orphan); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("orphan %s was not reaped (zombies of the agent: %v)", orphan, agentZombies(t, e))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.remove(id)
+}
+
+func testExecTerminal(t *testing.T, e *env, ctx context.Context, dir string) {
+	id := e.prefix + "exectty"
+	e.create(id, spec("sleep", "100"), false, true)
+	p := spec("sh", "-c", "read l; stty size").Process
+	p.Terminal = true
+	if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "tty", Process: mustJSON(t, p), Stdin: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, ExecId: "tty", Rows: 40, Columns: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, ExecId: "tty", Data: []byte("x\n")}); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.readAll(id, "tty", false); !strings.Contains(string(out), "40 100") {
+		t.Errorf("stty size in an exec printed %q", out)
+	}
+	if st := e.wait(id, "tty"); st != 0 {
+		t.Errorf("exec exit status %d", st)
+	}
+	// Remove with a running exec: both go.
+	p = spec("sleep", "100").Process
+	if _, err := e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "sleeper", Process: mustJSON(t, p)}); err != nil {
+		t.Fatal(err)
+	}
+	e.remove(id)
+	_, err := e.client.WaitProcess(ctx, &agentpb.ProcessRequest{ContainerId: id, ExecId: "sleeper"})
+	wantCode(t, "wait on a removed container", err, codes.NotFound)
+}
+
+func testRemoveInEveryState(t *testing.T, e *env, ctx context.Context, dir string) {
+	created := e.prefix + "created"
+	e.create(created, spec("echo", "never"), false, false)
+	paused := e.prefix + "paused"
+	e.create(paused, spec("sleep", "100"), false, true)
+	if _, err := e.client.PauseContainer(ctx, &agentpb.ContainerRequest{ContainerId: paused}); err != nil {
+		t.Fatal(err)
+	}
+	running := e.prefix + "running"
+	e.create(running, spec("sleep", "100"), true, true)
+	e.remove(created)
+	e.remove(paused)
+	e.remove(running)
 }
 
 // agentZombies lists the agent's children that exited and were not reaped.
