@@ -3,7 +3,6 @@ package shim
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -13,9 +12,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
 	cshim "github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/vmpod/vmpod/network"
 	"github.com/vmpod/vmpod/shim/rootfs"
 	"golang.org/x/sys/unix"
 )
@@ -45,26 +47,27 @@ func NewManager(name string) *Manager { return &Manager{name: name} }
 // Name is the runtime's name.
 func (m *Manager) Name() string { return m.name }
 
-// bundleSandbox reads the bundle's annotations (cwd is the bundle) and
-// returns the sandbox the container belongs to: its pod's when CRI says it
-// joins one, else its own.
-func bundleSandbox(id string) (sandboxID string, joins bool) {
-	data, err := os.ReadFile("config.json")
+// bundleSpec reads the spec of the bundle (cwd) for the start and delete
+// actions; nil when there is none or it cannot be parsed.
+func bundleSpec() *specs.Spec {
+	spec, err := readSpec(".")
 	if err != nil {
+		return nil
+	}
+	return spec
+}
+
+// bundleSandbox returns the sandbox the bundle's container belongs to: its
+// pod's when CRI says it joins one, else its own.
+func bundleSandbox(id string, spec *specs.Spec) (sandboxID string, joins bool) {
+	if spec == nil {
 		return id, false
 	}
-	var spec struct {
-		Annotations map[string]string `json:"annotations"`
-	}
-	if json.Unmarshal(data, &spec) != nil {
+	role, err := roleOf(id, spec)
+	if err != nil || rootfs.ValidID(role.sandboxID) != nil {
 		return id, false
 	}
-	if spec.Annotations[annotationContainerType] == containerTypeContainer {
-		if sb := spec.Annotations[annotationSandboxID]; sb != "" && rootfs.ValidID(sb) == nil {
-			return sb, true
-		}
-	}
-	return id, false
+	return role.sandboxID, role.joins
 }
 
 // Start starts the long-lived shim for container id, or returns the
@@ -74,17 +77,28 @@ func (m *Manager) Start(ctx context.Context, id string, opts cshim.StartOpts) (_
 	if err != nil {
 		return "", err
 	}
-	grouping, _ := bundleSandbox(id)
+	grouping, joins := bundleSandbox(id, bundleSpec())
 	address, err := cshim.SocketAddress(ctx, opts.Address, grouping)
 	if err != nil {
 		return "", err
+	}
+	if joins {
+		// A container of a pod runs in the pod's VM, whose shim the
+		// sandbox container started.
+		if !cshim.CanConnect(address) {
+			return "", fmt.Errorf("container %s: sandbox %s has no running shim: %w", id, grouping, errdefs.ErrNotFound)
+		}
+		if err := cshim.WriteAddress("address", address); err != nil {
+			return "", err
+		}
+		return address, nil
 	}
 	socket, err := cshim.NewSocket(address)
 	if err != nil {
 		if !cshim.SocketEaddrinuse(err) {
 			return "", fmt.Errorf("create shim socket %s: %w", address, err)
 		}
-		// The pod's shim already runs: the container joins it.
+		// A shim for this id already runs (start called twice).
 		if cshim.CanConnect(address) {
 			if err := cshim.WriteAddress("address", address); err != nil {
 				return "", err
@@ -146,10 +160,12 @@ func shimCommand(ns, id string, opts cshim.StartOpts) (*exec.Cmd, error) {
 }
 
 // Stop cleans up after a shim that is gone: it kills the sandbox's VM
-// processes, unmounts what the shim mounted and removes its state. For a
-// container that joined a pod, only that container's part goes.
+// processes, unmounts what the shim mounted, removes its state and its taps
+// and redirects from the pod's network namespace. For a container that
+// joined a pod, only that container's part goes.
 func (m *Manager) Stop(ctx context.Context, id string) (cshim.StopStatus, error) {
-	sandboxID, joins := bundleSandbox(id)
+	spec := bundleSpec()
+	sandboxID, joins := bundleSandbox(id, spec)
 	dir := filepath.Join(StateRoot, sandboxID)
 	if joins {
 		if err := rootfs.Remove(ctx, filepath.Join(dir, SharedDirName, id)); err != nil {
@@ -159,6 +175,9 @@ func (m *Manager) Stop(ctx context.Context, id string) (cshim.StopStatus, error)
 		killUnder(ctx, dir)
 		if err := rootfs.Remove(ctx, dir); err != nil {
 			return cshim.StopStatus{}, err
+		}
+		if err := network.Cleanup(ctx, network.NamespacePath(spec)); err != nil {
+			return cshim.StopStatus{}, fmt.Errorf("clean up pod network of sandbox %s: %w", sandboxID, err)
 		}
 	}
 	return cshim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(unix.SIGKILL)}, nil

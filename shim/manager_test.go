@@ -87,19 +87,19 @@ func TestBundleSandbox(t *testing.T) {
 		}
 	}
 	write(`{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"pod1"}}`)
-	if sb, joins := bundleSandbox("c1"); sb != "pod1" || !joins {
+	if sb, joins := bundleSandbox("c1", bundleSpec()); sb != "pod1" || !joins {
 		t.Errorf("CRI container: %q %v", sb, joins)
 	}
 	write(`{"annotations":{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":"pod1"}}`)
-	if sb, joins := bundleSandbox("pod1"); sb != "pod1" || joins {
+	if sb, joins := bundleSandbox("pod1", bundleSpec()); sb != "pod1" || joins {
 		t.Errorf("CRI sandbox: %q %v", sb, joins)
 	}
 	write(`{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"../x"}}`)
-	if sb, joins := bundleSandbox("c1"); sb != "c1" || joins {
+	if sb, joins := bundleSandbox("c1", bundleSpec()); sb != "c1" || joins {
 		t.Errorf("bad sandbox id accepted: %q %v", sb, joins)
 	}
 	write(`not json`)
-	if sb, joins := bundleSandbox("c1"); sb != "c1" || joins {
+	if sb, joins := bundleSandbox("c1", bundleSpec()); sb != "c1" || joins {
 		t.Errorf("garbage spec: %q %v", sb, joins)
 	}
 }

@@ -23,12 +23,28 @@ import (
 )
 
 // ensureSandbox returns the shim's sandbox, starting it for the first
-// container. The caller holds lifecycleMu.
+// container: a container of a pod joins the sandbox its sandbox container
+// started, any other container starts one. The caller holds lifecycleMu.
 func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.Spec) (Sandbox, error) {
+	role, err := roleOf(r.ID, spec)
+	if err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
-	sb := s.sandbox
+	sb, sbID := s.sandbox, s.sandboxID
 	s.mu.Unlock()
-	if sb != nil {
+	switch {
+	case role.joins && sb == nil:
+		return nil, fmt.Errorf("container %s: sandbox %s is not running in this shim: %w", r.ID, role.sandboxID, errdefs.ErrNotFound)
+	case role.joins && sbID != role.sandboxID:
+		return nil, fmt.Errorf("container %s: sandbox %s is not running in this shim, which serves sandbox %s: %w", r.ID, role.sandboxID, sbID, errdefs.ErrNotFound)
+	case role.joins:
+		return sb, nil
+	case sb != nil && role.criSandbox:
+		return nil, fmt.Errorf("sandbox container %s: this shim already runs sandbox %s: %w", r.ID, sbID, errdefs.ErrAlreadyExists)
+	case sb != nil:
+		// A container outside CRI given this shim's address (tests of
+		// the service) shares the sandbox there is.
 		return sb, nil
 	}
 	path, err := configPath(r.Options)
@@ -39,8 +55,9 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err != nil {
 		return nil, fmt.Errorf("load vmpod configuration: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
-	// A container with no pod of its own gets a sandbox named after it.
-	id := r.ID
+	// A pod's sandbox container, or a container with no pod, gets a
+	// sandbox named after it.
+	id := role.sandboxID
 	dir, err := sandboxDir(id)
 	if err != nil {
 		return nil, err
@@ -54,7 +71,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		return nil, fmt.Errorf("start sandbox %s: %w", id, err)
 	}
 	s.mu.Lock()
-	s.sandbox, s.sandboxDir = sb, dir
+	s.sandbox, s.sandboxID, s.sandboxDir = sb, id, dir
 	s.mu.Unlock()
 	go s.watchOOM(sb)
 	return sb, nil

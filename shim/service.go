@@ -48,6 +48,7 @@ type service struct {
 
 	mu         sync.Mutex
 	sandbox    Sandbox               // guarded by mu; nil until the first Create
+	sandboxID  string                // guarded by mu; the pod's id (CRI), else the first container's
 	sandboxDir string                // guarded by mu
 	containers map[string]*container // guarded by mu
 }
@@ -122,6 +123,19 @@ func (s *service) getProcess(id, execID string) (*container, *process, error) {
 		return nil, nil, err
 	}
 	return c, p, nil
+}
+
+// isGuestPid reports whether pid is the guest pid of one of the shim's
+// containers' init processes.
+func (s *service) isGuestPid(pid uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.containers {
+		if _, p, _, _ := c.init.state(); p == pid {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *service) currentSandbox() (Sandbox, error) {

@@ -115,6 +115,9 @@ func (s *service) createInSandbox(ctx context.Context, sb Sandbox, c *container,
 	if err := c.layout.MountRootfs(ctx, mounts, r.Bundle, spec); err != nil {
 		return 0, err
 	}
+	if err := guestNamespaces(r.ID, spec, s.isGuestPid); err != nil {
+		return 0, err
+	}
 	guestCgroupNamespace(spec)
 	if err := c.layout.BindMounts(ctx, spec); err != nil {
 		return 0, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)

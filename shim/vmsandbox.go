@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/sirupsen/logrus"
 	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/network"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/vm"
 )
@@ -18,14 +20,19 @@ import (
 type vmSandbox struct {
 	v      *vm.VM
 	shared string
+	// net is the pod's network wired to the VM's NICs (no endpoints
+	// when the pod has no network namespace of its own).
+	net *network.Endpoints
 }
 
 var _ Sandbox = (*vmSandbox)(nil)
 
-// NewVMSandbox is the shim's SandboxFactory: it boots a VM sized for the
-// first container, exporting <Dir>/shared by virtio-fs, and creates the
-// sandbox in the guest with that share mounted.
-func NewVMSandbox(ctx context.Context, req SandboxRequest) (Sandbox, error) {
+// NewVMSandbox is the shim's SandboxFactory: it wires the pod's network
+// namespace (if the spec names one) to taps, boots a VM sized for the first
+// container with one NIC per tap, exporting <Dir>/shared by virtio-fs, and
+// creates the sandbox in the guest with that share mounted and the pod's
+// interfaces and routes configured.
+func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr error) {
 	cfg := req.Config
 	q := cfg.Hypervisor.QEMU
 	paths, err := cfg.Resolve()
@@ -41,8 +48,20 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (Sandbox, error) {
 	if err := os.Mkdir(shared, 0o711); err != nil {
 		return nil, fmt.Errorf("create shared directory: %w", err)
 	}
+	nsPath := network.NamespacePath(req.Spec)
+	eps, err := network.Setup(ctx, nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("pod network of sandbox %s: %w", req.ID, err)
+	}
+	defer func() {
+		if retErr != nil {
+			if terr := eps.Teardown(context.WithoutCancel(ctx)); terr != nil {
+				log.G(ctx).WithError(terr).Warn("tear down pod network after failed sandbox start")
+			}
+		}
+	}()
 	size := SizeFor(q, req.Spec)
-	log.G(ctx).WithFields(log.Fields{"vcpus": size.VCPUs, "memory_mib": size.MemoryMiB, "config": cfg.Source}).Debug("starting VM")
+	log.G(ctx).WithFields(log.Fields{"vcpus": size.VCPUs, "memory_mib": size.MemoryMiB, "config": cfg.Source, "netns": nsPath, "nics": len(eps.List)}).Debug("starting VM")
 	hcfg := hypervisor.Config{
 		Path:         paths.QEMU,
 		Kernel:       paths.Kernel,
@@ -52,6 +71,9 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (Sandbox, error) {
 		Accel:        q.Accel,
 		VCPUs:        int(size.VCPUs),
 		MemoryMiB:    int(size.MemoryMiB),
+	}
+	for _, ep := range eps.List {
+		hcfg.Net = append(hcfg.Net, hypervisor.NetDevice{Tap: ep.Tap, MAC: ep.MAC, MTU: ep.MTU})
 	}
 	v, err := vm.Start(ctx, vm.Config{
 		ID:            req.ID,
@@ -66,24 +88,44 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	hostname := ""
-	if req.Spec != nil {
-		hostname = req.Spec.Hostname
-	}
-	_, err = v.Agent().CreateSandbox(ctx, &agentpb.CreateSandboxRequest{
-		SandboxId: req.ID,
-		Hostname:  hostname,
-		Mounts:    []*agentpb.Mount{v.SharedMount()},
-	})
-	if err != nil {
+	if err := setupGuest(ctx, v, req, eps); err != nil {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 		defer cancel()
 		if serr := v.Stop(sctx); serr != nil {
 			log.G(ctx).WithError(serr).Warn("stop VM after failed sandbox creation")
 		}
-		return nil, fromAgent(err, "create sandbox %s in the guest", req.ID)
+		return nil, err
 	}
-	return &vmSandbox{v: v, shared: shared}, nil
+	return &vmSandbox{v: v, shared: shared, net: eps}, nil
+}
+
+// setupGuest creates the sandbox in the guest: the shared directory, the
+// pod's hostname, its interfaces and routes.
+func setupGuest(ctx context.Context, v *vm.VM, req SandboxRequest, eps *network.Endpoints) error {
+	hostname := ""
+	if req.Spec != nil {
+		hostname = req.Spec.Hostname
+	}
+	agent := v.Agent()
+	_, err := agent.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{
+		SandboxId: req.ID,
+		Hostname:  hostname,
+		Mounts:    []*agentpb.Mount{v.SharedMount()},
+	})
+	if err != nil {
+		return fromAgent(err, "create sandbox %s in the guest", req.ID)
+	}
+	for _, itf := range eps.Interfaces() {
+		if _, err := agent.UpdateInterface(ctx, &agentpb.UpdateInterfaceRequest{Interface: itf}); err != nil {
+			return fromAgent(err, "configure guest interface %s (%s) of sandbox %s", itf.GetName(), itf.GetMac(), req.ID)
+		}
+	}
+	if len(eps.Routes) > 0 {
+		if _, err := agent.UpdateRoutes(ctx, &agentpb.UpdateRoutesRequest{Routes: &agentpb.Routes{Routes: eps.Routes}}); err != nil {
+			return fromAgent(err, "configure guest routes of sandbox %s", req.ID)
+		}
+	}
+	return nil
 }
 
 func (s *vmSandbox) Agent() agentpb.AgentService { return s.v.Agent() }
@@ -91,5 +133,13 @@ func (s *vmSandbox) SharedDir() string           { return s.shared }
 func (s *vmSandbox) GuestSharedDir() string      { return s.v.GuestSharedDir() }
 func (s *vmSandbox) Done() <-chan struct{}       { return s.v.Done() }
 
-// Stop stops the VM (its daemons and state go with it).
-func (s *vmSandbox) Stop(ctx context.Context) error { return s.v.Stop(ctx) }
+// Stop stops the VM (its daemons and state go with it), then removes the
+// taps and redirects from the pod's network namespace, leaving it as CNI
+// made it.
+func (s *vmSandbox) Stop(ctx context.Context) error {
+	err := s.v.Stop(ctx)
+	if nerr := s.net.Teardown(ctx); nerr != nil {
+		err = errors.Join(err, fmt.Errorf("tear down pod network: %w", nerr))
+	}
+	return err
+}
