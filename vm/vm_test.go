@@ -275,12 +275,6 @@ func runContainer(t *testing.T, v *VM, id string, args ...string) (string, uint3
 		ContainerId: id, Spec: specJSON,
 		Rootfs: &agentpb.Rootfs{Path: filepath.Join(v.GuestSharedDir(), id, "rootfs")},
 	})
-	if err != nil && strings.Contains(err.Error(), "pivot_root") {
-		// The guest's root is the initramfs, where pivot_root(2) fails;
-		// the agent must create containers without it (libcontainer's
-		// NoPivotRoot) or move its root off the initramfs first.
-		t.Skipf("agent cannot create containers on an initramfs root yet: %v", err)
-	}
 	if err != nil {
 		t.Fatalf("create %s: %v", id, err)
 	}
