@@ -10,7 +10,8 @@
 // kernel to out/vmpod-kernel; `make install` puts them in InstallDir. The
 // initrd is uncompressed by default: under TCG, gunzip in the guest costs
 // more than reading the bigger file (BenchmarkInitrdCompression in
-// hypervisor/qemu: about 3.0 s against 4.0 s to boot a 16 MiB image).
+// hypervisor/qemu, 16 MiB image: gzip was 0.1-1.0 s slower to boot in each
+// of three runs on a busy 2-core host).
 package image
 
 import (
