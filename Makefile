@@ -17,7 +17,7 @@ AGENT_LDFLAGS := $(LDFLAGS) -extldflags -static
 
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all demo deps build agent proto proto-check test unit-test fuzz vet fmt-check clean
+.PHONY: all demo deps build agent proto proto-check test unit-test fuzz vet fmt-check clean bench
 all: build
 
 build: agent
@@ -76,6 +76,19 @@ fuzz:
 
 clean:
 	rm -rf $(BIN) $(TOOLS)
+
+# Measures vmpod against a bare QEMU boot and runc in the same run, prints a
+# table and writes docs/benchmarks.md (root, QEMU, containerd). RUNS runs
+# per figure (BENCH_RUNS, else 5); STDOUT_MIB and DENSITY shrink the stdout
+# and density figures for a quick run. A bad figure never fails it.
+RUNS ?= $(or $(BENCH_RUNS),5)
+STDOUT_MIB ?= 256
+DENSITY ?= 8
+bench: build image
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench -args \
+		-runs $(RUNS) -stdout-mib $(STDOUT_MIB) -density $(DENSITY) \
+		-shim $(BIN)/containerd-shim-kata-v2 -agent $(BIN)/vmpod-agent -kernel $(CURDIR)/out/vmpod-kernel -initrd $(CURDIR)/out/vmpod-initrd.img \
+		-report $(CURDIR)/docs/benchmarks.md
 
 # `make install` copies what `make build image` produced: the shim (and the
 # vmpod tool, when built) into $(PREFIX)/bin; the guest kernel and initrd,

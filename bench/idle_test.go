@@ -1,0 +1,282 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmpod/vmpod/hypervisor/qemu"
+	"github.com/vmpod/vmpod/image/imagetest"
+	"github.com/vmpod/vmpod/internal/leakcheck"
+	agentpb "github.com/vmpod/vmpod/proto"
+	"github.com/vmpod/vmpod/vm"
+)
+
+// settle is how long a freshly started guest is left alone before its
+// memory is read, so that boot-time allocations are counted once they
+// stop growing.
+const settle = 2 * time.Second
+
+// BenchmarkRunningContainer measures, on one idle busybox `sleep`
+// container per runtime: the memory of the pod's host processes, exec
+// latency and stdout throughput, vmpod against runc; and the memory of a
+// bare idle guest (the floor init sleeping) as the memory floor.
+func BenchmarkRunningContainer(b *testing.B) {
+	e := newEnv(b)
+	for _, c := range []struct{ runtime, id string }{{kata, "idle"}, {runc, "idle-runc"}} {
+		if err := e.startIdle(c.runtime, c.id); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() {
+			if err := e.remove(c.id); err != nil {
+				b.Error(err)
+			}
+		})
+	}
+	time.Sleep(settle)
+	measureIdleMemory(b, e)
+	var execV, execR samples
+	for i := 0; i < *runsFlag; i++ {
+		for _, m := range []struct {
+			id string
+			to *samples
+		}{{"idle", &execV}, {"idle-runc", &execR}} {
+			d, err := e.exec(m.id, fmt.Sprintf("true%d", i), "true")
+			if err != nil {
+				b.Fatal(err)
+			}
+			m.to.add(d.Seconds())
+		}
+	}
+	results.add(row{section: "exec", name: "ctr task exec true", unit: seconds, value: execV.summary(), base: "runc", baseVal: execR.summary()})
+	measureStdout(b, e)
+	b.ReportMetric(execV.summary().median, "exec-s")
+	b.ReportMetric(0, "ns/op")
+}
+
+// measureStdout streams -stdout-mib MiB out of each idle container -runs
+// times, and notes the CPU time the pod's shim and QEMU spent on it.
+func measureStdout(b *testing.B, e *env) {
+	size := int64(*stdoutMiB) << 20
+	var rateV, rateR samples
+	cpuV := cpuMeter(b, e, "idle")
+	cpuR := cpuMeter(b, e, "idle-runc")
+	for i := 0; i < *runsFlag; i++ {
+		for _, m := range []struct {
+			id string
+			to *samples
+		}{{"idle", &rateV}, {"idle-runc", &rateR}} {
+			r, err := e.stream(m.id, fmt.Sprintf("zero%d", i), size)
+			if err != nil {
+				b.Fatal(err)
+			}
+			m.to.add(r)
+		}
+	}
+	name := fmt.Sprintf("%d MiB through ctr", *stdoutMiB)
+	results.add(row{section: "stdout", name: name, unit: mibPerSec, value: rateV.summary(),
+		base: "runc", baseVal: rateR.summary(), target: &target{limit: 100}})
+	usedV, usedR := cpuV(), cpuR()
+	perRun := func(v float64) summary { return summarize([]float64{v / float64(*runsFlag)}) }
+	results.add(row{section: "stdout", name: name + ", CPU time of the shim per run", unit: seconds,
+		value: perRun(usedV[0]), base: "runc shim", baseVal: perRun(usedR[0])})
+	results.add(row{section: "stdout", name: name + ", CPU time of QEMU and virtiofsd per run", unit: seconds, value: perRun(usedV[1])})
+	if shim := podShim(b, e, "idle"); shim != 0 {
+		if v, err := rssMiB("/proc", shim); err == nil {
+			results.add(row{section: "memory", name: "shim RSS after the stdout runs", unit: mib, value: summarize([]float64{v})})
+		}
+	}
+	b.ReportMetric(rateV.summary().median, "stdout-MiB/s")
+}
+
+// cpuMeter reads the CPU time of container id's shim and of its other
+// processes (QEMU, virtiofsd; or the container) now; the function it
+// returns gives what each used since.
+func cpuMeter(b *testing.B, e *env, id string) func() [2]float64 {
+	read := func() [2]float64 {
+		procs, err := listProcesses("/proc")
+		if err != nil {
+			b.Fatal(err)
+		}
+		var t [2]float64
+		for i, p := range podProcesses(procs, e.c.Address, id) {
+			v, err := cpuSeconds("/proc", p.pid)
+			if err != nil {
+				continue // exited meanwhile
+			}
+			t[min(i, 1)] += v
+		}
+		return t
+	}
+	before := read()
+	return func() [2]float64 {
+		after := read()
+		return [2]float64{after[0] - before[0], after[1] - before[1]}
+	}
+}
+
+// podShim returns the pid of container id's long-lived shim, or 0.
+func podShim(b *testing.B, e *env, id string) int {
+	procs, err := listProcesses("/proc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if ps := podProcesses(procs, e.c.Address, id); len(ps) > 0 {
+		return ps[0].pid
+	}
+	return 0
+}
+
+// measureIdleMemory samples the idle pods -runs times, a second apart:
+// PSS of the vmpod pod (shim, QEMU, virtiofsd) against the runc pod (shim
+// and sleep), and the shim's RSS against runc's shim.
+func measureIdleMemory(b *testing.B, e *env) {
+	var pod, podRunc, shim, shimRunc, qemuPSS, virtiofsd, shimPSS samples
+	for i := 0; i < *runsFlag; i++ {
+		if i > 0 {
+			time.Sleep(time.Second)
+		}
+		procs, err := listProcesses("/proc")
+		if err != nil {
+			b.Fatal(err)
+		}
+		v := podProcesses(procs, e.c.Address, "idle")
+		r := podProcesses(procs, e.c.Address, "idle-runc")
+		if len(v) == 0 || len(r) == 0 {
+			b.Fatalf("pod processes not found: vmpod %v, runc %v", v, r)
+		}
+		pod.add(totalPSS("/proc", v))
+		podRunc.add(totalPSS("/proc", r))
+		shim.add(rss(b, v[0]))
+		shimRunc.add(rss(b, r[0]))
+		shimPSS.add(totalPSS("/proc", v[:1]))
+		var q, fs float64
+		for _, p := range v[1:] {
+			switch {
+			case strings.HasPrefix(p.comm, "qemu"):
+				q += totalPSS("/proc", []process{p})
+			case strings.Contains(p.comm, "virtiofsd"):
+				fs += totalPSS("/proc", []process{p})
+			}
+		}
+		qemuPSS.add(q)
+		virtiofsd.add(fs)
+	}
+	results.add(row{section: "memory", name: "idle pod PSS (shim + QEMU + virtiofsd)", unit: mib, value: pod.summary(),
+		base: "runc pod (shim + sleep)", baseVal: podRunc.summary(), target: &target{atMost: true, limit: 160}})
+	results.add(row{section: "memory", name: "shim RSS", unit: mib, value: shim.summary(),
+		base: "runc shim", baseVal: shimRunc.summary(), target: &target{atMost: true, limit: 25}})
+	for _, part := range []struct {
+		name string
+		s    samples
+	}{{"QEMU", qemuPSS}, {"virtiofsd (all its processes)", virtiofsd}, {"shim", shimPSS}} {
+		results.add(row{section: "memory", name: "idle pod PSS: " + part.name, unit: mib, value: part.s.summary()})
+	}
+}
+
+// rss is p's RSS in MiB.
+func rss(b *testing.B, p process) float64 {
+	v, err := rssMiB("/proc", p.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return v
+}
+
+// BenchmarkGuestMemory boots, -runs times, a VM with the agent the way the
+// shim does (vm.Start, no container) and asks the agent's GuestDetails for
+// its RSS, and boots the floor init sleeping to read a bare idle guest's
+// QEMU PSS. The shim exposes no GuestDetails, so the agent in a pod with a
+// container is not reachable from here.
+func BenchmarkGuestMemory(b *testing.B) {
+	kernel, initrd := guestImage(b)
+	var agentRSS, floorPSS, agentQEMU samples
+	for i := 0; i < *runsFlag; i++ {
+		rssV, qemuV, release := agentGuest(b, kernel, initrd)
+		agentRSS.add(rssV)
+		agentQEMU.add(qemuV)
+		guestKernel = release
+		floorPSS.add(floorIdlePSS(b, kernel))
+	}
+	results.add(row{section: "memory", name: "agent RSS in the guest (idle, no container)", unit: mib, value: agentRSS.summary(),
+		target: &target{atMost: true, limit: 12}})
+	results.add(row{section: "memory", name: "QEMU PSS, idle guest with the agent", unit: mib, value: agentQEMU.summary(),
+		base: "floor (bare idle guest)", baseVal: floorPSS.summary()})
+	b.ReportMetric(agentRSS.summary().median, "agent-MiB")
+	b.ReportMetric(0, "ns/op")
+}
+
+// agentGuest boots the agent's image with vm.Start and returns the
+// agent's RSS and QEMU's PSS in MiB, and the guest's kernel release.
+func agentGuest(b *testing.B, kernel, initrd string) (agentMiB, qemuMiB float64, release string) {
+	dir := b.TempDir()
+	leakcheck.Check(b, leakcheck.Options{Roots: []string{dir}})
+	hcfg := vmConfig(b, kernel, initrd)
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	v, err := vm.Start(ctx, vm.Config{
+		ID: "bench-agent", StateDir: dir + "/vm", Hypervisor: hcfg,
+		VsockMode: vm.VsockAuto, DialTimeout: bootTimeout,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		if err := v.Stop(ctx); err != nil {
+			b.Error(err)
+		}
+	}()
+	time.Sleep(settle)
+	gd, err := v.Agent().GuestDetails(ctx, &agentpb.GuestDetailsRequest{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Guest data is untrusted: an RSS beyond the guest's memory is wrong.
+	if gd.AgentRssBytes == 0 || gd.AgentRssBytes > uint64(*memoryMiB)<<20 {
+		b.Fatalf("agent reports an RSS of %d bytes in a %d MiB guest", gd.AgentRssBytes, *memoryMiB)
+	}
+	release = gd.KernelRelease
+	if len(release) > 64 {
+		release = release[:64]
+	}
+	q, err := pssMiB("/proc", v.Pid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return float64(gd.AgentRssBytes) / (1 << 20), q, release
+}
+
+// floorIdlePSS boots the floor init sleeping (vmpod_testinit=sleep) and
+// returns QEMU's PSS once the guest idles.
+func floorIdlePSS(b *testing.B, kernel string) float64 {
+	cfg := vmConfig(b, kernel, imagetest.TestInitInitrd(b))
+	cfg.KernelParams = []string{"vmpod_testinit=sleep"}
+	leakcheck.Check(b, leakcheck.Options{Roots: []string{cfg.StateDir}})
+	q, err := qemu.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	defer q.Stop(context.Background())
+	if err := q.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	for !strings.Contains(q.ConsoleTail(), "vmpod-testinit: sleeping") {
+		select {
+		case <-ctx.Done():
+			b.Fatalf("floor guest did not reach its init within %s: %s", bootTimeout, q.ConsoleTail())
+		case <-q.Done():
+			b.Fatalf("floor guest exited: %v: %s", q.Err(), q.ConsoleTail())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	time.Sleep(settle)
+	v, err := pssMiB("/proc", q.Pid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return v
+}

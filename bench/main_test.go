@@ -1,0 +1,184 @@
+package bench
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/image"
+	"github.com/vmpod/vmpod/image/imagetest"
+)
+
+// Flags; `make bench` sets them. Empty paths mean "build from this tree".
+var (
+	runsFlag   = flag.Int("runs", envInt("BENCH_RUNS", 3), "runs per figure (default $BENCH_RUNS, else 3)")
+	reportPath = flag.String("report", "", "write the markdown report to this file")
+	shimPath   = flag.String("shim", "", "containerd-shim-kata-v2 binary (default: built from this tree)")
+	kernelPath = flag.String("kernel", "", "guest kernel (default: the installed cloud kernel)")
+	initrdPath = flag.String("initrd", "", "guest initrd with the agent (default: built from this tree)")
+	machine    = flag.String("machine", hypervisor.MachineQ35, "machine type of the pod VMs and the floor")
+	memoryMiB  = flag.Int("memory", 256, "guest memory in MiB")
+	vcpus      = flag.Int("vcpus", 1, "guest vCPUs")
+	densityN   = flag.Int("density", 8, "containers started at once for the density figure")
+	stdoutMiB  = flag.Int("stdout-mib", 256, "MiB streamed to stdout per run")
+	agentPath  = flag.String("agent", "", "static vmpod-agent for the agent-sized floor initrd (default: built from this tree)")
+)
+
+// kernelParams go to every guest of the run, pods and floors alike. Without
+// no_timer_check, q35 guests booting at once on a loaded host under TCG
+// panic in the kernel's IO-APIC timer check ("IO-APIC + timer doesn't
+// work!"), which the density figure provokes; see docs/performance.md.
+var kernelParams = []string{"no_timer_check"}
+
+var ()
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// results is what this run measured; TestMain prints and writes it.
+var results = &report{}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	results.date = time.Now()
+	results.runs = *runsFlag
+	code := m.Run()
+	if len(results.rows) > 0 || len(results.notes) > 0 {
+		if err := finishReport(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			code = 1
+		}
+	}
+	imagetest.Cleanup()
+	os.Exit(code)
+}
+
+// finishReport adds the facts about this run, prints the table and writes
+// the markdown file.
+func finishReport() error {
+	ctx := context.Background()
+	for _, f := range machineFacts() {
+		results.fact(f[0], f[1])
+	}
+	results.fact("accel", accelFact())
+	results.fact("vmpod", commandLine(ctx, "..", "git", "describe", "--tags", "--always", "--dirty"))
+	results.fact("QEMU", commandLine(ctx, "", imagetest.QEMUPath, "--version"))
+	results.fact("containerd", commandLine(ctx, "", "containerd", "--version"))
+	results.fact("runc", commandLine(ctx, "", "runc", "--version"))
+	results.fact("guest kernel", guestKernelFact())
+	results.fact("VM", fmt.Sprintf("machine %s, %d vCPU, %d MiB, vsock: %s, virtio-fs (virtiofsd), kernel parameters %q, shim debug log on",
+		*machine, *vcpus, *memoryMiB, vsockMode(), kernelParams))
+	results.fact("Go", commandLine(ctx, "", "go", "version"))
+	if err := results.writeText(os.Stdout); err != nil {
+		return err
+	}
+	if *reportPath == "" {
+		return nil
+	}
+	f, err := os.Create(*reportPath)
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	if err := results.writeMarkdown(f); err != nil {
+		f.Close()
+		return fmt.Errorf("report %s: %w", *reportPath, err)
+	}
+	return f.Close()
+}
+
+// accel is what the pod VMs and the floor both use: KVM where it works,
+// else TCG, by the same rule as the shim's "auto".
+func accel() (string, string) {
+	a, reason, err := hypervisor.ChooseAccel(hypervisor.AccelAuto, hypervisor.HostInfo())
+	if err != nil {
+		return hypervisor.AccelTCG, err.Error()
+	}
+	return a, reason
+}
+
+func accelFact() string {
+	a, reason := accel()
+	return fmt.Sprintf("%s (%s)", a, reason)
+}
+
+// vsockMode is the vsock the shim's "auto" picks here.
+func vsockMode() string {
+	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
+		return "kernel vhost-vsock"
+	}
+	return "vmpod's vhost-user backend in the shim"
+}
+
+// guestKernel is the release reported by the agent, if a benchmark asked
+// it, else the newest installed cloud kernel's.
+var guestKernel string
+
+func guestKernelFact() string {
+	if guestKernel != "" {
+		return guestKernel + " (reported by the agent)"
+	}
+	if *kernelPath != "" {
+		return *kernelPath
+	}
+	r, err := image.DefaultRelease()
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	return r
+}
+
+// guestImage returns the kernel and the agent's initrd the pods boot.
+func guestImage(b *testing.B) (kernel, initrd string) {
+	b.Helper()
+	imagetest.Require(b)
+	kernel, initrd = *kernelPath, *initrdPath
+	if kernel == "" {
+		kernel = imagetest.Kernel(b)
+	}
+	if initrd == "" {
+		initrd = imagetest.AgentInitrd(b)
+	}
+	for _, p := range []string{kernel, initrd} {
+		if _, err := os.Stat(p); err != nil {
+			b.Fatalf("guest image: %v", err)
+		}
+	}
+	return kernel, initrd
+}
+
+// vmConfig is a VM like the shim's pod VMs, for the agent and floor
+// measurements that bypass containerd.
+func vmConfig(b *testing.B, kernel, initrd string) hypervisor.Config {
+	a, _ := accel()
+	return hypervisor.Config{
+		ID: "bench", Path: imagetest.QEMUPath, Kernel: kernel, Initrd: initrd,
+		Machine: *machine, Accel: a, VCPUs: *vcpus, MemoryMiB: *memoryMiB, KernelParams: kernelParams,
+		StateDir: filepath.Join(b.TempDir(), "state"),
+	}
+}
+
+// samples collects the runs of one figure.
+type samples []float64
+
+func (s *samples) add(v float64) { *s = append(*s, v) }
+
+func (s samples) summary() summary { return summarize(s) }
+
+// lookPath fails b unless the command exists.
+func lookPath(b *testing.B, name string) {
+	b.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		b.Skipf("needs %s: %v", name, err)
+	}
+}

@@ -1,0 +1,68 @@
+package bench
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSummarize(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want summary
+	}{
+		{nil, summary{}},
+		{[]float64{3}, summary{1, 3, 3, 3}},
+		{[]float64{5, 1, 3}, summary{3, 3, 1, 5}},
+		{[]float64{4, 1, 2, 10}, summary{4, 3, 1, 10}},
+	} {
+		if got := summarize(tc.in); got != tc.want {
+			t.Errorf("summarize(%v) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestRowCells(t *testing.T) {
+	cold := row{section: "cold start", name: "run", unit: seconds, value: summarize([]float64{3, 2.5, 4}),
+		base: "floor", baseVal: summarize([]float64{2}), target: &target{onRatio: true, atMost: true, limit: 1.25}}
+	c := cold.cells()
+	if c[1] != "3.00 s (2.50 s–4.00 s)" || c[2] != "floor: 2.00 s" || c[3] != "1.50×" || c[4] != "≤ 1.25×" || c[5] != "**no**" {
+		t.Errorf("cold start cells %q", c)
+	}
+	stdout := row{section: "stdout", name: "256 MiB", unit: mibPerSec, value: summarize([]float64{150}), target: &target{limit: 100}}
+	if c := stdout.cells(); c[4] != "≥ 100.0 MiB/s" || c[5] != "yes" || c[3] != "—" {
+		t.Errorf("stdout cells %q", c)
+	}
+	none := row{section: "memory", name: "agent", unit: mib, target: &target{atMost: true, limit: 12}}
+	if c := none.cells(); c[1] != "not measured" || c[5] != "not measured" {
+		t.Errorf("unmeasured cells %q", c)
+	}
+	exec := row{section: "exec", name: "true", unit: seconds, value: summarize([]float64{0.25})}
+	if c := exec.cells(); c[1] != "250.0 ms" {
+		t.Errorf("exec cells %q", c)
+	}
+}
+
+func TestWriteMarkdown(t *testing.T) {
+	r := &report{date: time.Date(2026, 11, 27, 1, 0, 0, 0, time.UTC), runs: 3}
+	r.fact("CPU", "a|b")
+	r.add(row{section: "exec", name: "true", unit: seconds, value: summarize([]float64{0.2})})
+	r.addPhase(row{section: "phase", name: "shim start", unit: seconds, value: summarize([]float64{0.1})})
+	r.note("density: not measured")
+	var b strings.Builder
+	if err := r.writeMarkdown(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"2026-11-27 01:00 UTC", "3 runs", `| CPU | a\|b |`, "| exec: true | 200.0 ms |", "phase: shim start", "- density: not measured", "performance.md"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, b.String())
+		}
+	}
+	var txt strings.Builder
+	if err := r.writeText(&txt); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(txt.String(), "exec: true") || strings.Contains(txt.String(), "**") {
+		t.Errorf("text table:\n%s", txt.String())
+	}
+}
