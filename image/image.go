@@ -6,8 +6,9 @@
 // in order and stamped with SOURCE_DATE_EPOCH (or 0), so building twice
 // from the same inputs gives the same bytes.
 //
-// `make image` (cmd/vmpod-image) writes out/vmpod-initrd.img and copies the
-// kernel to out/vmpod-kernel; `make install` puts them in InstallDir. The
+// `make image` (cmd/vmpod-image) writes out/vmpod-initrd.img and, as
+// out/vmpod-kernel, the kernel's uncompressed ELF (see ExtractVmlinux) or
+// else the bzImage; `make install` puts them in InstallDir. The
 // initrd is uncompressed by default: under TCG, gunzip in the guest costs
 // more than reading the bigger file (BenchmarkInitrdCompression in
 // hypervisor/qemu, 16 MiB image: gzip was 0.1-1.0 s slower to boot in each

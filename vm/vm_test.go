@@ -58,6 +58,8 @@ func TestVM(t *testing.T) {
 	imagetest.Require(t)
 	cfg, dir := testConfig(t, imagetest.AgentInitrd(t))
 	cfg.SharedDir = filepath.Join(dir, "shared")
+	// The kernel as `make image` writes it (TestMicrovm boots the bzImage).
+	cfg.Hypervisor.Kernel = imagetest.Vmlinux(t)
 	// A container rootfs present before the VM starts.
 	if err := testrootfs.Busybox(filepath.Join(cfg.SharedDir, "c1", "rootfs")); err != nil {
 		t.Fatal(err)
@@ -389,23 +391,28 @@ func BenchmarkBootToAgent(b *testing.B) {
 	imagetest.Require(b)
 	initrd := imagetest.AgentInitrd(b)
 	for _, machine := range []string{hypervisor.MachineQ35, hypervisor.MachineMicrovm} {
-		b.Run(machine, func(b *testing.B) {
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				cfg, _ := testConfig(b, initrd)
-				cfg.Hypervisor.Machine = machine
-				b.StartTimer()
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-				v, err := Start(ctx, cfg)
-				if err != nil {
+		for _, kernel := range []string{"bzImage", "vmlinux"} {
+			b.Run(machine+"-"+kernel, func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					b.StopTimer()
+					cfg, _ := testConfig(b, initrd)
+					cfg.Hypervisor.Machine = machine
+					if kernel == "vmlinux" {
+						cfg.Hypervisor.Kernel = imagetest.Vmlinux(b)
+					}
+					b.StartTimer()
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+					v, err := Start(ctx, cfg)
+					if err != nil {
+						cancel()
+						b.Fatal(err)
+					}
+					if err := v.Stop(ctx); err != nil {
+						b.Error(err)
+					}
 					cancel()
-					b.Fatal(err)
 				}
-				if err := v.Stop(ctx); err != nil {
-					b.Error(err)
-				}
-				cancel()
-			}
-		})
+			})
+		}
 	}
 }

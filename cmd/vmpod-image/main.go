@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -26,15 +27,20 @@ func run() error {
 	compression := flag.String("compression", image.CompressNone, "initrd compression: none or gzip")
 	debug := flag.Bool("debug", false, "add a static busybox (/bin/busybox and its applets) for a debug shell")
 	busybox := flag.String("busybox", "/bin/busybox", "static busybox `binary` used with -debug")
+	kernelFormat := flag.String("kernel-format", "vmlinux", "kernel written to the output: vmlinux (the uncompressed ELF, booted by its PVH entry: faster under TCG; falls back to the bzImage when the kernel cannot) or bzimage")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: vmpod-image [flags]\n\n"+
 			"Writes <out>/%s (a reproducible newc cpio: the agent as /init plus the kernel\n"+
 			"modules it needs, see /etc/vmpod/modules in the image) and copies the kernel\n"+
-			"to <out>/%s. SOURCE_DATE_EPOCH sets the entries' mtime (default 0).\n\n",
+			"(or its uncompressed ELF, see -kernel-format) to <out>/%s.\n"+
+			"SOURCE_DATE_EPOCH sets the entries' mtime (default 0).\n\n",
 			image.InitrdName, image.KernelName)
 		flag.PrintDefaults()
 	}
 	flag.Parse()
+	if *kernelFormat != "vmlinux" && *kernelFormat != "bzimage" {
+		return fmt.Errorf("-kernel-format %q: want vmlinux or bzimage", *kernelFormat)
+	}
 	if flag.NArg() != 0 {
 		flag.Usage()
 		return fmt.Errorf("unexpected arguments %q", flag.Args())
@@ -56,11 +62,22 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	fmt.Printf("%s: %d bytes, %d entries, %d modules (kernel %s)\n", res.Path, res.Size, len(res.Files), len(res.Modules), res.KernelRelease)
 	kernelOut := filepath.Join(*out, image.KernelName)
+	if *kernelFormat == "vmlinux" {
+		err := image.ExtractVmlinux(kernel, kernelOut)
+		if err == nil {
+			fmt.Printf("%s: uncompressed ELF (PVH entry) from %s\n", kernelOut, kernel)
+			return nil
+		}
+		if !errors.Is(err, image.ErrNoPVH) {
+			return err
+		}
+		fmt.Printf("%s: using the bzImage: %v\n", kernelOut, err)
+	}
 	if err := copyFile(kernel, kernelOut); err != nil {
 		return err
 	}
-	fmt.Printf("%s: %d bytes, %d entries, %d modules (kernel %s)\n", res.Path, res.Size, len(res.Files), len(res.Modules), res.KernelRelease)
 	fmt.Printf("%s: copied from %s\n", kernelOut, kernel)
 	return nil
 }

@@ -57,21 +57,34 @@ func start(t testing.TB, cfg hypervisor.Config) *QEMU {
 	return q
 }
 
+// TestBootPowerOff boots both kernel formats on both machine types to an
+// init that powers off, and checks the console reached the log.
 func TestBootPowerOff(t *testing.T) {
-	q := start(t, bootConfig(t))
-	if q.Pid() <= 0 {
-		t.Errorf("pid %d", q.Pid())
-	}
-	select {
-	case <-q.Done():
-	case <-time.After(90 * time.Second):
-		t.Fatalf("guest did not power off; console:\n%s", q.ConsoleTail())
-	}
-	if err := q.Err(); err != nil {
-		t.Errorf("exit after guest poweroff: %v", err)
-	}
-	if !strings.Contains(q.ConsoleTail(), "vmpod-testinit: powering off") {
-		t.Errorf("console does not show the init's output:\n%s", q.ConsoleTail())
+	for _, machine := range []string{hypervisor.MachineQ35, hypervisor.MachineMicrovm} {
+		for _, kernel := range []string{"bzImage", "vmlinux"} {
+			t.Run(machine+"-"+kernel, func(t *testing.T) {
+				cfg := bootConfig(t)
+				cfg.Machine = machine
+				if kernel == "vmlinux" {
+					cfg.Kernel = imagetest.Vmlinux(t)
+				}
+				q := start(t, cfg)
+				if q.Pid() <= 0 {
+					t.Errorf("pid %d", q.Pid())
+				}
+				select {
+				case <-q.Done():
+				case <-time.After(90 * time.Second):
+					t.Fatalf("guest did not power off; console:\n%s", q.ConsoleTail())
+				}
+				if err := q.Err(); err != nil {
+					t.Errorf("exit after guest poweroff: %v", err)
+				}
+				if !strings.Contains(q.ConsoleTail(), "vmpod-testinit: powering off") {
+					t.Errorf("console does not show the init's output:\n%s", q.ConsoleTail())
+				}
+			})
+		}
 	}
 }
 
@@ -190,13 +203,18 @@ func TestMissingFiles(t *testing.T) {
 // init that powers off at once.
 func BenchmarkBootFloor(b *testing.B) {
 	for _, machine := range []string{hypervisor.MachineQ35, hypervisor.MachineMicrovm} {
-		b.Run(machine, func(b *testing.B) {
-			cfg := bootConfig(b)
-			cfg.Machine = machine
-			for i := 0; i < b.N; i++ {
-				bootToExit(b, cfg)
-			}
-		})
+		for _, kernel := range []string{"bzImage", "vmlinux"} {
+			b.Run(machine+"-"+kernel, func(b *testing.B) {
+				cfg := bootConfig(b)
+				cfg.Machine = machine
+				if kernel == "vmlinux" {
+					cfg.Kernel = imagetest.Vmlinux(b)
+				}
+				for i := 0; i < b.N; i++ {
+					bootToExit(b, cfg)
+				}
+			})
+		}
 	}
 }
 

@@ -3,6 +3,7 @@
 package imagetest
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,6 +47,42 @@ func Kernel(t testing.TB) string {
 	return k
 }
 
+// Vmlinux returns the cloud kernel's uncompressed ELF, as `make image`
+// writes it, extracted once per test process.
+func Vmlinux(t testing.TB) string {
+	t.Helper()
+	kernel := Kernel(t)
+	mu.Lock()
+	defer mu.Unlock()
+	if p, ok := images["vmlinux"]; ok {
+		return p
+	}
+	if err := ensureDir(); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "vmlinux")
+	if err := image.ExtractVmlinux(kernel, out); err != nil {
+		if errors.Is(err, image.ErrNoPVH) {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	images["vmlinux"] = out
+	return out
+}
+
+func ensureDir() error {
+	if dir != "" {
+		return nil
+	}
+	d, err := os.MkdirTemp("", "vmpod-imagetest-")
+	if err != nil {
+		return err
+	}
+	dir = d
+	return nil
+}
+
 // TestInitInitrd returns an initrd whose /init is image/internal/testinit:
 // it powers off at once, or sleeps with vmpod_testinit=sleep on the kernel
 // command line.
@@ -68,12 +105,8 @@ func initrd(t testing.TB, name, pkg string) string {
 	if p, ok := images[name]; ok {
 		return p
 	}
-	if dir == "" {
-		d, err := os.MkdirTemp("", "vmpod-imagetest-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir = d
+	if err := ensureDir(); err != nil {
+		t.Fatal(err)
 	}
 	out := filepath.Join(dir, name+".img")
 	if _, err := image.BuildInitrd(image.Options{Init: bin, Output: out}); err != nil {
