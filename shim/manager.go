@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -172,6 +173,7 @@ func (m *Manager) Stop(ctx context.Context, id string) (cshim.StopStatus, error)
 			return cshim.StopStatus{}, err
 		}
 	} else {
+		waitShimGone(ctx, sandboxID)
 		killUnder(ctx, dir)
 		if err := rootfs.Remove(ctx, dir); err != nil {
 			return cshim.StopStatus{}, err
@@ -181,6 +183,30 @@ func (m *Manager) Stop(ctx context.Context, id string) (cshim.StopStatus, error)
 		}
 	}
 	return cshim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(unix.SIGKILL)}, nil
+}
+
+// shimExitWait bounds how long the delete action waits for a shim that
+// still answers to finish its own teardown.
+const shimExitWait = 10 * time.Second
+
+// waitShimGone waits, briefly, while the shim whose address the bundle
+// records still accepts connections: containerd runs the delete action as
+// soon as its connection to the shim closes, which may be while the shim
+// is still stopping its VM after Shutdown.
+func waitShimGone(ctx context.Context, sandboxID string) {
+	data, err := readSmall("address")
+	if err != nil {
+		return
+	}
+	address := strings.TrimSpace(string(data))
+	deadline := time.Now().Add(shimExitWait)
+	for cshim.CanConnect(address) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			log.G(ctx).WithField("sandbox", sandboxID).Warn("shim still running; cleaning up under it")
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // killUnder kills the processes whose command line names a path under dir

@@ -198,6 +198,7 @@ func (p *process) copyOut(ctx context.Context, read readFunc, w io.Writer, name 
 			}
 		}
 		if resp.Eof {
+			p.hio.closeStream(name)
 			return
 		}
 	}

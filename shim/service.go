@@ -76,9 +76,22 @@ func NewService(ctx context.Context, publisher events.Publisher, sd shutdown.Ser
 func (s *service) teardown(context.Context) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), stopTimeout)
 	defer cancel()
+	err := s.stopSandbox(ctx)
+	s.events.close()
+	select {
+	case <-s.events.done:
+	case <-ctx.Done():
+		log.G(ctx).Warn("events still queued at shutdown")
+	}
+	return err
+}
+
+// stopSandbox stops the sandbox and removes its state directory; a second
+// call does nothing.
+func (s *service) stopSandbox(ctx context.Context) error {
 	s.mu.Lock()
 	sb, dir := s.sandbox, s.sandboxDir
-	s.sandbox = nil
+	s.sandbox, s.sandboxDir = nil, ""
 	s.mu.Unlock()
 	var err error
 	if sb != nil {
@@ -90,12 +103,6 @@ func (s *service) teardown(context.Context) error {
 		if rerr := rootfs.Remove(ctx, dir); rerr != nil && err == nil {
 			err = rerr
 		}
-	}
-	s.events.close()
-	select {
-	case <-s.events.done:
-	case <-ctx.Done():
-		log.G(ctx).Warn("events still queued at shutdown")
 	}
 	return err
 }
@@ -159,11 +166,21 @@ func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 
 // Shutdown ends the shim once it serves no container.
 func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*ptypes.Empty, error) {
+	s.lifecycleMu.Lock()
+	defer s.lifecycleMu.Unlock()
 	s.mu.Lock()
 	n := len(s.containers)
 	s.mu.Unlock()
 	if n > 0 {
 		return empty, nil
+	}
+	// Stop the VM before answering: once this call returns, containerd
+	// closes the connection and runs `shim delete`, which would otherwise
+	// race the teardown for the same processes, mounts and taps.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+	defer cancel()
+	if err := s.stopSandbox(sctx); err != nil {
+		log.G(ctx).WithError(err).Warn("tear down sandbox at shutdown")
 	}
 	s.sd.Shutdown()
 	return empty, nil

@@ -27,6 +27,10 @@ type hostIO struct {
 	stderr io.Writer
 	// closers run once the output copies are over.
 	closers []io.Closer
+	// streamClosers close one output fifo as soon as its stream reached
+	// EOF: a client that reads to EOF (CRI's exec) must see it end when
+	// the process's output ends, not when the process is deleted.
+	streamClosers map[string][]io.Closer
 }
 
 // openHostIO opens the host end of s for process id. Nothing stays open
@@ -54,10 +58,10 @@ func openHostIO(ctx context.Context, id string, s stdio.Stdio) (_ *hostIO, retEr
 	}
 	switch u.Scheme {
 	case "", "fifo":
-		if h.stdout, err = h.openFifo(ctx, s.Stdout); err != nil {
+		if h.stdout, err = h.openFifo(ctx, "stdout", s.Stdout); err != nil {
 			return nil, err
 		}
-		if h.stderr, err = h.openFifo(ctx, s.Stderr); err != nil {
+		if h.stderr, err = h.openFifo(ctx, "stderr", s.Stderr); err != nil {
 			return nil, err
 		}
 	case "binary":
@@ -76,7 +80,7 @@ func openHostIO(ctx context.Context, id string, s stdio.Stdio) (_ *hostIO, retEr
 
 // openFifo opens a fifo for writing, and also for reading so that writes do
 // not fail while no client is attached (as runc's shim does).
-func (h *hostIO) openFifo(ctx context.Context, path string) (io.Writer, error) {
+func (h *hostIO) openFifo(ctx context.Context, stream, path string) (io.Writer, error) {
 	if path == "" {
 		return nil, nil
 	}
@@ -91,7 +95,20 @@ func (h *hostIO) openFifo(ctx context.Context, path string) (io.Writer, error) {
 		return nil, fmt.Errorf("open fifo %s for reading: %w", path, err)
 	}
 	h.closers = append(h.closers, r)
+	if h.streamClosers == nil {
+		h.streamClosers = make(map[string][]io.Closer)
+	}
+	h.streamClosers[stream] = append(h.streamClosers[stream], w, r)
 	return w, nil
+}
+
+// closeStream closes the fifo of an output stream that reached EOF, so
+// that its reader sees EOF too. Other kinds of output close with the
+// process.
+func (h *hostIO) closeStream(stream string) {
+	for _, c := range h.streamClosers[stream] {
+		c.Close()
+	}
 }
 
 func trimScheme(p string) string {

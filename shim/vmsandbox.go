@@ -100,7 +100,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 }
 
 // setupGuest creates the sandbox in the guest: the shared directory, the
-// pod's hostname, its interfaces and routes.
+// pod's hostname, the loopback, the pod's interfaces and routes.
 func setupGuest(ctx context.Context, v *vm.VM, req SandboxRequest, eps *network.Endpoints) error {
 	hostname := ""
 	if req.Spec != nil {
@@ -114,6 +114,11 @@ func setupGuest(ctx context.Context, v *vm.VM, req SandboxRequest, eps *network.
 	})
 	if err != nil {
 		return fromAgent(err, "create sandbox %s in the guest", req.ID)
+	}
+	// The containers share the guest's network namespace, whose loopback
+	// the kernel leaves down; up, it gets 127.0.0.1 and ::1 by itself.
+	if _, err := agent.UpdateInterface(ctx, &agentpb.UpdateInterfaceRequest{Interface: &agentpb.Interface{Name: "lo"}}); err != nil {
+		return fromAgent(err, "bring up the guest loopback of sandbox %s", req.ID)
 	}
 	for _, itf := range eps.Interfaces() {
 		if _, err := agent.UpdateInterface(ctx, &agentpb.UpdateInterfaceRequest{Interface: itf}); err != nil {
