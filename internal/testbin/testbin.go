@@ -60,7 +60,7 @@ func build(pkg string, static bool) (string, error) {
 	args := []string{"build", "-o", out}
 	env := os.Environ()
 	if static {
-		args = append(args, "-tags", "netgo,osusergo", "-ldflags", "-extldflags -static")
+		args = append(args, "-tags", "netgo,osusergo", "-ldflags", "-s -w -extldflags -static")
 		env = append(env, "CGO_ENABLED=1")
 	}
 	args = append(args, pkg)
