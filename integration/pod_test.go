@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -308,4 +309,53 @@ func unwrapExit(err error) error {
 		return ee
 	}
 	return err
+}
+
+// TestCRIShimKilled: when a pod's shim dies, containerd's `shim delete`
+// removes the VM's processes, mounts and state and vmpod's tap and
+// redirects from the pod's network namespace (which CRI still holds);
+// the pod then stops and is removed as usual.
+func TestCRIShimKilled(t *testing.T) {
+	e := newCRIEnv(t)
+	pod, podPath := e.runPod(e.podConfig("pod-k", false))
+	c := e.startContainer(pod, podPath, containerConfig("k", 0, []string{"sleep", "100000"}, nil))
+	e.waitState(c, "CONTAINER_RUNNING", time.Minute)
+
+	netns := ""
+	namespaces, _ := field(e.inspect("inspectp", pod), "info", "runtimeSpec", "linux", "namespaces").([]any)
+	for _, ns := range namespaces {
+		if field(ns, "type") == "network" {
+			netns, _ = field(ns, "path").(string)
+		}
+	}
+	if netns == "" {
+		t.Fatal("no network namespace in crictl inspectp")
+	}
+	if out, err := execIn(netns, "ip", "-o", "link"); err != nil || !strings.Contains(out, "tap0_vmpod") {
+		t.Fatalf("no vmpod tap in %s: %v\n%s", netns, err, out)
+	}
+	shims := pidsWith(t, "containerd-shim-kata-v2", e.c.Address)
+	if len(shims) != 1 {
+		t.Fatalf("shims of the pod: %v, want one", shims)
+	}
+	if err := syscall.Kill(shims[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := execIn(netns, "ip", "-o", "link")
+		if err == nil && !strings.Contains(out, "_vmpod") && len(pidsWith(t, "qemu-system", e.stateRoot)) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the shim died: tap or QEMU left (%v):\n%s", err, out)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if out, err := execIn(netns, "tc", "qdisc", "show", "dev", "eth0"); err != nil || strings.Contains(out, "ingress") {
+		t.Errorf("eth0 in %s keeps an ingress qdisc (%v):\n%s", netns, err, out)
+	}
+	e.must("stopp", pod)
+	e.must("rmp", pod)
+	e.assertNoPods()
 }
