@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmpod/vmpod/internal/tail"
+
 	"github.com/containerd/log"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -65,7 +67,7 @@ type Daemon struct {
 
 	stopOnce sync.Once
 	stopErr  error
-	stderr   *boundedBuffer
+	stderr   *tail.Buffer
 	done     chan struct{}
 	exitErr  error
 }
@@ -109,7 +111,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 	if err := os.MkdirAll(cfg.SharedDir, 0o711); err != nil {
 		return nil, fmt.Errorf("virtiofsd: shared directory: %w", err)
 	}
-	d := &Daemon{cfg: cfg, stderr: &boundedBuffer{max: maxStderr}, done: make(chan struct{})}
+	d := &Daemon{cfg: cfg, stderr: tail.New(maxStderr), done: make(chan struct{})}
 	made, err := makeShared(cfg.SharedDir)
 	if err != nil {
 		return nil, err
@@ -279,27 +281,4 @@ func (d *Daemon) undoShared(ctx context.Context) error {
 		return fmt.Errorf("virtiofsd: unmount %s: %w", d.cfg.SharedDir, err)
 	}
 	return nil
-}
-
-// boundedBuffer keeps the last max bytes written: virtiofsd's stderr.
-type boundedBuffer struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
-}
-
-func (b *boundedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf = append(b.buf, p...)
-	if over := len(b.buf) - b.max; over > 0 {
-		b.buf = append(b.buf[:0], b.buf[over:]...)
-	}
-	return len(p), nil
-}
-
-func (b *boundedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.TrimSpace(string(b.buf))
 }

@@ -10,30 +10,6 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// tailBuffer keeps the last max bytes written to it: QEMU's stderr, which
-// goes into error messages, bounded however much QEMU writes.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if over := len(t.buf) - t.max; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.buf))
-}
-
 // Bounds on what the guest console can make the host hold.
 const (
 	maxConsoleLine  = 4096

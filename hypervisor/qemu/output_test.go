@@ -8,15 +8,6 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-func TestTailBuffer(t *testing.T) {
-	b := &tailBuffer{max: 8}
-	b.Write([]byte("0123456789"))
-	b.Write([]byte("ab"))
-	if got := b.String(); got != "456789ab" {
-		t.Errorf("tail %q", got)
-	}
-}
-
 func TestConsoleLog(t *testing.T) {
 	logger := logrus.New()
 	logger.SetLevel(logrus.DebugLevel)

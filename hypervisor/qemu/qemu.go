@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmpod/vmpod/internal/tail"
+
 	"github.com/containerd/log"
 
 	"github.com/vmpod/vmpod/hypervisor"
@@ -39,7 +41,7 @@ type QEMU struct {
 	stopped bool
 
 	pid     atomic.Int64
-	stderr  *tailBuffer
+	stderr  *tail.Buffer
 	console *consoleLog
 	done    chan struct{}
 	exitErr error // set before done is closed
@@ -56,7 +58,7 @@ func New(cfg hypervisor.Config) (*QEMU, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &QEMU{cfg: cfg, stderr: &tailBuffer{max: maxStderr}, console: &consoleLog{out: cfg.Console}, done: make(chan struct{})}, nil
+	return &QEMU{cfg: cfg, stderr: tail.New(maxStderr), console: &consoleLog{out: cfg.Console}, done: make(chan struct{})}, nil
 }
 
 // QMPSocket is the control socket's path.
