@@ -12,8 +12,8 @@ func TestKeepsLastBytes(t *testing.T) {
 			t.Fatalf("Write(%q) = %d, %v", s, n, err)
 		}
 	}
-	if got := b.String(); got != "again" {
-		t.Errorf("String() = %q, want %q", got, "again")
+	if got := b.String(); got != ", again" {
+		t.Errorf("String() = %q, want %q", got, ", again")
 	}
 	big := strings.Repeat("x", 100) + "tail-end"
 	b.Write([]byte(big))
