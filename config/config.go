@@ -72,7 +72,11 @@ type QEMU struct {
 // Agent is [agent].
 type Agent struct {
 	DialTimeout Duration `toml:"dial_timeout"` // e.g. "30s"
-	Debug       bool     `toml:"debug"`        // agent logs to the shim log
+	// The shim checks the agent every HealthCheckInterval; two checks in
+	// a row unanswered within HealthCheckTimeout declare the VM dead.
+	HealthCheckInterval Duration `toml:"health_check_interval"`
+	HealthCheckTimeout  Duration `toml:"health_check_timeout"`
+	Debug               bool     `toml:"debug"` // agent logs to the shim log
 }
 
 // Runtime is [runtime].

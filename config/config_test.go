@@ -44,7 +44,7 @@ func defaults() Config {
 			VirtiofsdPath: "/usr/lib/qemu/virtiofsd",
 			VsockMode:     "auto",
 		}},
-		Agent:   Agent{DialTimeout: Duration{30 * time.Second}},
+		Agent:   Agent{DialTimeout: Duration{30 * time.Second}, HealthCheckInterval: Duration{5 * time.Second}, HealthCheckTimeout: Duration{10 * time.Second}},
 		Runtime: Runtime{NetworkModel: "tcfilter"},
 		Source:  DefaultSource,
 	}
@@ -186,6 +186,8 @@ func TestBadFiles(t *testing.T) {
 		{"long dial timeout", "[agent]\ndial_timeout = \"11m\"\n", []string{"agent.dial_timeout", "at most 10m"}},
 		{"bad dial timeout", "[agent]\ndial_timeout = \"soon\"\n", []string{"agent.dial_timeout", "invalid duration"}},
 		{"dial timeout number", "[agent]\ndial_timeout = 30\n", []string{"agent.dial_timeout"}},
+		{"zero health check interval", "[agent]\nhealth_check_interval = \"0s\"\n", []string{"agent.health_check_interval"}},
+		{"negative health check timeout", "[agent]\nhealth_check_timeout = \"-1s\"\n", []string{"agent.health_check_timeout"}},
 		{"syntax", "[hypervisor.qemu\n", []string{"bad.toml:2: ", "table name"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -120,6 +120,17 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 	if d := r.Agent.DialTimeout.Duration; d <= 0 || d > MaxDialTimeout {
 		v.failf("agent.dial_timeout", "%s is not more than 0 and at most %s", d, MaxDialTimeout)
 	}
+	for _, h := range []struct {
+		key string
+		d   Duration
+	}{
+		{"agent.health_check_interval", r.Agent.HealthCheckInterval},
+		{"agent.health_check_timeout", r.Agent.HealthCheckTimeout},
+	} {
+		if h.d.Duration <= 0 || h.d.Duration > MaxDialTimeout {
+			v.failf(h.key, "%s is not more than 0 and at most %s", h.d.Duration, MaxDialTimeout)
+		}
+	}
 	v.oneOf("runtime.network_model", r.Runtime.NetworkModel, NetworkModels)
 	if v.err != nil {
 		return nil, v.err
