@@ -27,6 +27,10 @@ const (
 // the slowest.
 const ctrTimeout = 10 * time.Minute
 
+// dialTimeout is the shim's wait for the agent: the default 30s is too
+// short for -density guests booting at once under TCG on two cores.
+const dialTimeout = 5 * time.Minute
+
 // env is a private containerd (integration/harness) with vmpod's shim and
 // runc, the busybox image, and a vmpod configuration for the pod VMs.
 type env struct {
@@ -53,8 +57,8 @@ func newEnv(b *testing.B) *env {
 		b.Fatal(err)
 	}
 	cfg := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\nmachine_type = %q\naccel = %q\n"+
-		"default_vcpus = %d\ndefault_memory = %d\n%s[runtime]\ndebug = true\n",
-		kernel, initrd, *machine, a, *vcpus, *memoryMiB, params)
+		"default_vcpus = %d\ndefault_memory = %d\n%s[agent]\ndial_timeout = %q\n[runtime]\ndebug = true\n",
+		kernel, initrd, *machine, a, *vcpus, *memoryMiB, params, dialTimeout.String())
 	cfgPath := filepath.Join(b.TempDir(), "configuration.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		b.Fatal(err)

@@ -77,8 +77,8 @@ func finishReport() error {
 	results.fact("containerd", commandLine(ctx, "", "containerd", "--version"))
 	results.fact("runc", commandLine(ctx, "", "runc", "--version"))
 	results.fact("guest kernel", guestKernelFact())
-	results.fact("VM", fmt.Sprintf("machine %s, %d vCPU, %d MiB, vsock: %s, virtio-fs (virtiofsd), kernel parameters %q, shim debug log on",
-		*machine, *vcpus, *memoryMiB, vsockMode(), kernelParams))
+	results.fact("VM", fmt.Sprintf("machine %s, %d vCPU, %d MiB, vsock: %s, virtio-fs (virtiofsd), kernel parameters %q, agent dial timeout %s, shim debug log on",
+		*machine, *vcpus, *memoryMiB, vsockMode(), kernelParams, dialTimeout))
 	results.fact("Go", commandLine(ctx, "", "go", "version"))
 	if err := results.writeText(os.Stdout); err != nil {
 		return err

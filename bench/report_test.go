@@ -66,3 +66,9 @@ func TestWriteMarkdown(t *testing.T) {
 		t.Errorf("text table:\n%s", txt.String())
 	}
 }
+
+func TestFormatSummaryEqualEnds(t *testing.T) {
+	if got := mib.formatSummary(summarize([]float64{281.91, 281.93})); got != "281.9 MiB" {
+		t.Errorf("got %q: equal ends at the shown precision should show one value", got)
+	}
+}

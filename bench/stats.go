@@ -56,8 +56,9 @@ func (u unit) formatSummary(s summary) string {
 	if s.n == 0 {
 		return "not measured"
 	}
-	if s.n == 1 || s.min == s.max {
+	lo, hi := u.format(s.min), u.format(s.max)
+	if lo == hi {
 		return u.format(s.median)
 	}
-	return fmt.Sprintf("%s (%s–%s)", u.format(s.median), u.format(s.min), u.format(s.max))
+	return fmt.Sprintf("%s (%s–%s)", u.format(s.median), lo, hi)
 }
