@@ -49,7 +49,20 @@ type criEnv struct {
 	logDir    string
 }
 
+// criOptions vary newCRIEnv.
+type criOptions struct {
+	// extraConfig is appended to containerd's configuration.
+	extraConfig string
+	// portmap adds CNI's portmap plugin (hostPort) to the network.
+	portmap bool
+}
+
 func newCRIEnv(t *testing.T) *criEnv {
+	t.Helper()
+	return newCRIEnvWith(t, criOptions{})
+}
+
+func newCRIEnvWith(t *testing.T, opts criOptions) *criEnv {
 	t.Helper()
 	skipUnlessVMs(t)
 	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
@@ -79,10 +92,11 @@ func newCRIEnv(t *testing.T) *criEnv {
 		StateDirs:    []string{stateRoot},
 		CRI:          true,
 		SandboxImage: pauseRef,
+		ExtraConfig:  opts.extraConfig,
 	})
 	t.Cleanup(func() { c.AssertClean(t) })
 	e := &criEnv{t: t, c: c, crictl: crictl, stateRoot: stateRoot, logDir: filepath.Join(dir, "logs")}
-	e.writeCNIConfig(filepath.Join(c.Dir, "cni-data"))
+	e.writeCNIConfig(filepath.Join(c.Dir, "cni-data"), opts.portmap)
 	e.crictlCfg = filepath.Join(dir, "crictl.yaml")
 	yaml := fmt.Sprintf("runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 120\n", c.Address, c.Address)
 	if err := os.WriteFile(e.crictlCfg, []byte(yaml), 0o644); err != nil {
@@ -96,24 +110,24 @@ func newCRIEnv(t *testing.T) *criEnv {
 
 // writeCNIConfig writes a bridge + host-local network; host-local keeps
 // its leases under dataDir, inside the daemon's directory.
-func (e *criEnv) writeCNIConfig(dataDir string) {
+func (e *criEnv) writeCNIConfig(dataDir string, portmap bool) {
 	e.t.Helper()
-	conf := map[string]any{
-		"cniVersion": "1.0.0",
-		"name":       "vmpod-test",
-		"plugins": []any{map[string]any{
-			"type":      "bridge",
-			"bridge":    cniBridge,
-			"isGateway": true,
-			"ipMasq":    false,
-			"ipam": map[string]any{
-				"type":    "host-local",
-				"dataDir": dataDir,
-				"ranges":  [][]map[string]string{{{"subnet": cniSubnet, "gateway": cniGateway}}},
-				"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
-			},
-		}},
+	plugins := []any{map[string]any{
+		"type":      "bridge",
+		"bridge":    cniBridge,
+		"isGateway": true,
+		"ipMasq":    false,
+		"ipam": map[string]any{
+			"type":    "host-local",
+			"dataDir": dataDir,
+			"ranges":  [][]map[string]string{{{"subnet": cniSubnet, "gateway": cniGateway}}},
+			"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
+		},
+	}}
+	if portmap {
+		plugins = append(plugins, map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}})
 	}
+	conf := map[string]any{"cniVersion": "1.0.0", "name": "vmpod-test", "plugins": plugins}
 	data, err := json.MarshalIndent(conf, "", "  ")
 	if err != nil {
 		e.t.Fatal(err)

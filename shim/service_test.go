@@ -283,9 +283,11 @@ func TestExecAndStdin(t *testing.T) {
 	if w := e.wait("box", "x1"); w.ExitStatus != 5 {
 		t.Errorf("exec exit status %d, want 5", w.ExitStatus)
 	}
+	// The exec's fifos reach EOF once its output is over, before Delete:
+	// CRI's exec waits for that.
+	es.wait(t)
 	_, err = e.svc.Delete(e.ctx, &taskAPI.DeleteRequest{ID: "box", ExecID: "x1"})
 	e.call("delete exec", err)
-	es.wait(t)
 	if got := es.out.String(); got != "from exec\n" {
 		t.Errorf("exec stdout %q", got)
 	}
