@@ -74,6 +74,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	s.sandbox, s.sandboxID, s.sandboxDir = sb, id, dir
 	s.mu.Unlock()
 	go s.watchOOM(sb)
+	go s.watchHealth(sb, healthPolicyOf(cfg))
 	return sb, nil
 }
 

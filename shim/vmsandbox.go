@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/log"
@@ -23,6 +24,11 @@ type vmSandbox struct {
 	// net is the pod's network wired to the VM's NICs (no endpoints
 	// when the pod has no network namespace of its own).
 	net *network.Endpoints
+
+	// Stop runs once: the health watcher stops a dead sandbox, and
+	// Shutdown stops it again.
+	stopOnce sync.Once
+	stopErr  error
 }
 
 var _ Sandbox = (*vmSandbox)(nil)
@@ -142,9 +148,11 @@ func (s *vmSandbox) Done() <-chan struct{}       { return s.v.Done() }
 // taps and redirects from the pod's network namespace, leaving it as CNI
 // made it.
 func (s *vmSandbox) Stop(ctx context.Context) error {
-	err := s.v.Stop(ctx)
-	if nerr := s.net.Teardown(ctx); nerr != nil {
-		err = errors.Join(err, fmt.Errorf("tear down pod network: %w", nerr))
-	}
-	return err
+	s.stopOnce.Do(func() {
+		s.stopErr = s.v.Stop(ctx)
+		if nerr := s.net.Teardown(ctx); nerr != nil {
+			s.stopErr = errors.Join(s.stopErr, fmt.Errorf("tear down pod network: %w", nerr))
+		}
+	})
+	return s.stopErr
 }
