@@ -159,6 +159,27 @@ func (c *Containerd) start(opts Options) error {
 	if err := os.WriteFile(c.ConfigFile, []byte(c.configTOML()), 0o644); err != nil {
 		return err
 	}
+	return c.launch()
+}
+
+// Restart stops the daemon with SIGTERM, as an operator restarting the
+// service would, and starts it again with the same configuration, root and
+// state. Shims survive it: each runs in its own process group, and
+// containerd reconnects to them at start.
+func (c *Containerd) Restart(t testing.TB) {
+	t.Helper()
+	if err := c.stop(); err != nil {
+		t.Fatalf("stopping containerd for a restart: %v", err)
+	}
+	c.done, c.err = make(chan struct{}), nil
+	if err := c.launch(); err != nil {
+		t.Fatalf("restarting containerd in %s: %v", c.Dir, err)
+	}
+}
+
+// launch runs the daemon and waits until it answers.
+func (c *Containerd) launch() error {
+	opts := c.opts
 	logf, err := os.OpenFile(c.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
