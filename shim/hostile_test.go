@@ -1,0 +1,285 @@
+package shim
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/pkg/stdio"
+	"github.com/containerd/ttrpc"
+	agentpb "github.com/vmpod/vmpod/proto"
+	"google.golang.org/protobuf/proto"
+)
+
+// hostileAgent answers as a compromised guest might: exit statuses out of
+// range, clocks in the future, more output than asked, stdin lengths that
+// were never sent, process and device lists without end. Only the methods
+// the tests call are implemented; the others are the nil interface's.
+type hostileAgent struct {
+	agentpb.AgentService
+	wait        *agentpb.WaitProcessResponse
+	readLen     int
+	stdinLen    uint32
+	closedStdin atomic.Bool
+	processes   int
+	devices     int
+}
+
+func (a *hostileAgent) Check(context.Context, *agentpb.CheckRequest) (*agentpb.CheckResponse, error) {
+	return &agentpb.CheckResponse{Version: "hostile"}, nil
+}
+
+func (a *hostileAgent) WaitProcess(context.Context, *agentpb.ProcessRequest) (*agentpb.WaitProcessResponse, error) {
+	return a.wait, nil
+}
+
+func (a *hostileAgent) ReadStdout(context.Context, *agentpb.ReadStreamRequest) (*agentpb.ReadStreamResponse, error) {
+	return &agentpb.ReadStreamResponse{Data: bytes.Repeat([]byte("x"), a.readLen)}, nil
+}
+
+func (a *hostileAgent) WriteStdin(context.Context, *agentpb.WriteStdinRequest) (*agentpb.WriteStdinResponse, error) {
+	return &agentpb.WriteStdinResponse{Len: a.stdinLen}, nil
+}
+
+func (a *hostileAgent) CloseStdin(context.Context, *agentpb.ProcessRequest) (*agentpb.Empty, error) {
+	a.closedStdin.Store(true)
+	return &agentpb.Empty{}, nil
+}
+
+func (a *hostileAgent) ListProcesses(context.Context, *agentpb.ContainerRequest) (*agentpb.ListProcessesResponse, error) {
+	resp := &agentpb.ListProcessesResponse{}
+	for i := 0; i < a.processes; i++ {
+		resp.Processes = append(resp.Processes, &agentpb.ProcessInfo{Pid: uint32(i + 1)})
+	}
+	return resp, nil
+}
+
+func (a *hostileAgent) StatsContainer(context.Context, *agentpb.ContainerRequest) (*agentpb.StatsContainerResponse, error) {
+	io := &agentpb.IOStats{}
+	for i := 0; i < a.devices; i++ {
+		io.ServiceBytes = append(io.ServiceBytes, &agentpb.IOEntry{Major: 8, Minor: uint64(i), Op: "Read", Value: 1})
+	}
+	return &agentpb.StatsContainerResponse{Io: io}, nil
+}
+
+// serveHostile serves a over ttrpc on a Unix socket, as the real agent is
+// reached over vsock, and returns a client of it.
+func serveHostile(t *testing.T, a *hostileAgent) agentpb.AgentService {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentpb.RegisterAgentService(srv, a)
+	go srv.Serve(context.Background(), l)
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	t.Cleanup(func() {
+		client.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return agentpb.NewAgentClient(client)
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// The exit status and time come from the guest: a status no process can
+// have is reported as lost (255), a time in the future or before 1970 as
+// the time the shim learnt of the exit.
+func TestHostileWaitReply(t *testing.T) {
+	past := time.Now().Add(-time.Hour).Truncate(time.Second)
+	for _, tc := range []struct {
+		name       string
+		resp       *agentpb.WaitProcessResponse
+		wantStatus uint32
+		wantAt     time.Time // zero: about now
+	}{
+		{"plausible", &agentpb.WaitProcessResponse{ExitStatus: 3, ExitedAtUnixNano: past.UnixNano()}, 3, past},
+		{"status out of range", &agentpb.WaitProcessResponse{ExitStatus: 1 << 20, ExitedAtUnixNano: past.UnixNano()}, exitStatusLost, past},
+		{"time in the future", &agentpb.WaitProcessResponse{ExitStatus: 0, ExitedAtUnixNano: time.Now().Add(24 * time.Hour).UnixNano()}, 0, time.Time{}},
+		{"time before 1970", &agentpb.WaitProcessResponse{ExitStatus: 0, ExitedAtUnixNano: -5}, 0, time.Time{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			agent := serveHostile(t, &hostileAgent{wait: tc.resp})
+			p := newProcess("c", "", false, stdio.Stdio{})
+			before := time.Now()
+			status, at := p.waitAgent(testCtx(t), agent)
+			if status != tc.wantStatus {
+				t.Errorf("status %d, want %d", status, tc.wantStatus)
+			}
+			if tc.wantAt.IsZero() {
+				if at.Before(before) || at.After(time.Now()) {
+					t.Errorf("exit time %v, want the time of the call (%v)", at, before)
+				}
+			} else if !at.Equal(tc.wantAt) {
+				t.Errorf("exit time %v, want %v", at, tc.wantAt)
+			}
+		})
+	}
+}
+
+// A read that returns more than it asked for drops the stream: nothing of
+// it reaches the host's fifo.
+func TestHostileOversizeRead(t *testing.T) {
+	agent := serveHostile(t, &hostileAgent{readLen: readChunk + 1})
+	p := newProcess("c", "", false, stdio.Stdio{})
+	var out bytes.Buffer
+	p.copyOut(testCtx(t), agent.ReadStdout, &out, "stdout")
+	if out.Len() != 0 {
+		t.Errorf("%d bytes of an oversize read reached the host", out.Len())
+	}
+}
+
+// frame writes one ttrpc frame: a 10-byte header (length, stream id,
+// type, flags; big-endian) announcing length bytes, then payload.
+func frame(w io.Writer, streamID, length uint32, payload []byte) error {
+	var h [10]byte
+	binary.BigEndian.PutUint32(h[0:4], length)
+	binary.BigEndian.PutUint32(h[4:8], streamID)
+	h[8] = 2 // response
+	if _, err := w.Write(h[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(payload)
+	return err
+}
+
+// serveRaw answers the i-th request on one connection with replies[i],
+// frames written by hand as a guest bypassing ttrpc could.
+func serveRaw(t *testing.T, replies ...func(w io.Writer, streamID uint32) error) agentpb.AgentService {
+	t.Helper()
+	server, conn := net.Pipe()
+	go func() {
+		defer server.Close()
+		var h [10]byte
+		for _, reply := range replies {
+			if _, err := io.ReadFull(server, h[:]); err != nil {
+				return
+			}
+			if _, err := io.CopyN(io.Discard, server, int64(binary.BigEndian.Uint32(h[0:4]))); err != nil {
+				return
+			}
+			if err := reply(server, binary.BigEndian.Uint32(h[4:8])); err != nil {
+				return
+			}
+		}
+	}()
+	client := ttrpc.NewClient(conn)
+	t.Cleanup(func() { client.Close() })
+	return agentpb.NewAgentClient(client)
+}
+
+// A reply beyond ttrpc's 4 MiB message limit, and a reply that is not a
+// message at all, fail their own call only: the oversize payload is
+// discarded as it streams in (never buffered), and the agent's next
+// answer on the same connection arrives.
+func TestHostileRepliesFailOnlyTheirCall(t *testing.T) {
+	const oversize = 5 << 20
+	checkReply, err := proto.Marshal(&agentpb.CheckResponse{Version: "still here"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	valid, err := proto.Marshal(&ttrpc.Response{Payload: checkReply})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := serveRaw(t,
+		func(w io.Writer, id uint32) error { return frame(w, id, oversize, make([]byte, oversize)) },
+		func(w io.Writer, id uint32) error {
+			garbage := []byte("\xff\xff\xff\xff not a ttrpc response")
+			return frame(w, id, uint32(len(garbage)), garbage)
+		},
+		func(w io.Writer, id uint32) error { return frame(w, id, uint32(len(valid)), valid) },
+	)
+	ctx := testCtx(t)
+	req := &agentpb.ReadStreamRequest{ContainerId: "c", Len: readChunk}
+	if _, err := agent.ReadStdout(ctx, req); err == nil || !strings.Contains(err.Error(), "exceed maximum message size") {
+		t.Errorf("5 MiB reply: %v, want the message size refused", err)
+	}
+	if _, err := agent.ReadStdout(ctx, req); err == nil {
+		t.Error("garbage reply accepted")
+	} else {
+		t.Logf("garbage refused: %v", err)
+	}
+	resp, err := agent.Check(ctx, &agentpb.CheckRequest{})
+	if err != nil || resp.GetVersion() != "still here" {
+		t.Errorf("the connection did not survive the bad replies: %v, %v", resp, err)
+	}
+}
+
+// The agent claiming to have taken more stdin than it was sent, or none,
+// ends the copy instead of slicing past the data or spinning.
+func TestHostileStdinLength(t *testing.T) {
+	for _, n := range []uint32{0, writeChunk + 1} {
+		agent := &hostileAgent{stdinLen: n}
+		client := serveHostile(t, agent)
+		p := newProcess("c", "", false, stdio.Stdio{})
+		done := make(chan struct{})
+		go func() {
+			p.copyIn(testCtx(t), client, strings.NewReader("hello"))
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("stdin copy still runs after the agent accepted %d of 5 bytes", n)
+		}
+		if agent.closedStdin.Load() {
+			t.Errorf("stdin closed as if copied whole after the agent accepted %d of 5 bytes", n)
+		}
+	}
+}
+
+// clientSandbox is a sandbox that is only an agent client.
+type clientSandbox struct {
+	agent agentpb.AgentService
+	done  chan struct{}
+}
+
+func (c *clientSandbox) Agent() agentpb.AgentService { return c.agent }
+func (c *clientSandbox) SharedDir() string           { return "" }
+func (c *clientSandbox) GuestSharedDir() string      { return "" }
+func (c *clientSandbox) Done() <-chan struct{}       { return c.done }
+func (c *clientSandbox) Stop(context.Context) error  { return nil }
+
+// Process lists and io device lists from the guest are bounded.
+func TestHostileLists(t *testing.T) {
+	agent := serveHostile(t, &hostileAgent{processes: maxProcesses + 1, devices: 4 * maxIODevices})
+	s := &service{
+		containers: map[string]*container{"c": {id: "c", init: newProcess("c", "", false, stdio.Stdio{})}},
+		sandbox:    &clientSandbox{agent: agent, done: make(chan struct{})},
+	}
+	ctx := testCtx(t)
+	if _, err := s.Pids(ctx, &taskAPI.PidsRequest{ID: "c"}); err == nil || !strings.Contains(err.Error(), "65537 processes") {
+		t.Errorf("Pids with %d processes: %v, want an error naming the count", maxProcesses+1, err)
+	}
+	st, err := agent.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(metricsFromAgent(st).Io.Usage); n > maxIODevices {
+		t.Errorf("%d io devices kept, want at most %d", n, maxIODevices)
+	}
+}
