@@ -20,13 +20,13 @@ import (
 const settle = 2 * time.Second
 
 // BenchmarkRunningContainer measures, on one idle busybox `sleep`
-// container per runtime: the memory of the pod's host processes, exec
-// latency and stdout throughput, vmpod against runc; and the memory of a
-// bare idle guest (the floor init sleeping) as the memory floor.
+// container per runtime, vmpod against runc: the memory of the pod's host
+// processes, exec latency and stdout throughput.
 func BenchmarkRunningContainer(b *testing.B) {
 	e := newEnv(b)
 	for _, c := range []struct{ runtime, id string }{{kata, "idle"}, {runc, "idle-runc"}} {
 		if err := e.startIdle(c.runtime, c.id); err != nil {
+			e.discard(c.id)
 			b.Fatal(err)
 		}
 		b.Cleanup(func() {

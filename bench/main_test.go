@@ -53,9 +53,12 @@ func TestMain(m *testing.M) {
 	flag.Parse()
 	results.date = time.Now()
 	results.runs = *runsFlag
+	// The tree's version as it was when the run started: others may
+	// commit while it runs.
+	version := commandLine(context.Background(), "..", "git", "describe", "--tags", "--always", "--dirty")
 	code := m.Run()
 	if len(results.rows) > 0 || len(results.notes) > 0 {
-		if err := finishReport(); err != nil {
+		if err := finishReport(version); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			code = 1
 		}
@@ -66,13 +69,13 @@ func TestMain(m *testing.M) {
 
 // finishReport adds the facts about this run, prints the table and writes
 // the markdown file.
-func finishReport() error {
+func finishReport(version string) error {
 	ctx := context.Background()
 	for _, f := range machineFacts() {
 		results.fact(f[0], f[1])
 	}
 	results.fact("accel", accelFact())
-	results.fact("vmpod", commandLine(ctx, "..", "git", "describe", "--tags", "--always", "--dirty"))
+	results.fact("vmpod", version)
 	results.fact("QEMU", commandLine(ctx, "", imagetest.QEMUPath, "--version"))
 	results.fact("containerd", commandLine(ctx, "", "containerd", "--version"))
 	results.fact("runc", commandLine(ctx, "", "runc", "--version"))
@@ -126,7 +129,7 @@ var guestKernel string
 
 func guestKernelFact() string {
 	if guestKernel != "" {
-		return guestKernel + " (reported by the agent)"
+		return fmt.Sprintf("%s (reported by the agent), %s", guestKernel, *kernelPath)
 	}
 	if *kernelPath != "" {
 		return *kernelPath
