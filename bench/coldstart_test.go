@@ -87,7 +87,7 @@ func BenchmarkColdStart(b *testing.B) {
 		if s == nil {
 			s = &samples{}
 		}
-		results.addPhase(row{section: "phase", name: p.name + " — " + p.what, unit: seconds, value: s.summary()})
+		results.addPhase(row{section: "phase", name: p.name, what: p.what, unit: seconds, value: s.summary()})
 	}
 	if len(missing) > 0 {
 		var ms []string

@@ -46,6 +46,7 @@ type row struct {
 	base    string // what the baseline is, "" for none
 	baseVal summary
 	target  *target
+	what    string // what the figure covers, for the phase table
 }
 
 func (r row) ratio() (float64, bool) {
@@ -178,7 +179,10 @@ func (r *report) writeMarkdown(w io.Writer) error {
 		b.WriteString("\n## Cold start, phase by phase\n\n")
 		b.WriteString("From the timestamps of containerd's debug log (the shim's own lines and containerd's events);\n")
 		b.WriteString("the phases add up to the vmpod cold start above.\n\n")
-		writeMDTable(&b, r.phases)
+		b.WriteString("| phase | median (min–max) | what happens |\n| --- | --- | --- |\n")
+		for _, p := range r.phases {
+			fmt.Fprintf(&b, "| %s | %s | %s |\n", mdEscape(p.name), mdEscape(p.unit.formatSummary(p.value)), mdEscape(p.what))
+		}
 	}
 	if len(r.notes) > 0 {
 		b.WriteString("\n## Notes\n\n")
