@@ -30,7 +30,10 @@ func soakRounds() int {
 // expected, and at the end no process, mount, socket, interface, network
 // namespace or state directory may remain of what the rounds made.
 func TestSoak(t *testing.T) {
-	e := newVMPodEnv(t, "")
+	// Four TCG guests booting at once on a loaded 2-core host may take
+	// longer than the default 30 s to answer: the soak is about
+	// concurrency, not boot time.
+	e := newVMPodEnv(t, "[agent]\ndial_timeout = \"3m\"\n")
 	before := e.footprint(t)
 	rounds := soakRounds()
 	for r := 0; r < rounds; r++ {
