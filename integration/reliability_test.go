@@ -156,11 +156,18 @@ func TestReliability(t *testing.T) {
 			{"config key of the wrong type", []string{"--runtime-config-path", badType}, []string{"agent.health_check_timeout", badType}},
 			{"relative cwd", []string{"--cwd", "relative/dir"}, []string{"relative/dir"}},
 			{"bind mount source missing", []string{"--mount", "type=bind,src=/nonexistent-vmpod-src,dst=/x,options=rbind"}, []string{"/nonexistent-vmpod-src"}},
-			{"unknown namespace type", []string{"--config", spec}, []string{"bogus"}},
+			// ctr run --config takes the whole spec and no image.
+			{"unknown namespace type", []string{"--config", spec}, []string{`"bogus"`}},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				id := strings.ReplaceAll(tc.name, " ", "-")
-				out, _, err := e.run(id, append(tc.flags, "--", "echo", "hi")...)
+				var out string
+				var err error
+				if tc.flags[0] == "--config" {
+					out, _, err = e.ctrErr("run", "--rm", "--runtime", "io.containerd.kata.v2", "--config", spec, id)
+				} else {
+					out, _, err = e.run(id, append(tc.flags, "--", "echo", "hi")...)
+				}
 				if err == nil {
 					t.Fatalf("container ran; stdout %q", out)
 				}
@@ -317,7 +324,8 @@ func (e *vmpodEnv) specWithNamespace(t *testing.T, ns string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(filepath.Dir(e.config), "spec-"+ns+".json")
+	// The file's name must not hold ns: the error is checked for it.
+	path := filepath.Join(filepath.Dir(e.config), "spec-extra-namespace.json")
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
 	}

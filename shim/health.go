@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
 	"github.com/vmpod/vmpod/config"
 	agentpb "github.com/vmpod/vmpod/proto"
 )
@@ -110,6 +111,31 @@ func checkAgent(ctx context.Context, sb Sandbox, timeout time.Duration) error {
 		return err
 	case <-ctx.Done():
 		return fmt.Errorf("no answer within %v: %w", timeout, ctx.Err())
+	}
+}
+
+// sandboxGone reports whether err, from an agent call, means the sandbox
+// is gone. The agent connection closes first when the shim stops a dead
+// sandbox, and a hung QEMU is killed only after deadStopTimeout: a closed
+// connection waits (bounded) for QEMU's exit.
+func sandboxGone(ctx context.Context, sb Sandbox, err error) bool {
+	if !errors.Is(err, ttrpc.ErrClosed) {
+		select {
+		case <-sb.Done():
+			return true
+		default:
+			return false
+		}
+	}
+	t := time.NewTimer(2 * deadStopTimeout)
+	defer t.Stop()
+	select {
+	case <-sb.Done():
+		return true
+	case <-t.C:
+		return false
+	case <-ctx.Done():
+		return false
 	}
 }
 

@@ -3,12 +3,14 @@ package shim
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/containerd/ttrpc"
 	agentpb "github.com/vmpod/vmpod/proto"
 )
 
@@ -120,5 +122,27 @@ func TestWatchHealthStopsDeadSandbox(t *testing.T) {
 	svc.watchHealth(gone, fastHealth)
 	if gone.stops.Load() != 0 {
 		t.Errorf("sandbox stopped by Shutdown stopped again by the watcher")
+	}
+}
+
+// A closed agent connection waits for the sandbox to finish dying; any
+// other error with a live sandbox is the agent's answer.
+func TestSandboxGone(t *testing.T) {
+	sb := newFakeSandbox(func(context.Context) error { return nil })
+	if sandboxGone(context.Background(), sb, errors.New("refused")) {
+		t.Error("an agent error from a live sandbox taken as the sandbox gone")
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		sb.Stop(context.Background())
+	}()
+	if !sandboxGone(context.Background(), sb, fmt.Errorf("remove: %w", ttrpc.ErrClosed)) {
+		t.Error("a closed connection of a sandbox being stopped not taken as the sandbox gone")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	live := newFakeSandbox(func(context.Context) error { return nil })
+	if sandboxGone(ctx, live, ttrpc.ErrClosed) {
+		t.Error("a live sandbox taken as gone once ctx ended")
 	}
 }

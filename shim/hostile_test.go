@@ -171,8 +171,12 @@ func frame(w io.Writer, streamID, length uint32, payload []byte) error {
 func serveRaw(t *testing.T, replies ...func(w io.Writer, streamID uint32) error) agentpb.AgentService {
 	t.Helper()
 	server, conn := net.Pipe()
+	stop := make(chan struct{})
 	go func() {
 		defer server.Close()
+		// Closing right after the last reply could race its delivery:
+		// the connection stays open until the test ends.
+		defer func() { <-stop }()
 		var h [10]byte
 		for _, reply := range replies {
 			if _, err := io.ReadFull(server, h[:]); err != nil {
@@ -187,7 +191,10 @@ func serveRaw(t *testing.T, replies ...func(w io.Writer, streamID uint32) error)
 		}
 	}()
 	client := ttrpc.NewClient(conn)
-	t.Cleanup(func() { client.Close() })
+	t.Cleanup(func() {
+		close(stop)
+		client.Close()
+	})
 	return agentpb.NewAgentClient(client)
 }
 

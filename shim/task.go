@@ -311,13 +311,9 @@ func (s *service) removeContainer(ctx context.Context, sb Sandbox, c *container,
 		_ = c.init.wait(ctx)
 	}
 	if _, err := agent.RemoveContainer(ctx, &agentpb.ContainerRequest{ContainerId: c.id}); err != nil {
-		select {
-		case <-sb.Done():
-			// The sandbox is gone, and the container with it.
-		default:
-			if !errdefs.IsNotFound(errdefs.FromGRPC(err)) {
-				return fromAgent(err, "remove container %s from the sandbox", c.id)
-			}
+		// A sandbox that is gone took the container with it.
+		if !sandboxGone(ctx, sb, err) && !errdefs.IsNotFound(errdefs.FromGRPC(err)) {
+			return fromAgent(err, "remove container %s from the sandbox", c.id)
 		}
 	}
 	c.init.closeIO()
