@@ -83,7 +83,7 @@ func newCRIEnvWith(t *testing.T, opts criOptions) *criEnv {
 	}
 	// The pods' network namespaces and host veths, and the bridge, must be
 	// gone at the end (checked after the cleanups below).
-	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"veth", cniBridge}, Netns: true})
+	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"veth", cniBridge}, NetnsPrefixes: []string{"cni-"}})
 	t.Cleanup(func() { deleteLink(t, cniBridge) })
 	c := harness.StartContainerd(t, harness.Options{
 		ShimPath:     shimBin,

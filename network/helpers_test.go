@@ -50,7 +50,7 @@ func requireRoot(t testing.TB) {
 // in the test's own namespace (a tap created in the wrong namespace would
 // show up here).
 func checkLeaks(t *testing.T) {
-	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"vmpt", "tap0" + tapSuffix, "tap1" + tapSuffix}, Netns: true})
+	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"vmpt", "tap0" + tapSuffix, "tap1" + tapSuffix}, NetnsPrefixes: []string{"vmpt"}})
 }
 
 func testCtx(t testing.TB) context.Context {

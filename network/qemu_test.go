@@ -24,7 +24,7 @@ func TestQEMUAcceptsTap(t *testing.T) {
 		t.Skip("needs qemu-system-x86_64")
 	}
 	dir := t.TempDir()
-	leakcheck.Check(t, leakcheck.Options{Roots: []string{dir}, LinkPrefixes: []string{"vmpt"}, Netns: true})
+	leakcheck.Check(t, leakcheck.Options{Roots: []string{dir}, LinkPrefixes: []string{"vmpt"}, NetnsPrefixes: []string{"vmpt"}})
 	p := newPodNet(t)
 	eps := setup(t, p.path)
 	ep := eps.List[0]

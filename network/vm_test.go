@@ -74,7 +74,7 @@ func TestGuestTraffic(t *testing.T) {
 	requireRoot(t)
 	imagetest.Require(t)
 	dir := t.TempDir()
-	leakcheck.Check(t, leakcheck.Options{Roots: []string{dir}, LinkPrefixes: []string{"vmpt"}, Netns: true})
+	leakcheck.Check(t, leakcheck.Options{Roots: []string{dir}, LinkPrefixes: []string{"vmpt"}, NetnsPrefixes: []string{"vmpt"}})
 	p := newPodNet(t)
 	peer, err := p.peerH.LinkByName(peerName)
 	if err != nil {

@@ -36,8 +36,10 @@ type Options struct {
 	// LinkPrefixes names network devices the test may create (for example
 	// "tap"); devices with these prefixes that appear are leaks.
 	LinkPrefixes []string
-	// Netns compares the entries of /run/netns.
-	Netns bool
+	// NetnsPrefixes names the entries of /run/netns the test may create;
+	// entries with these prefixes that appear are leaks. (Other tests on
+	// the machine, CNI among them, add their own at the same time.)
+	NetnsPrefixes []string
 }
 
 // Take records the current state for opts.
@@ -48,18 +50,18 @@ func Take(opts Options) Snapshot {
 	if len(opts.LinkPrefixes) > 0 {
 		if ifs, err := net.Interfaces(); err == nil {
 			for _, i := range ifs {
-				for _, p := range opts.LinkPrefixes {
-					if strings.HasPrefix(i.Name, p) {
-						s.Links = append(s.Links, i.Name)
-					}
+				if hasAnyPrefix(i.Name, opts.LinkPrefixes) {
+					s.Links = append(s.Links, i.Name)
 				}
 			}
 		}
 	}
-	if opts.Netns {
+	if len(opts.NetnsPrefixes) > 0 {
 		if ents, err := os.ReadDir("/run/netns"); err == nil {
 			for _, e := range ents {
-				s.Netns = append(s.Netns, e.Name())
+				if hasAnyPrefix(e.Name(), opts.NetnsPrefixes) {
+					s.Netns = append(s.Netns, e.Name())
+				}
 			}
 		}
 	}
@@ -119,6 +121,15 @@ func NoDirs(t testing.TB, dirs ...string) {
 			t.Errorf("leaked directory %s", d)
 		}
 	}
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
 }
 
 func under(p string, roots []string) bool {
