@@ -178,7 +178,7 @@ func (r *report) writeMarkdown(w io.Writer) error {
 	if len(r.phases) > 0 {
 		b.WriteString("\n## Cold start, phase by phase\n\n")
 		b.WriteString("From the timestamps of containerd's debug log (the shim's own lines and containerd's events);\n")
-		b.WriteString("the phases add up to the vmpod cold start above.\n\n")
+		b.WriteString("in each run the phases add up to that run's cold start.\n\n")
 		b.WriteString("| phase | median (min–max) | what happens |\n| --- | --- | --- |\n")
 		for _, p := range r.phases {
 			fmt.Fprintf(&b, "| %s | %s | %s |\n", mdEscape(p.name), mdEscape(p.unit.formatSummary(p.value)), mdEscape(p.what))
