@@ -37,8 +37,6 @@ var (
 // work!"), which the density figure provokes; see docs/performance.md.
 var kernelParams = []string{"no_timer_check"}
 
-var ()
-
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
 		return v
@@ -51,6 +49,10 @@ var results = &report{}
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	if err := checkFlags(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
 	results.date = time.Now()
 	results.runs = *runsFlag
 	// The tree's version as it was when the run started: others may
@@ -65,6 +67,19 @@ func TestMain(m *testing.M) {
 	}
 	imagetest.Cleanup()
 	os.Exit(code)
+}
+
+// checkFlags rejects values no run could measure with.
+func checkFlags() error {
+	for _, f := range []struct {
+		name     string
+		val, min int
+	}{{"runs", *runsFlag, 1}, {"density", *densityN, 1}, {"stdout-mib", *stdoutMiB, 1}, {"vcpus", *vcpus, 1}, {"memory", *memoryMiB, 64}} {
+		if f.val < f.min {
+			return fmt.Errorf("-%s %d: want at least %d", f.name, f.val, f.min)
+		}
+	}
+	return nil
 }
 
 // finishReport adds the facts about this run, prints the table and writes
