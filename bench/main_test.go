@@ -31,11 +31,10 @@ var (
 	agentPath  = flag.String("agent", "", "static vmpod-agent for the agent-sized floor initrd (default: built from this tree)")
 )
 
-// kernelParams go to every guest of the run, pods and floors alike. Without
-// no_timer_check, q35 guests booting at once on a loaded host under TCG
-// panic in the kernel's IO-APIC timer check ("IO-APIC + timer doesn't
-// work!"), which the density figure provokes; see docs/performance.md.
-var kernelParams = []string{"no_timer_check"}
+// kernelParams go to every guest of the run, pods and floors alike, on top
+// of the QEMU driver's own (which include no_timer_check: see
+// docs/performance.md). None are needed now.
+var kernelParams []string
 
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {

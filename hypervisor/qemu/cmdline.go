@@ -10,7 +10,9 @@ import (
 // baseKernelParams: serial console (8250 is built into the cloud kernel,
 // virtio-console is a module), reboot at once on panic, and a reboot that
 // -no-reboot turns into a QEMU exit, so a dead guest ends the process.
-var baseKernelParams = []string{"console=ttyS0", "panic=-1", "reboot=k", "quiet"}
+// no_timer_check: q35 guests booting at once on a loaded host under TCG
+// otherwise panic with "IO-APIC + timer doesn't work!" (Kata sets it too).
+var baseKernelParams = []string{"console=ttyS0", "panic=-1", "reboot=k", "quiet", "no_timer_check"}
 
 // commandLine is what the builder needs beyond the guest configuration.
 type commandLine struct {
