@@ -7,6 +7,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	_ "crypto/sha256" // go-digest's SHA-256 needs it registered
 	"encoding/json"
 	"fmt"
 	"io"
