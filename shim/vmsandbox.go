@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/log"
@@ -94,7 +95,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 	if err != nil {
 		return nil, err
 	}
-	if err := setupGuest(ctx, v, req, eps); err != nil {
+	if err := setupGuest(ctx, v, req, eps, cfg.Agent.DialTimeout.Duration); err != nil {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 		defer cancel()
 		if serr := v.Stop(sctx); serr != nil {
@@ -106,8 +107,12 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 }
 
 // setupGuest creates the sandbox in the guest: the shared directory, the
-// pod's hostname, the loopback, the pod's interfaces and routes.
-func setupGuest(ctx context.Context, v *vm.VM, req SandboxRequest, eps *network.Endpoints) error {
+// pod's hostname, the loopback, the pod's interfaces and routes. A guest
+// that stops answering (a virtio-fs mount that never completes, say) gets
+// as long as the agent had to come up, not forever.
+func setupGuest(ctx context.Context, v *vm.VM, req SandboxRequest, eps *network.Endpoints, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	hostname := ""
 	if req.Spec != nil {
 		hostname = req.Spec.Hostname
