@@ -35,6 +35,9 @@ type Config struct {
 	// OutputLimit bounds the buffered output of one stream of one process;
 	// DefaultOutputLimit when zero.
 	OutputLimit int
+	// DebugConsole allows DebugExec: commands in the guest outside any
+	// container. Off unless [runtime] debug_console = true.
+	DebugConsole bool
 }
 
 // removeTimeout bounds how long RemoveContainer waits for killed processes.

@@ -2522,6 +2522,139 @@ func (x *Routes) GetRoutes() []*Route {
 	return nil
 }
 
+type DebugExecRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The command and its arguments; args[0] is a path or found in PATH.
+	Args []string `protobuf:"bytes,1,rep,name=args,proto3" json:"args,omitempty"`
+	// KEY=VALUE entries added to the agent's environment.
+	Env []string `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty"`
+	// How long the command may run; 30 s when zero, at most 10 min.
+	TimeoutMs     int64 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DebugExecRequest) Reset() {
+	*x = DebugExecRequest{}
+	mi := &file_agent_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DebugExecRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DebugExecRequest) ProtoMessage() {}
+
+func (x *DebugExecRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DebugExecRequest.ProtoReflect.Descriptor instead.
+func (*DebugExecRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *DebugExecRequest) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *DebugExecRequest) GetEnv() []string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *DebugExecRequest) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+type DebugExecResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Stdout []byte                 `protobuf:"bytes,1,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr []byte                 `protobuf:"bytes,2,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	// The exit code, or 128+signal for a killed process.
+	ExitCode int32 `protobuf:"varint,3,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	// Output beyond the agent's limit (1 MiB per stream) was dropped.
+	Truncated     bool `protobuf:"varint,4,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DebugExecResponse) Reset() {
+	*x = DebugExecResponse{}
+	mi := &file_agent_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DebugExecResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DebugExecResponse) ProtoMessage() {}
+
+func (x *DebugExecResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DebugExecResponse.ProtoReflect.Descriptor instead.
+func (*DebugExecResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *DebugExecResponse) GetStdout() []byte {
+	if x != nil {
+		return x.Stdout
+	}
+	return nil
+}
+
+func (x *DebugExecResponse) GetStderr() []byte {
+	if x != nil {
+		return x.Stderr
+	}
+	return nil
+}
+
+func (x *DebugExecResponse) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *DebugExecResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -2694,7 +2827,17 @@ const file_agent_proto_rawDesc = "" +
 	"\x06routes\x18\x01 \x01(\v2\x16.vmpod.agent.v1.RoutesR\x06routes\"\x13\n" +
 	"\x11ListRoutesRequest\"7\n" +
 	"\x06Routes\x12-\n" +
-	"\x06routes\x18\x01 \x03(\v2\x15.vmpod.agent.v1.RouteR\x06routes2\xfc\x10\n" +
+	"\x06routes\x18\x01 \x03(\v2\x15.vmpod.agent.v1.RouteR\x06routes\"W\n" +
+	"\x10DebugExecRequest\x12\x12\n" +
+	"\x04args\x18\x01 \x03(\tR\x04args\x12\x10\n" +
+	"\x03env\x18\x02 \x03(\tR\x03env\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\"~\n" +
+	"\x11DebugExecResponse\x12\x16\n" +
+	"\x06stdout\x18\x01 \x01(\fR\x06stdout\x12\x16\n" +
+	"\x06stderr\x18\x02 \x01(\fR\x06stderr\x12\x1b\n" +
+	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x1c\n" +
+	"\ttruncated\x18\x04 \x01(\bR\ttruncated2\xce\x11\n" +
 	"\x05Agent\x12D\n" +
 	"\x05Check\x12\x1c.vmpod.agent.v1.CheckRequest\x1a\x1d.vmpod.agent.v1.CheckResponse\x12L\n" +
 	"\rCreateSandbox\x12$.vmpod.agent.v1.CreateSandboxRequest\x1a\x15.vmpod.agent.v1.Empty\x12N\n" +
@@ -2727,7 +2870,8 @@ const file_agent_proto_rawDesc = "" +
 	"\fUpdateRoutes\x12#.vmpod.agent.v1.UpdateRoutesRequest\x1a\x16.vmpod.agent.v1.Routes\x12S\n" +
 	"\x0eListInterfaces\x12%.vmpod.agent.v1.ListInterfacesRequest\x1a\x1a.vmpod.agent.v1.Interfaces\x12G\n" +
 	"\n" +
-	"ListRoutes\x12!.vmpod.agent.v1.ListRoutesRequest\x1a\x16.vmpod.agent.v1.RoutesB&Z$github.com/vmpod/vmpod/proto;agentpbb\x06proto3"
+	"ListRoutes\x12!.vmpod.agent.v1.ListRoutesRequest\x1a\x16.vmpod.agent.v1.Routes\x12P\n" +
+	"\tDebugExec\x12 .vmpod.agent.v1.DebugExecRequest\x1a!.vmpod.agent.v1.DebugExecResponseB&Z$github.com/vmpod/vmpod/proto;agentpbb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -2741,7 +2885,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: vmpod.agent.v1.Empty
 	(*CheckRequest)(nil),            // 1: vmpod.agent.v1.CheckRequest
@@ -2788,6 +2932,8 @@ var file_agent_proto_goTypes = []any{
 	(*UpdateRoutesRequest)(nil),     // 42: vmpod.agent.v1.UpdateRoutesRequest
 	(*ListRoutesRequest)(nil),       // 43: vmpod.agent.v1.ListRoutesRequest
 	(*Routes)(nil),                  // 44: vmpod.agent.v1.Routes
+	(*DebugExecRequest)(nil),        // 45: vmpod.agent.v1.DebugExecRequest
+	(*DebugExecResponse)(nil),       // 46: vmpod.agent.v1.DebugExecResponse
 }
 var file_agent_proto_depIdxs = []int32{
 	7,  // 0: vmpod.agent.v1.CreateSandboxRequest.dns:type_name -> vmpod.agent.v1.DNS
@@ -2834,35 +2980,37 @@ var file_agent_proto_depIdxs = []int32{
 	42, // 41: vmpod.agent.v1.Agent.UpdateRoutes:input_type -> vmpod.agent.v1.UpdateRoutesRequest
 	39, // 42: vmpod.agent.v1.Agent.ListInterfaces:input_type -> vmpod.agent.v1.ListInterfacesRequest
 	43, // 43: vmpod.agent.v1.Agent.ListRoutes:input_type -> vmpod.agent.v1.ListRoutesRequest
-	2,  // 44: vmpod.agent.v1.Agent.Check:output_type -> vmpod.agent.v1.CheckResponse
-	0,  // 45: vmpod.agent.v1.Agent.CreateSandbox:output_type -> vmpod.agent.v1.Empty
-	0,  // 46: vmpod.agent.v1.Agent.DestroySandbox:output_type -> vmpod.agent.v1.Empty
-	0,  // 47: vmpod.agent.v1.Agent.SetHostname:output_type -> vmpod.agent.v1.Empty
-	0,  // 48: vmpod.agent.v1.Agent.SetDNS:output_type -> vmpod.agent.v1.Empty
-	10, // 49: vmpod.agent.v1.Agent.GuestDetails:output_type -> vmpod.agent.v1.GuestDetailsResponse
-	13, // 50: vmpod.agent.v1.Agent.CreateContainer:output_type -> vmpod.agent.v1.CreateContainerResponse
-	0,  // 51: vmpod.agent.v1.Agent.StartContainer:output_type -> vmpod.agent.v1.Empty
-	0,  // 52: vmpod.agent.v1.Agent.RemoveContainer:output_type -> vmpod.agent.v1.Empty
-	17, // 53: vmpod.agent.v1.Agent.ExecProcess:output_type -> vmpod.agent.v1.ExecProcessResponse
-	0,  // 54: vmpod.agent.v1.Agent.SignalProcess:output_type -> vmpod.agent.v1.Empty
-	19, // 55: vmpod.agent.v1.Agent.WaitProcess:output_type -> vmpod.agent.v1.WaitProcessResponse
-	21, // 56: vmpod.agent.v1.Agent.WriteStdin:output_type -> vmpod.agent.v1.WriteStdinResponse
-	23, // 57: vmpod.agent.v1.Agent.ReadStdout:output_type -> vmpod.agent.v1.ReadStreamResponse
-	23, // 58: vmpod.agent.v1.Agent.ReadStderr:output_type -> vmpod.agent.v1.ReadStreamResponse
-	0,  // 59: vmpod.agent.v1.Agent.CloseStdin:output_type -> vmpod.agent.v1.Empty
-	0,  // 60: vmpod.agent.v1.Agent.ResizeTty:output_type -> vmpod.agent.v1.Empty
-	26, // 61: vmpod.agent.v1.Agent.ListProcesses:output_type -> vmpod.agent.v1.ListProcessesResponse
-	32, // 62: vmpod.agent.v1.Agent.StatsContainer:output_type -> vmpod.agent.v1.StatsContainerResponse
-	34, // 63: vmpod.agent.v1.Agent.GetOOMEvent:output_type -> vmpod.agent.v1.OOMEvent
-	0,  // 64: vmpod.agent.v1.Agent.PauseContainer:output_type -> vmpod.agent.v1.Empty
-	0,  // 65: vmpod.agent.v1.Agent.ResumeContainer:output_type -> vmpod.agent.v1.Empty
-	0,  // 66: vmpod.agent.v1.Agent.UpdateContainer:output_type -> vmpod.agent.v1.Empty
-	37, // 67: vmpod.agent.v1.Agent.UpdateInterface:output_type -> vmpod.agent.v1.Interface
-	44, // 68: vmpod.agent.v1.Agent.UpdateRoutes:output_type -> vmpod.agent.v1.Routes
-	40, // 69: vmpod.agent.v1.Agent.ListInterfaces:output_type -> vmpod.agent.v1.Interfaces
-	44, // 70: vmpod.agent.v1.Agent.ListRoutes:output_type -> vmpod.agent.v1.Routes
-	44, // [44:71] is the sub-list for method output_type
-	17, // [17:44] is the sub-list for method input_type
+	45, // 44: vmpod.agent.v1.Agent.DebugExec:input_type -> vmpod.agent.v1.DebugExecRequest
+	2,  // 45: vmpod.agent.v1.Agent.Check:output_type -> vmpod.agent.v1.CheckResponse
+	0,  // 46: vmpod.agent.v1.Agent.CreateSandbox:output_type -> vmpod.agent.v1.Empty
+	0,  // 47: vmpod.agent.v1.Agent.DestroySandbox:output_type -> vmpod.agent.v1.Empty
+	0,  // 48: vmpod.agent.v1.Agent.SetHostname:output_type -> vmpod.agent.v1.Empty
+	0,  // 49: vmpod.agent.v1.Agent.SetDNS:output_type -> vmpod.agent.v1.Empty
+	10, // 50: vmpod.agent.v1.Agent.GuestDetails:output_type -> vmpod.agent.v1.GuestDetailsResponse
+	13, // 51: vmpod.agent.v1.Agent.CreateContainer:output_type -> vmpod.agent.v1.CreateContainerResponse
+	0,  // 52: vmpod.agent.v1.Agent.StartContainer:output_type -> vmpod.agent.v1.Empty
+	0,  // 53: vmpod.agent.v1.Agent.RemoveContainer:output_type -> vmpod.agent.v1.Empty
+	17, // 54: vmpod.agent.v1.Agent.ExecProcess:output_type -> vmpod.agent.v1.ExecProcessResponse
+	0,  // 55: vmpod.agent.v1.Agent.SignalProcess:output_type -> vmpod.agent.v1.Empty
+	19, // 56: vmpod.agent.v1.Agent.WaitProcess:output_type -> vmpod.agent.v1.WaitProcessResponse
+	21, // 57: vmpod.agent.v1.Agent.WriteStdin:output_type -> vmpod.agent.v1.WriteStdinResponse
+	23, // 58: vmpod.agent.v1.Agent.ReadStdout:output_type -> vmpod.agent.v1.ReadStreamResponse
+	23, // 59: vmpod.agent.v1.Agent.ReadStderr:output_type -> vmpod.agent.v1.ReadStreamResponse
+	0,  // 60: vmpod.agent.v1.Agent.CloseStdin:output_type -> vmpod.agent.v1.Empty
+	0,  // 61: vmpod.agent.v1.Agent.ResizeTty:output_type -> vmpod.agent.v1.Empty
+	26, // 62: vmpod.agent.v1.Agent.ListProcesses:output_type -> vmpod.agent.v1.ListProcessesResponse
+	32, // 63: vmpod.agent.v1.Agent.StatsContainer:output_type -> vmpod.agent.v1.StatsContainerResponse
+	34, // 64: vmpod.agent.v1.Agent.GetOOMEvent:output_type -> vmpod.agent.v1.OOMEvent
+	0,  // 65: vmpod.agent.v1.Agent.PauseContainer:output_type -> vmpod.agent.v1.Empty
+	0,  // 66: vmpod.agent.v1.Agent.ResumeContainer:output_type -> vmpod.agent.v1.Empty
+	0,  // 67: vmpod.agent.v1.Agent.UpdateContainer:output_type -> vmpod.agent.v1.Empty
+	37, // 68: vmpod.agent.v1.Agent.UpdateInterface:output_type -> vmpod.agent.v1.Interface
+	44, // 69: vmpod.agent.v1.Agent.UpdateRoutes:output_type -> vmpod.agent.v1.Routes
+	40, // 70: vmpod.agent.v1.Agent.ListInterfaces:output_type -> vmpod.agent.v1.Interfaces
+	44, // 71: vmpod.agent.v1.Agent.ListRoutes:output_type -> vmpod.agent.v1.Routes
+	46, // 72: vmpod.agent.v1.Agent.DebugExec:output_type -> vmpod.agent.v1.DebugExecResponse
+	45, // [45:73] is the sub-list for method output_type
+	17, // [17:45] is the sub-list for method input_type
 	17, // [17:17] is the sub-list for extension type_name
 	17, // [17:17] is the sub-list for extension extendee
 	0,  // [0:17] is the sub-list for field type_name
@@ -2879,7 +3027,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

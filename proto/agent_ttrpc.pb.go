@@ -35,6 +35,7 @@ type AgentService interface {
 	UpdateRoutes(context.Context, *UpdateRoutesRequest) (*Routes, error)
 	ListInterfaces(context.Context, *ListInterfacesRequest) (*Interfaces, error)
 	ListRoutes(context.Context, *ListRoutesRequest) (*Routes, error)
+	DebugExec(context.Context, *DebugExecRequest) (*DebugExecResponse, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -228,6 +229,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.ListRoutes(ctx, &req)
+			},
+			"DebugExec": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req DebugExecRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.DebugExec(ctx, &req)
 			},
 		},
 	})
@@ -454,6 +462,14 @@ func (c *agentClient) ListInterfaces(ctx context.Context, req *ListInterfacesReq
 func (c *agentClient) ListRoutes(ctx context.Context, req *ListRoutesRequest) (*Routes, error) {
 	var resp Routes
 	if err := c.client.Call(ctx, "vmpod.agent.v1.Agent", "ListRoutes", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) DebugExec(ctx context.Context, req *DebugExecRequest) (*DebugExecResponse, error) {
+	var resp DebugExecResponse
+	if err := c.client.Call(ctx, "vmpod.agent.v1.Agent", "DebugExec", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

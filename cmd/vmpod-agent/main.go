@@ -36,6 +36,7 @@ func main() {
 	listen := flag.String("listen", "vsock://1024", "where to serve: vsock://PORT or unix:///PATH")
 	stateDir := flag.String("state-dir", "/run/vmpod-agent", "libcontainer state root")
 	level := flag.String("log-level", "info", "log level")
+	debugConsole := flag.Bool("debug-console", false, "serve DebugExec: commands in the guest outside any container")
 	flag.Parse()
 
 	ctx := context.Background()
@@ -43,7 +44,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "vmpod-agent:", err)
 		os.Exit(2)
 	}
-	err := run(ctx, *listen, *stateDir)
+	err := run(ctx, *listen, *stateDir, *debugConsole)
 	if pid1.IsInit() {
 		log.G(ctx).WithError(err).Error("agent stopped; powering off")
 		pid1.PowerOff(ctx)
@@ -54,7 +55,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, listen, stateDir string) error {
+func run(ctx context.Context, listen, stateDir string, debugConsole bool) error {
 	guest := pid1.IsInit()
 	if guest {
 		if err := pid1.Setup(ctx); err != nil {
@@ -67,9 +68,10 @@ func run(ctx context.Context, listen, stateDir string) error {
 	}
 	defer l.Close()
 	srv, err := agent.New(agent.Config{
-		StateDir:    stateDir,
-		Guest:       guest,
-		NoPivotRoot: guest && pid1.RootIsInitramfs(),
+		StateDir:     stateDir,
+		Guest:        guest,
+		NoPivotRoot:  guest && pid1.RootIsInitramfs(),
+		DebugConsole: debugConsole,
 	})
 	if err != nil {
 		return err
