@@ -396,12 +396,22 @@ func (s *service) kill(ctx context.Context, r *taskAPI.KillRequest) error {
 	}
 	_, err = sb.Agent().SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: r.ID, ExecId: r.ExecID, Signal: r.Signal, All: r.All})
 	if err != nil {
-		if p.hasExited() {
+		if p.hasExited() || exitedInGuest(err) {
 			return errProcessFinished(r.ID)
 		}
 		return fromAgent(err, "signal %d to process %q of container %s", r.Signal, r.ExecID, r.ID)
 	}
 	return nil
+}
+
+// exitedInGuest reports whether the agent refused a signal because the
+// process is gone in the guest while its exit is still on its way to the
+// shim (output draining, exec exits first). As runc's shim does for "no
+// such process", that is "process already finished": containerd then waits
+// for TaskExit instead of failing the stop.
+func exitedInGuest(err error) bool {
+	err = errdefs.FromGRPC(err)
+	return errdefs.IsFailedPrecondition(err) || errdefs.IsNotFound(err)
 }
 
 // State reports a process's status.
