@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -25,6 +26,9 @@ type vmSandbox struct {
 	// net is the pod's network wired to the VM's NICs (no endpoints
 	// when the pod has no network namespace of its own).
 	net *network.Endpoints
+	// stopDebug ends the debug console (nil when it is off) and waits
+	// for it.
+	stopDebug func()
 
 	// Stop runs once: the health watcher stops a dead sandbox, and
 	// Shutdown stops it again.
@@ -91,11 +95,17 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		SharedDir:     shared,
 		DialTimeout:   cfg.Agent.DialTimeout.Duration,
 		Debug:         cfg.Agent.Debug,
+		DebugConsole:  cfg.Runtime.DebugConsole,
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := setupGuest(ctx, v, req, eps, cfg.Agent.DialTimeout.Duration); err != nil {
+	var stopDebug func()
+	err = setupGuest(ctx, v, req, eps, cfg.Agent.DialTimeout.Duration)
+	if err == nil && cfg.Runtime.DebugConsole {
+		stopDebug, err = serveDebug(ctx, v, filepath.Join(req.Dir, DebugSocketName))
+	}
+	if err != nil {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 		defer cancel()
 		if serr := v.Stop(sctx); serr != nil {
@@ -103,7 +113,36 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		}
 		return nil, err
 	}
-	return &vmSandbox{v: v, shared: shared, net: eps}, nil
+	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug}, nil
+}
+
+// DebugSocketName is the hybrid-vsock socket, in the sandbox's state
+// directory, that `vmpod exec` dials when [runtime] debug_console = true.
+const DebugSocketName = "debug.sock"
+
+// serveDebug offers the agent's port on a Unix socket at path, for host
+// root only (0600, in the sandbox's 0700 directory), until stop is called.
+func serveDebug(ctx context.Context, v *vm.VM, path string) (stop func(), err error) {
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("debug console: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("debug console: %w", err)
+	}
+	// The console lives as long as the sandbox, not as long as this request.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := v.ServeDebug(sctx, ln); err != nil {
+			log.G(ctx).WithError(err).Warn("debug console stopped")
+		}
+		ln.Close() // removes the socket file
+	}()
+	log.G(ctx).WithField("socket", path).Warn("debug console on: host root can run commands in the guest")
+	return func() { cancel(); <-done }, nil
 }
 
 // setupGuest creates the sandbox in the guest: the shared directory, the
@@ -154,6 +193,9 @@ func (s *vmSandbox) Done() <-chan struct{}       { return s.v.Done() }
 // made it.
 func (s *vmSandbox) Stop(ctx context.Context) error {
 	s.stopOnce.Do(func() {
+		if s.stopDebug != nil {
+			s.stopDebug()
+		}
 		s.stopErr = s.v.Stop(ctx)
 		if nerr := s.net.Teardown(ctx); nerr != nil {
 			s.stopErr = errors.Join(s.stopErr, fmt.Errorf("tear down pod network: %w", nerr))

@@ -79,6 +79,8 @@ type Config struct {
 	DialTimeout time.Duration
 	// Debug makes the agent log at debug level (to the guest console).
 	Debug bool
+	// DebugConsole makes the agent serve DebugExec (--debug-console).
+	DebugConsole bool
 }
 
 // VM is a running guest with its agent connection.
@@ -133,9 +135,16 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 	}()
 	hcfg := cfg.Hypervisor
 	hcfg.ID, hcfg.StateDir = cfg.ID, cfg.StateDir
+	// The kernel passes what follows "--" to init as arguments.
+	var initArgs []string
 	if cfg.Debug {
-		// The kernel passes what follows "--" to init as arguments.
-		hcfg.KernelParams = append(append([]string(nil), hcfg.KernelParams...), "--", "-log-level=debug")
+		initArgs = append(initArgs, "-log-level=debug")
+	}
+	if cfg.DebugConsole {
+		initArgs = append(initArgs, "-debug-console")
+	}
+	if len(initArgs) > 0 {
+		hcfg.KernelParams = append(append(append([]string(nil), hcfg.KernelParams...), "--"), initArgs...)
 	}
 	if cfg.SharedDir != "" {
 		fs, err := virtiofs.Start(ctx, virtiofs.Config{
@@ -229,6 +238,16 @@ func (v *VM) startVsock(ctx context.Context) (*hypervisor.Vsock, error) {
 	// The backend lives as long as the VM, not as long as Start's ctx.
 	go func() { v.served <- b.Serve(context.WithoutCancel(ctx)) }()
 	return &hypervisor.Vsock{VhostUserSocket: b.SocketPath()}, nil
+}
+
+// ServeDebug offers the agent's port, and only it, on ln with hybrid-vsock
+// semantics (vsock.DialHybrid), for `vmpod exec`. It returns when ctx ends
+// or ln fails. Only the vhost-user backend can serve it.
+func (v *VM) ServeDebug(ctx context.Context, ln net.Listener) error {
+	if v.backend == nil {
+		return fmt.Errorf("vm %s: the debug console needs vsock_mode = \"vhost-user\"", v.cfg.ID)
+	}
+	return v.backend.ServeHybrid(ctx, ln, AgentPort)
 }
 
 // Dial opens a new connection to port in the guest.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -108,9 +109,10 @@ func parseConnect(line string) (uint32, error) {
 // ServeHybrid offers the guest's vsock ports on ln with hybrid-vsock
 // semantics, for tools that speak it: each client writes "CONNECT <port>\n",
 // gets "OK <hostport>\n" once the guest accepted, and then talks to the
-// guest. It returns when ctx ends or ln fails, after every connection it
-// spliced has ended.
-func (b *Backend) ServeHybrid(ctx context.Context, ln net.Listener) error {
+// guest. Given ports, it only connects to those and refuses the others.
+// It returns when ctx ends or ln fails, after every connection it spliced
+// has ended.
+func (b *Backend) ServeHybrid(ctx context.Context, ln net.Listener, ports ...uint32) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)
@@ -130,14 +132,14 @@ func (b *Backend) ServeHybrid(ctx context.Context, ln net.Listener) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := b.serveHybridConn(ctx, c); err != nil {
+			if err := b.serveHybridConn(ctx, c, ports); err != nil {
 				log.G(ctx).WithError(err).Debug("hybrid vsock connection")
 			}
 		}()
 	}
 }
 
-func (b *Backend) serveHybridConn(ctx context.Context, c net.Conn) error {
+func (b *Backend) serveHybridConn(ctx context.Context, c net.Conn, ports []uint32) error {
 	defer c.Close()
 	hctx, cancel := context.WithTimeout(ctx, hybridHandshakeTimeout)
 	defer cancel()
@@ -146,6 +148,9 @@ func (b *Backend) serveHybridConn(ctx context.Context, c net.Conn) error {
 	var port uint32
 	if err == nil {
 		port, err = parseConnect(line)
+	}
+	if err == nil && len(ports) > 0 && !slices.Contains(ports, port) {
+		err = fmt.Errorf("port %d is not offered here", port)
 	}
 	var g net.Conn
 	if err == nil {

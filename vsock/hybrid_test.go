@@ -169,3 +169,32 @@ func TestBackendCloseBeforeQEMU(t *testing.T) {
 		t.Fatal("Serve did not return after Close")
 	}
 }
+
+// TestServeHybridRefusesOtherPorts: given ports, ServeHybrid closes a
+// connection asking for any other before reaching the guest (there is
+// none here: a Dial would wait for one).
+func TestServeHybridRefusesOtherPorts(t *testing.T) {
+	dir := t.TempDir()
+	b, err := vsock.NewBackend(filepath.Join(dir, "vsock.sock"), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	path := filepath.Join(dir, "hybrid.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- b.ServeHybrid(ctx, ln, 1024) }()
+	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer dcancel()
+	if _, err := vsock.DialHybrid(dctx, path, 22); err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("CONNECT 22 with only 1024 offered: %v, want a refusal", err)
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Errorf("ServeHybrid: %v", err)
+	}
+}

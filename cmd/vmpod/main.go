@@ -1,7 +1,8 @@
 // Command vmpod is vmpod's operator tool: `vmpod check` says whether this
 // host can run vmpod's VMs and how, `vmpod env` prints the effective
 // configuration and where each value came from, `vmpod version` prints the
-// versions a bug report needs.
+// versions a bug report needs, `vmpod exec` runs a command in a sandbox's
+// guest for debugging.
 package main
 
 import (
@@ -39,6 +40,9 @@ Commands:
   check     check that this host can run vmpod VMs; exit 1 if it cannot
   env       print the effective configuration, each key with its source
   version   print vmpod's version, the Go version and the agent protocol
+  exec      run a command in a sandbox's guest, outside any container:
+            vmpod exec [flags] <sandbox-id> -- CMD... (needs [runtime]
+            debug_console = true; exits with the command's exit code)
   help      print this text
 
 Flags of check and env:
@@ -48,6 +52,11 @@ Flags of check and env:
 Flags of check:
   --containerd-config PATH  containerd's configuration file
                             (default /etc/containerd/config.toml)
+Flags of exec:
+  --state-root DIR          the shim's state root (default $VMPOD_STATE_ROOT,
+                            then /run/vmpod/sandboxes)
+  --timeout DURATION        kill the command after this long (default 30s,
+                            at most 10m)
 `
 
 func main() {
@@ -69,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return env(args[1:], stdout, stderr)
 	case "version":
 		return printVersion(args[1:], stdout, stderr)
+	case "exec":
+		return execCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
