@@ -61,6 +61,9 @@ func (c commandLine) args() []string {
 	}
 	a = append(a,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		// seccomp: a guest that escapes into QEMU cannot exec, gain
+		// privileges or use obsolete system calls.
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny",
 		// The console goes to QEMU's stdout, which the driver reads line
 		// by line; signal=off keeps a stray ^C in the output harmless.
 		"-chardev", "stdio,id=console,signal=off",

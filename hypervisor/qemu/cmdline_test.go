@@ -45,6 +45,7 @@ func TestArgsQ35VhostUser(t *testing.T) {
 	check("-m", "256M")
 	check("-smp", "2")
 	check("-object", "memory-backend-memfd,id=mem,size=256M,share=on")
+	check("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny")
 	check("-kernel", "/k")
 	check("-initrd", "/i")
 	check("-append", "console=ttyS0 panic=-1 reboot=k quiet no_timer_check vmpod.debug=1")
