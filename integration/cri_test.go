@@ -69,18 +69,9 @@ func newCRIEnvWith(t *testing.T, opts criOptions) *criEnv {
 		t.Skip("needs the CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)")
 	}
 	crictl := crictlBinary(t)
-	kernel, initrd := buildGuestImage(t)
 	shimBin := testbin.Build(t, "./cmd/containerd-shim-kata-v2", false)
 	dir := t.TempDir()
-	stateRoot, err := os.MkdirTemp("", "vmpod-sb-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(stateRoot) })
-	cfg := filepath.Join(dir, "configuration.toml")
-	if err := os.WriteFile(cfg, []byte(configTOML(kernel, initrd, "")), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	cfg, stateRoot := testConfig(t, "")
 	// The pods' network namespaces and host veths, and the bridge, must be
 	// gone at the end (checked after the cleanups below).
 	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"veth", cniBridge}, NetnsPrefixes: []string{"cni-"}})

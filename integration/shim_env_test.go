@@ -88,21 +88,29 @@ func skipUnlessVMs(t *testing.T) {
 	}
 }
 
-func newVMPodEnv(t *testing.T, extraConfig string) *vmpodEnv {
+// testConfig writes a vmpod configuration for the test's guest image (with
+// extra appended) and makes a sandbox state root of the test's own; both go
+// when the test ends.
+func testConfig(t *testing.T, extra string) (cfg, stateRoot string) {
 	t.Helper()
-	skipUnlessVMs(t)
 	kernel, initrd := buildGuestImage(t)
-	shimBin := testbin.Build(t, "./cmd/containerd-shim-kata-v2", false)
-	dir := t.TempDir()
 	stateRoot, err := os.MkdirTemp("", "vmpod-sb-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(stateRoot) })
-	cfg := filepath.Join(dir, "configuration.toml")
-	if err := os.WriteFile(cfg, []byte(configTOML(kernel, initrd, extraConfig)), 0o644); err != nil {
+	cfg = filepath.Join(t.TempDir(), "configuration.toml")
+	if err := os.WriteFile(cfg, []byte(configTOML(kernel, initrd, extra)), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return cfg, stateRoot
+}
+
+func newVMPodEnv(t *testing.T, extraConfig string) *vmpodEnv {
+	t.Helper()
+	skipUnlessVMs(t)
+	shimBin := testbin.Build(t, "./cmd/containerd-shim-kata-v2", false)
+	cfg, stateRoot := testConfig(t, extraConfig)
 	c := harness.StartContainerd(t, harness.Options{
 		ShimPath:    shimBin,
 		VMPODConfig: cfg,
