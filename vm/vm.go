@@ -22,6 +22,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/hypervisor/qemu"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/virtiofs"
@@ -52,6 +53,8 @@ const (
 	minKernelCID, maxKernelCID = 1000, 1 << 30
 	// checkTimeout bounds one Check attempt while the guest boots.
 	checkTimeout = 2 * time.Second
+	// jailDirName is QEMU's root when jailed, inside the state directory.
+	jailDirName = "root"
 )
 
 // Config describes one VM.
@@ -81,6 +84,10 @@ type Config struct {
 	Debug bool
 	// DebugConsole makes the agent serve DebugExec (--debug-console).
 	DebugConsole bool
+	// Jail, when set, runs QEMU as a uid of its own from this range,
+	// chrooted into an empty directory (<StateDir>/root); nil leaves QEMU
+	// running as root with the host's file system in view.
+	Jail *jail.Range
 }
 
 // VM is a running guest with its agent connection.
@@ -94,6 +101,7 @@ type VM struct {
 	vhostFD *os.File
 	client  *ttrpc.Client
 	agent   agentpb.AgentService
+	jailID  *jail.ID // nil when unjailed
 
 	stopOnce sync.Once
 	stopErr  error
@@ -165,7 +173,15 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 	if testHookBeforeHypervisor != nil {
 		testHookBeforeHypervisor(cfg.StateDir)
 	}
-	hv, err := qemu.New(hcfg)
+	var opts []qemu.Option
+	if cfg.Jail != nil {
+		j, err := v.makeJail(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
+		}
+		opts = append(opts, qemu.WithJail(j))
+	}
+	hv, err := qemu.New(hcfg, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -212,12 +228,37 @@ func (c *Config) fill() error {
 	if c.DialTimeout < 0 {
 		return fmt.Errorf("vm %s: negative dial timeout %v", c.ID, c.DialTimeout)
 	}
+	if c.Jail != nil {
+		if err := c.Jail.Validate(); err != nil {
+			return fmt.Errorf("vm %s: %w", c.ID, err)
+		}
+	}
 	// sun_path holds 108 bytes with the terminating NUL.
 	if p := filepath.Join(c.StateDir, "vsock.sock"); len(p) > 107 {
 		return fmt.Errorf("vm %s: socket path %s is longer than 107 bytes; choose a shorter state directory", c.ID, p)
 	}
 	return nil
 }
+
+// makeJail reserves QEMU's uid and creates its empty root. Stop releases
+// both.
+func (v *VM) makeJail(ctx context.Context) (qemu.Jail, error) {
+	id, err := v.cfg.Jail.Allocate(ctx)
+	if err != nil {
+		return qemu.Jail{}, err
+	}
+	v.jailID = id
+	// Root-owned 0700 like the rest of the state: QEMU chroots into it as
+	// root and can do nothing there once it is unprivileged.
+	dir := v.jailDir()
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return qemu.Jail{}, fmt.Errorf("jail directory: %w", err)
+	}
+	log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "uid": id.UID, "root": dir}).Debug("jailing qemu")
+	return qemu.Jail{Dir: dir, UID: id.UID, GID: id.GID}, nil
+}
+
+func (v *VM) jailDir() string { return filepath.Join(v.cfg.StateDir, jailDirName) }
 
 // startVsock sets up the vsock device for QEMU.
 func (v *VM) startVsock(ctx context.Context) (*hypervisor.Vsock, error) {
@@ -348,8 +389,9 @@ func (v *VM) SharedMount() *agentpb.Mount {
 }
 
 // Stop closes the agent connection, quits QEMU (killing it when ctx ends
-// first), stops the vsock backend and virtiofsd and removes the state
-// directory. It is idempotent.
+// first), stops the vsock backend and virtiofsd, removes the state
+// directory (and QEMU's jail in it) and releases QEMU's uid. It is
+// idempotent.
 func (v *VM) Stop(ctx context.Context) error {
 	v.stopOnce.Do(func() { v.stopErr = v.stop(ctx) })
 	return v.stopErr
@@ -379,6 +421,11 @@ func (v *VM) stop(ctx context.Context) error {
 		v.vhostFD.Close()
 	}
 	if err := os.RemoveAll(v.cfg.StateDir); err != nil {
+		errs = append(errs, err)
+	}
+	// After QEMU is gone. Should it have survived SIGKILL, its uid is still
+	// not handed out again: the allocator skips uids that processes run as.
+	if err := v.jailID.Release(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/image/imagetest"
 	"github.com/vmpod/vmpod/internal/leakcheck"
@@ -28,7 +30,26 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// testConfig is a VM in a fresh directory, checked for leaks at the end.
+// testJail is the production range and the host-wide lock directory, so
+// that test VMs and any other vmpod VMs on the host get distinct uids.
+var testJail = jail.Range{Start: jail.DefaultUIDStart, Count: jail.DefaultUIDCount}
+
+// privateJail gives cfg a lock directory of the test's own, from a block
+// above the production range (so that its uids cannot meet a VM's of the
+// host-wide directory), and checks at the end that no lock file is left.
+func privateJail(t *testing.T, cfg *Config) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "jail")
+	cfg.Jail = &jail.Range{LockDir: dir, Start: jail.DefaultUIDStart + jail.DefaultUIDCount, Count: 16}
+	t.Cleanup(func() {
+		if ents, err := os.ReadDir(dir); err != nil || len(ents) > 0 {
+			t.Errorf("jail lock directory %s: %v, holds %v; want it empty after the VM", dir, err, ents)
+		}
+	})
+}
+
+// testConfig is a jailed VM in a fresh directory, checked for leaks at the
+// end.
 func testConfig(t testing.TB, initrd string) (Config, string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -43,6 +64,7 @@ func testConfig(t testing.TB, initrd string) (Config, string) {
 		},
 		VsockMode:   VsockVhostUser,
 		DialTimeout: 90 * time.Second,
+		Jail:        &testJail,
 	}, dir
 }
 
@@ -155,6 +177,8 @@ func TestVM(t *testing.T) {
 		}
 	})
 
+	t.Run("Jailed", func(t *testing.T) { assertJailed(t, v) })
+
 	t.Run("Dial", func(t *testing.T) {
 		// A port nobody listens on is refused, not hung.
 		if c, err := v.Dial(ctxFor(t, 10*time.Second), 4444); err == nil {
@@ -174,10 +198,59 @@ func TestVM(t *testing.T) {
 	if err := v.Stop(ctxFor(t, time.Second)); err != nil {
 		t.Errorf("second Stop: %v", err)
 	}
-	for _, p := range []string{cfg.StateDir} {
+	for _, p := range []string{cfg.StateDir, v.jailDir(), v.jailID.LockPath()} {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s left after Stop", p)
 		}
+	}
+}
+
+// assertJailed checks the running QEMU of v from the host: its root is
+// the VM's empty jail directory, it runs as the uid allocated for it, with
+// no capabilities, no way to regain privileges and a seccomp filter.
+func assertJailed(t *testing.T, v *VM) {
+	t.Helper()
+	proc := filepath.Join("/proc", strconv.Itoa(v.Pid()))
+	if root, err := os.Readlink(filepath.Join(proc, "root")); err != nil || root != v.jailDir() {
+		t.Errorf("qemu root %q (%v), want %s", root, err, v.jailDir())
+	}
+	if ents, err := os.ReadDir(v.jailDir()); err != nil || len(ents) > 0 {
+		t.Errorf("jail directory %s: %v, entries %v; want it empty", v.jailDir(), err, ents)
+	}
+	if st, err := os.Stat(v.jailDir()); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("jail directory %s: %v; want mode 0700", v.jailDir(), err)
+	}
+	status, err := os.ReadFile(filepath.Join(proc, "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strconv.FormatUint(uint64(v.jailID.UID), 10)
+	want := map[string]string{
+		"Uid:":        strings.Repeat(id+"\t", 3) + id,
+		"Gid:":        strings.Repeat(id+"\t", 3) + id,
+		"Groups:":     id,
+		"CapEff:":     "0000000000000000",
+		"CapPrm:":     "0000000000000000",
+		"NoNewPrivs:": "1",
+		"Seccomp:":    "2",
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		k, val, ok := strings.Cut(line, "\t")
+		if w, found := want[k]; ok && found {
+			if strings.TrimSpace(val) != w {
+				t.Errorf("qemu %s %q, want %q", k, strings.TrimSpace(val), w)
+			}
+			delete(want, k)
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("qemu status lacks %v", want)
+	}
+	if v.jailID.UID < testJail.Start || v.jailID.UID >= testJail.Start+testJail.Count {
+		t.Errorf("uid %d outside the configured range", v.jailID.UID)
+	}
+	if _, err := os.Stat(v.jailID.LockPath()); err != nil {
+		t.Errorf("lock file of the running VM: %v", err)
 	}
 }
 
@@ -330,6 +403,7 @@ func TestAgentNeverAnswers(t *testing.T) {
 	cfg, _ := testConfig(t, imagetest.TestInitInitrd(t))
 	cfg.Hypervisor.KernelParams = []string{"vmpod_testinit=sleep"}
 	cfg.DialTimeout = 5 * time.Second
+	privateJail(t, &cfg)
 	_, err := Start(ctxFor(t, time.Minute), cfg)
 	if err == nil || !strings.Contains(err.Error(), "did not answer within 5s") {
 		t.Fatalf("error %v, want a dial timeout", err)
@@ -345,6 +419,7 @@ func TestQEMUExitsDuringBoot(t *testing.T) {
 	t.Run("BadArgument", func(t *testing.T) {
 		cfg, _ := testConfig(t, imagetest.TestInitInitrd(t))
 		cfg.Hypervisor.ExtraArgs = []string{"-machine", "q35,no-such-property=on"}
+		privateJail(t, &cfg)
 		_, err := Start(ctxFor(t, time.Minute), cfg)
 		if err == nil || !strings.Contains(err.Error(), "no-such-property") {
 			t.Fatalf("error %v does not carry QEMU's stderr", err)
@@ -371,6 +446,7 @@ func TestConfigErrors(t *testing.T) {
 		{Config{ID: "x", StateDir: dir + "/s", DialTimeout: -1}, "negative"},
 		{Config{ID: "x", StateDir: dir}, "already exists"},
 		{Config{ID: "x", StateDir: "/run/" + strings.Repeat("d", 100)}, "longer than 107"},
+		{Config{ID: "x", StateDir: dir + "/s", Jail: &jail.Range{Start: 0, Count: 1}}, "start 0"},
 	}
 	k := filepath.Join(dir, "kernel")
 	os.WriteFile(k, nil, 0o644)

@@ -22,6 +22,7 @@ type commandLine struct {
 	qmpSocket string
 	vhostFD   int   // the child's fd number of Vsock.VhostFD, 0 if none
 	tapFDs    []int // the child's fd number of each Net[i].Tap
+	jail      *Jail // nil: QEMU keeps running as its parent's user
 }
 
 // kernelParams is the guest kernel's command line.
@@ -61,9 +62,7 @@ func (c commandLine) args() []string {
 	}
 	a = append(a,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		// seccomp: a guest that escapes into QEMU cannot exec, gain
-		// privileges or use obsolete system calls.
-		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny",
+		"-sandbox", c.sandbox(),
 		// The console goes to QEMU's stdout, which the driver reads line
 		// by line; signal=off keeps a stray ^C in the output harmless.
 		"-chardev", "stdio,id=console,signal=off",
@@ -107,5 +106,24 @@ func (c commandLine) args() []string {
 			"-netdev", fmt.Sprintf("tap,id=net%d,fd=%d,vhost=off", i, c.tapFDs[i]),
 			"-device", nic)
 	}
+	if j := c.jail; j != nil {
+		// Both take effect once everything is open, just before the guest
+		// runs: chroot first (as root), then setgid, setgroups, setuid.
+		a = append(a, "-chroot", j.Dir, "-runas", fmt.Sprintf("%d:%d", j.UID, j.GID))
+	}
 	return append(a, cfg.ExtraArgs...)
+}
+
+// sandbox is QEMU's seccomp policy: a guest that escapes into QEMU cannot
+// exec or use obsolete system calls. Unjailed, it cannot gain privileges
+// either; jailed, QEMU must call setuid itself, which elevateprivileges=deny
+// would kill it for, and once it has dropped to an unprivileged uid there
+// is nothing left to gain. resourcecontrol=deny then also takes away
+// scheduler and priority changes, which QEMU needs only for options vmpod
+// does not use.
+func (c commandLine) sandbox() string {
+	if c.jail != nil {
+		return "on,obsolete=deny,spawn=deny,resourcecontrol=deny"
+	}
+	return "on,obsolete=deny,elevateprivileges=deny,spawn=deny"
 }

@@ -124,3 +124,53 @@ func TestArgsNet(t *testing.T) {
 		}
 	}
 }
+
+func TestArgsJail(t *testing.T) {
+	cfg := baseConfig()
+	cfg.ExtraArgs = []string{"-S"}
+	unjailed := commandLine{cfg: cfg, accel: hypervisor.AccelTCG, qmpSocket: "/q"}.args()
+	for _, f := range []string{"-chroot", "-runas"} {
+		if got := argsAfter(unjailed, f); len(got) != 0 {
+			t.Errorf("unjailed: %s %q", f, got)
+		}
+	}
+	if got := argsAfter(unjailed, "-sandbox"); !slices.Equal(got, []string{"on,obsolete=deny,elevateprivileges=deny,spawn=deny"}) {
+		t.Errorf("unjailed -sandbox %q", got)
+	}
+
+	j := &Jail{Dir: "/run/s/root", UID: 1879048193, GID: 1879048194}
+	a := commandLine{cfg: cfg, accel: hypervisor.AccelTCG, qmpSocket: "/q", jail: j}.args()
+	check := func(flag string, want ...string) {
+		t.Helper()
+		if got := argsAfter(a, flag); !slices.Equal(got, want) {
+			t.Errorf("jailed %s: got %q, want %q", flag, got, want)
+		}
+	}
+	check("-chroot", "/run/s/root")
+	check("-runas", "1879048193:1879048194")
+	// QEMU calls setgid/setuid itself: elevateprivileges=deny would kill it.
+	check("-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny")
+	if a[len(a)-1] != "-S" {
+		t.Errorf("extra args not last: %q", a)
+	}
+}
+
+func TestJailValidation(t *testing.T) {
+	for _, c := range []struct {
+		j    Jail
+		want string
+	}{
+		{Jail{Dir: "", UID: 5, GID: 5}, "not an absolute path"},
+		{Jail{Dir: "run/root", UID: 5, GID: 5}, "run/root"},
+		{Jail{Dir: "/run/root", UID: 0, GID: 5}, "0:5 would keep root"},
+		{Jail{Dir: "/run/root", UID: 5, GID: 0}, "5:0 would keep root"},
+	} {
+		_, err := New(baseConfig(), WithJail(c.j))
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "pod1") {
+			t.Errorf("%+v: error %v, want one naming pod1 and containing %q", c.j, err, c.want)
+		}
+	}
+	if _, err := New(baseConfig(), WithJail(Jail{Dir: "/run/root", UID: 5, GID: 5})); err != nil {
+		t.Errorf("valid jail refused: %v", err)
+	}
+}

@@ -31,9 +31,41 @@ const (
 	quitGrace = 5 * time.Second
 )
 
+// Jail confines QEMU once it has opened everything it needs (kernel,
+// initrd, sockets, taps, guest memory) and before the guest runs: its root
+// becomes Dir and it drops to UID:GID, with no capabilities left.
+type Jail struct {
+	// Dir is QEMU's new root: an absolute path to an empty directory the
+	// caller owns (root-owned, mode 0700 does: QEMU enters it as root).
+	Dir string
+	// UID and GID are the unprivileged ids QEMU runs as; neither may be 0.
+	// Give each VM its own (see package jail), or one VM's QEMU may signal
+	// or trace another's.
+	UID, GID uint32
+}
+
+func (j Jail) validate(id string) error {
+	switch {
+	case j.Dir == "" || !filepath.IsAbs(j.Dir):
+		return fmt.Errorf("qemu %s: jail directory %q is not an absolute path", id, j.Dir)
+	case j.UID == 0 || j.GID == 0:
+		return fmt.Errorf("qemu %s: jail uid:gid %d:%d would keep root", id, j.UID, j.GID)
+	}
+	return nil
+}
+
+// Option changes how New sets QEMU up.
+type Option func(*QEMU)
+
+// WithJail runs QEMU chrooted into j.Dir as j.UID:j.GID.
+func WithJail(j Jail) Option {
+	return func(q *QEMU) { q.jail = &j }
+}
+
 // QEMU is one QEMU process running one guest.
 type QEMU struct {
-	cfg hypervisor.Config
+	cfg  hypervisor.Config
+	jail *Jail // nil: unjailed
 
 	mu      sync.Mutex // guards cmd, qmp and stopped
 	cmd     *exec.Cmd
@@ -50,7 +82,7 @@ type QEMU struct {
 var _ hypervisor.Hypervisor = (*QEMU)(nil)
 
 // New checks cfg and returns a driver for it; nothing runs until Start.
-func New(cfg hypervisor.Config) (*QEMU, error) {
+func New(cfg hypervisor.Config, opts ...Option) (*QEMU, error) {
 	cfg = cfg.WithDefaults()
 	if cfg.Path == "" {
 		cfg.Path = DefaultPath
@@ -58,7 +90,16 @@ func New(cfg hypervisor.Config) (*QEMU, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &QEMU{cfg: cfg, stderr: tail.New(maxStderr), console: &consoleLog{out: cfg.Console}, done: make(chan struct{})}, nil
+	q := &QEMU{cfg: cfg, stderr: tail.New(maxStderr), console: &consoleLog{out: cfg.Console}, done: make(chan struct{})}
+	for _, o := range opts {
+		o(q)
+	}
+	if q.jail != nil {
+		if err := q.jail.validate(cfg.ID); err != nil {
+			return nil, err
+		}
+	}
+	return q, nil
 }
 
 // QMPSocket is the control socket's path.
@@ -87,7 +128,7 @@ func (q *QEMU) Start(ctx context.Context) error {
 		return fmt.Errorf("qemu %s: state directory: %w", q.cfg.ID, err)
 	}
 	os.Remove(q.QMPSocket()) // a stale socket from a crashed run
-	cl := commandLine{cfg: q.cfg, accel: accel, tscKHz: host.TSCkHz, qmpSocket: q.QMPSocket()}
+	cl := commandLine{cfg: q.cfg, accel: accel, tscKHz: host.TSCkHz, qmpSocket: q.QMPSocket(), jail: q.jail}
 	var extraFiles []*os.File
 	if v := q.cfg.Vsock; v != nil && v.VhostUserSocket == "" && v.VhostFD != nil {
 		extraFiles = append(extraFiles, v.VhostFD)
@@ -107,7 +148,9 @@ func (q *QEMU) Start(ctx context.Context) error {
 	cmd.Stdout = consoleW
 	cmd.Stderr = q.stderr
 	cmd.ExtraFiles = extraFiles
-	// QEMU must not outlive a crashed parent: nothing else would stop it.
+	// QEMU must not outlive a crashed parent. Jailed, it loses this when
+	// it changes uid (the kernel clears the parent-death signal on a
+	// credential change); the shim's delete action then kills it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	logger.WithField("args", args).Debug("starting qemu")
 	err = cmd.Start()
