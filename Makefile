@@ -11,8 +11,12 @@ PROTOC_GEN_GO_TTRPC_VERSION := v1.2.10
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/vmpod/vmpod/version.Version=$(VERSION) -X github.com/vmpod/vmpod/config.ShareDir=$(PREFIX)/share/vmpod
 
-# The agent is the guest's /init: static, cgo for libcontainer's nsenter.
-AGENT_TAGS := netgo,osusergo
+# The agent is the guest's /init: static, cgo for libcontainer's nsenter;
+# "seccomp" links libseccomp (libseccomp.a from libseccomp-dev, found with
+# pkg-config) so that OCI seccomp profiles are applied in the guest.
+# internal/testbin builds the tests' agent with the same tags (agentTags):
+# keep the two in step.
+AGENT_TAGS := netgo,osusergo,seccomp
 # Stripped: a smaller initrd loads faster (13 MB to 9 MB).
 AGENT_LDFLAGS := $(LDFLAGS) -s -w -extldflags -static
 

@@ -14,6 +14,7 @@ func FuzzContainerConfig(f *testing.F) {
 	f.Add("c1", []byte(`{"process":{"args":["sh"],"cwd":"/"},"mounts":[{"destination":"x","type":"bind","source":"/","options":["rbind","idmap"]}]}`), "/r", false)
 	f.Add("c1", []byte(`{"process":{"args":["sh"],"cwd":"/"},"linux":{"namespaces":[{"type":"user"}],"uidMappings":[{"containerID":0,"hostID":1000,"size":0}]}}`), "/r", false)
 	f.Add("x", []byte(`{"process":{"args":["sh"],"cwd":"/"},"linux":{"resources":{"devices":[{"allow":true,"type":"q"}]},"seccomp":{"defaultAction":"SCMP_ACT_X"}}}`), "/", false)
+	f.Add("c2", []byte(`{"process":{"args":["sh"],"cwd":"/"},"linux":{"seccomp":{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],"listenerPath":"/s","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY","args":[{"index":1,"value":2,"op":"SCMP_CMP_EQ"}]}]}}}`), "/r", false)
 	f.Fuzz(func(t *testing.T, id string, spec []byte, rootfs string, noPivot bool) {
 		cfg, s, err := ContainerConfig(id, spec, rootfs, noPivot)
 		if err == nil && (cfg == nil || s == nil || cfg.Rootfs != rootfs) {

@@ -182,6 +182,9 @@ func (s *Server) CreateContainer(ctx context.Context, req *agentpb.CreateContain
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
+	if err := checkSeccompSupport(cfg); err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
 	mounts, err := ParseMounts(req.GetRootfs().GetMounts())
 	if err != nil {
 		return nil, fmt.Errorf("rootfs of container %s: %w", id, err)

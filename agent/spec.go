@@ -104,6 +104,9 @@ func ContainerConfig(id string, specJSON []byte, rootfs string, noPivotRoot bool
 	if !path.IsAbs(spec.Linux.CgroupsPath) {
 		spec.Linux.CgroupsPath = path.Join(DefaultCgroupParent, id)
 	}
+	if err := validateSeccomp(spec.Linux.Seccomp); err != nil {
+		return nil, nil, fmt.Errorf("spec of container %s: %w", id, err)
+	}
 	cfg, err := convertSpec(id, spec, noPivotRoot)
 	if err != nil {
 		return nil, nil, fmt.Errorf("spec of container %s: %v: %w", id, err, errdefs.ErrInvalidArgument)

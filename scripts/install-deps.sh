@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
 	build-essential git make ca-certificates
+	libseccomp-dev pkg-config
 	protobuf-compiler
 	qemu-system-x86
 	linux-image-cloud-amd64

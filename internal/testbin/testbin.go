@@ -13,6 +13,11 @@ import (
 	"testing"
 )
 
+// agentTags are the build tags of static builds, the agent's: "seccomp"
+// links libseccomp so that the agent applies OCI seccomp profiles. Keep
+// them in step with AGENT_TAGS in the Makefile.
+const agentTags = "netgo,osusergo,seccomp"
+
 var (
 	mu    sync.Mutex
 	built = map[string]string{}
@@ -60,7 +65,7 @@ func build(pkg string, static bool) (string, error) {
 	args := []string{"build", "-o", out}
 	env := os.Environ()
 	if static {
-		args = append(args, "-tags", "netgo,osusergo", "-ldflags", "-s -w -extldflags -static")
+		args = append(args, "-tags", agentTags, "-ldflags", "-s -w -extldflags -static")
 		env = append(env, "CGO_ENABLED=1")
 	}
 	args = append(args, pkg)
