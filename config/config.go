@@ -34,10 +34,13 @@ var SystemPath = "/etc/vmpod/configuration.toml"
 
 // Limits on values; anything outside is refused rather than handed to QEMU.
 const (
-	MaxVCPUs         = 256
-	MinMemoryMiB     = 64
-	MaxMemoryMiB     = 256 * 1024
-	MaxDialTimeout   = 10 * time.Minute
+	MaxVCPUs       = 256
+	MinMemoryMiB   = 64
+	MaxMemoryMiB   = 256 * 1024
+	MaxDialTimeout = 10 * time.Minute
+	// MaxJailUIDEnd bounds jail_uid_start + jail_uid_count: (uid_t)-1 is
+	// not a uid.
+	MaxJailUIDEnd    = 1<<32 - 1
 	maxConfigFileLen = 1 << 20
 )
 
@@ -67,6 +70,12 @@ type QEMU struct {
 	SharedFS      string   `toml:"shared_fs"`      // virtio-fs
 	VirtiofsdPath string   `toml:"virtiofsd_path"` // absolute, or looked up on PATH
 	VsockMode     string   `toml:"vsock_mode"`     // auto | vhost | vhost-user
+	// Jail runs each QEMU as a uid of its own from
+	// [JailUIDStart, JailUIDStart+JailUIDCount), chrooted into an empty
+	// directory.
+	Jail         bool   `toml:"jail"`
+	JailUIDStart uint32 `toml:"jail_uid_start"` // > 0
+	JailUIDCount uint32 `toml:"jail_uid_count"` // > 0, start+count <= MaxJailUIDEnd
 }
 
 // Agent is [agent].

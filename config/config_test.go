@@ -43,6 +43,9 @@ func defaults() Config {
 			SharedFS:      "virtio-fs",
 			VirtiofsdPath: "/usr/lib/qemu/virtiofsd",
 			VsockMode:     "auto",
+			Jail:          true,
+			JailUIDStart:  1879048192,
+			JailUIDCount:  65536,
 		}},
 		Agent:   Agent{DialTimeout: Duration{30 * time.Second}, HealthCheckInterval: Duration{5 * time.Second}, HealthCheckTimeout: Duration{10 * time.Second}},
 		Runtime: Runtime{NetworkModel: "tcfilter"},
@@ -142,6 +145,20 @@ func TestPrecedence(t *testing.T) {
 	}
 }
 
+func TestJailKeys(t *testing.T) {
+	isolate(t)
+	p := writeFile(t, filepath.Join(t.TempDir(), "jail.toml"),
+		"[hypervisor.qemu]\njail = false\njail_uid_start = 4294901760\njail_uid_count = 65535\n")
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := cfg.Hypervisor.QEMU
+	if q.Jail || q.JailUIDStart != 4294901760 || q.JailUIDCount != 65535 {
+		t.Errorf("jail %v, start %d, count %d; want false, 4294901760, 65535 (the last range allowed)", q.Jail, q.JailUIDStart, q.JailUIDCount)
+	}
+}
+
 func TestKernelParamsReplaced(t *testing.T) {
 	dir := isolate(t)
 	p := writeFile(t, filepath.Join(dir, "c.toml"), "[hypervisor.qemu]\nkernel_params = [\"quiet\", \"tsc_early_khz=2000000\"]\n")
@@ -188,6 +205,11 @@ func TestBadFiles(t *testing.T) {
 		{"dial timeout number", "[agent]\ndial_timeout = 30\n", []string{"agent.dial_timeout"}},
 		{"zero health check interval", "[agent]\nhealth_check_interval = \"0s\"\n", []string{"agent.health_check_interval"}},
 		{"negative health check timeout", "[agent]\nhealth_check_timeout = \"-1s\"\n", []string{"agent.health_check_timeout"}},
+		{"zero jail uid start", "[hypervisor.qemu]\njail_uid_start = 0\n", []string{"hypervisor.qemu.jail_uid_start in ", "outside 1..4294967294"}},
+		{"negative jail uid count", "[hypervisor.qemu]\njail_uid_count = -1\n", []string{"hypervisor.qemu.jail_uid_count in ", "negative"}},
+		{"zero jail uid count", "[hypervisor.qemu]\njail_uid_count = 0\n", []string{"hypervisor.qemu.jail_uid_count", "outside 1.."}},
+		{"jail range past the last uid", "[hypervisor.qemu]\njail_uid_start = 4294967000\njail_uid_count = 296\n", []string{"hypervisor.qemu.jail_uid_count in ", "4294967000 + jail_uid_count 296 = 4294967296", "not a uid"}},
+		{"jail not a bool", "[hypervisor.qemu]\njail = 1\n", []string{"hypervisor.qemu.jail"}},
 		{"syntax", "[hypervisor.qemu\n", []string{"bad.toml:2: ", "table name"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

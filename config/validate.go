@@ -30,6 +30,9 @@ type rawQEMU struct {
 	SharedFS      string   `toml:"shared_fs"`
 	VirtiofsdPath string   `toml:"virtiofsd_path"`
 	VsockMode     string   `toml:"vsock_mode"`
+	Jail          bool     `toml:"jail"`
+	JailUIDStart  int64    `toml:"jail_uid_start"`
+	JailUIDCount  int64    `toml:"jail_uid_count"`
 }
 
 // Allowed values of the enumerated keys.
@@ -117,6 +120,11 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 	v.oneOf(s+"shared_fs", q.SharedFS, SharedFSTypes)
 	v.program(s+"virtiofsd_path", q.VirtiofsdPath)
 	v.oneOf(s+"vsock_mode", q.VsockMode, VsockModes)
+	v.intRange(s+"jail_uid_start", q.JailUIDStart, 1, MaxJailUIDEnd-1)
+	v.intRange(s+"jail_uid_count", q.JailUIDCount, 1, MaxJailUIDEnd-1)
+	if end := q.JailUIDStart + q.JailUIDCount; v.err == nil && end > MaxJailUIDEnd {
+		v.failf(s+"jail_uid_count", "jail_uid_start %d + jail_uid_count %d = %d passes %d, which is not a uid", q.JailUIDStart, q.JailUIDCount, end, int64(MaxJailUIDEnd))
+	}
 	if d := r.Agent.DialTimeout.Duration; d <= 0 || d > MaxDialTimeout {
 		v.failf("agent.dial_timeout", "%s is not more than 0 and at most %s", d, MaxDialTimeout)
 	}
@@ -148,6 +156,9 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 			SharedFS:      q.SharedFS,
 			VirtiofsdPath: q.VirtiofsdPath,
 			VsockMode:     q.VsockMode,
+			Jail:          q.Jail,
+			JailUIDStart:  uint32(q.JailUIDStart),
+			JailUIDCount:  uint32(q.JailUIDCount),
 		}},
 		Agent:   r.Agent,
 		Runtime: r.Runtime,

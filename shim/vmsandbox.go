@@ -13,7 +13,9 @@ import (
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/sirupsen/logrus"
+	"github.com/vmpod/vmpod/config"
 	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/network"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/vm"
@@ -96,6 +98,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		DialTimeout:   cfg.Agent.DialTimeout.Duration,
 		Debug:         cfg.Agent.Debug,
 		DebugConsole:  cfg.Runtime.DebugConsole,
+		Jail:          jailRange(q),
 	})
 	if err != nil {
 		return nil, err
@@ -114,6 +117,16 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		return nil, err
 	}
 	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug}, nil
+}
+
+// jailRange is the uid range QEMU is jailed with, nil when jail = false.
+// The lock directory is always the host-wide default, so that every shim
+// on the host draws from one pool.
+func jailRange(q config.QEMU) *jail.Range {
+	if !q.Jail {
+		return nil
+	}
+	return &jail.Range{LockDir: jail.DefaultLockDir, Start: q.JailUIDStart, Count: q.JailUIDCount}
 }
 
 // DebugSocketName is the hybrid-vsock socket, in the sandbox's state
