@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -187,10 +188,11 @@ func TestReliability(t *testing.T) {
 }
 
 // assertLeastPrivilege checks what a running sandbox exposes on the host:
-// its state directory and every directory under it is root's and closed
-// to others (the shared directory may be traversed, not listed), every
-// socket is root's, and virtiofsd serves only the sandbox's own shared
-// directory from inside its own namespaces.
+// its state directory and every directory under it (QEMU's jail included)
+// is root's and closed to others (the shared directory may be traversed,
+// not listed), every socket is root's, virtiofsd serves only the sandbox's
+// own shared directory from inside its own namespaces, and QEMU runs
+// jailed.
 func assertLeastPrivilege(t *testing.T, e *vmpodEnv, id string) {
 	t.Helper()
 	dir := filepath.Join(e.stateRoot, id)
@@ -250,6 +252,89 @@ func assertLeastPrivilege(t *testing.T, e *vmpodEnv, id string) {
 	if !sandboxed {
 		t.Errorf("no virtiofsd of %s (pids %v) runs in a mount namespace of its own", dir, vfs)
 	}
+	assertVirtiofsdView(t, vfs, shared)
+	assertQEMUJailed(t, e.qemuPid(t, id), filepath.Join(dir, "vm", "root"))
+}
+
+// assertVirtiofsdView checks that the virtiofsd process serving from its
+// own namespace sees, as its root, exactly the sandbox's shared directory.
+func assertVirtiofsdView(t *testing.T, vfs []int, shared string) {
+	t.Helper()
+	want := dirNames(t, shared)
+	host, _ := os.Readlink("/proc/self/ns/mnt")
+	for _, pid := range vfs {
+		proc := filepath.Join("/proc", itoa(pid))
+		if own, _ := os.Readlink(filepath.Join(proc, "ns", "mnt")); own == "" || own == host {
+			continue // the waiting parent
+		}
+		if got := dirNames(t, filepath.Join(proc, "root")); !slices.Equal(got, want) {
+			t.Errorf("virtiofsd %d sees %q as its root, want the entries of %s: %q", pid, got, shared, want)
+		}
+		return
+	}
+	t.Errorf("no serving virtiofsd among %v", vfs)
+}
+
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := make([]string, len(ents))
+	for i, e := range ents {
+		names[i] = e.Name()
+	}
+	return names
+}
+
+// assertQEMUJailed checks that QEMU (pid) runs chrooted into jail, an
+// empty directory, as an unprivileged uid and gid no other vmpod QEMU
+// uses, with no capabilities, no way to regain any, and a seccomp filter.
+func assertQEMUJailed(t *testing.T, pid int, jail string) {
+	t.Helper()
+	proc := filepath.Join("/proc", itoa(pid))
+	if root, err := os.Readlink(filepath.Join(proc, "root")); err != nil || root != jail {
+		t.Errorf("qemu %d has root %q (%v), want %s", pid, root, err, jail)
+	}
+	if names := dirNames(t, jail); len(names) > 0 {
+		t.Errorf("jail %s holds %q, want it empty", jail, names)
+	}
+	st := procStatus(t, pid)
+	for key, want := range map[string]string{"CapEff": "0000000000000000", "CapPrm": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2"} {
+		if st[key] != want {
+			t.Errorf("qemu %d: %s %q, want %q", pid, key, st[key], want)
+		}
+	}
+	uid, gid := strings.Fields(st["Uid"]), strings.Fields(st["Gid"])
+	if len(uid) != 4 || len(gid) != 4 {
+		t.Fatalf("qemu %d: Uid %q, Gid %q", pid, st["Uid"], st["Gid"])
+	}
+	if ids := append(slices.Clone(uid), gid...); slices.Contains(ids, "0") || len(slices.Compact(ids)) != 1 {
+		t.Errorf("qemu %d runs as uid %v gid %v, want one unprivileged id throughout", pid, uid, gid)
+	}
+	for _, other := range pidsWith(t, "qemu-system", "-name vmpod-") {
+		if other == pid {
+			continue
+		}
+		if o := strings.Fields(procStatus(t, other)["Uid"]); len(o) > 0 && o[0] == uid[0] {
+			t.Errorf("qemu %d and another vmpod qemu, %d, share uid %s", pid, other, uid[0])
+		}
+	}
+}
+
+// procStatus reads /proc/<pid>/status into key -> value; empty when the
+// process is gone.
+func procStatus(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	data, _ := os.ReadFile(filepath.Join("/proc", itoa(pid), "status"))
+	st := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			st[k] = strings.TrimSpace(v)
+		}
+	}
+	return st
 }
 
 // exitEvent is the part of a /tasks/exit event the tests read.
