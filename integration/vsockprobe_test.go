@@ -65,6 +65,20 @@ func TestVsockProbe(t *testing.T) {
 	e.ctr("task", "exec", "--exec-id", "warmup", id, "true")
 	before := shimFDs(t, shim)
 
+	// An exec streams output over the agent's connection for as long as
+	// the probe runs: the resets must not disturb an established stream.
+	type result struct {
+		out string
+		err error
+	}
+	events := e.watchEvents()
+	streamed := make(chan result, 1)
+	go func() {
+		out, _, err := e.ctrErr("task", "exec", "--exec-id", "stream", id, "sh", "-c", streamScript)
+		streamed <- result{out, err}
+	}()
+	events.waitTopics(t, id, "/tasks/exec-started")
+
 	args := []string{"/vsockprobe", "-timeout", "2s", "-flood", strconv.Itoa(probeFlood), "-workers", "8"}
 	ports := append(slices.Clone(probeHostPorts), randomPorts(3)...)
 	for _, p := range ports {
@@ -80,9 +94,16 @@ func TestVsockProbe(t *testing.T) {
 
 	// The probes did not disturb the sandbox's own connection: the agent
 	// still starts processes and carries their output.
-	if got, _, err := e.ctrErr("task", "exec", "--exec-id", "after", id, "sh", "-c", "echo alive"); err != nil || got != "alive\n" {
+	if got, _, err := e.ctrErr("task", "exec", "--exec-id", "after", id, "sh", "-c", "echo alive; touch /tmp/stop-stream"); err != nil || got != "alive\n" {
 		t.Errorf("exec after the probes: output %q, error %v; want \"alive\\n\"", got, err)
 	}
+	select {
+	case r := <-streamed:
+		checkStream(t, r.out, r.err)
+	case <-time.After(time.Minute):
+		t.Error("the streaming exec did not end within a minute of being told to stop")
+	}
+	events.stop()
 	waitShimFDs(t, shim, before)
 
 	e.ctr("task", "kill", "-s", "KILL", id)
@@ -91,6 +112,31 @@ func TestVsockProbe(t *testing.T) {
 	waitGone(t, shim, "shim of "+id)
 	e.ctr("containers", "delete", id)
 	e.c.AssertClean(t)
+}
+
+// streamScript prints numbered lines until /tmp/stop-stream exists, then
+// "end".
+const streamScript = `i=0; while [ ! -e /tmp/stop-stream ]; do echo "line $i"; i=$((i+1)); sleep 0.02; done; echo end`
+
+// checkStream checks the streaming exec's output: every line, in order,
+// then "end".
+func checkStream(t *testing.T, out string, err error) {
+	t.Helper()
+	if err != nil {
+		t.Errorf("streaming exec: %v", err)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) < 2 || lines[len(lines)-1] != "end" {
+		t.Errorf("streaming exec printed %d lines ending %q, want numbered lines then \"end\"", len(lines), lines[len(lines)-1])
+		return
+	}
+	for i, l := range lines[:len(lines)-1] {
+		if want := fmt.Sprintf("line %d", i); l != want {
+			t.Errorf("streaming exec line %d is %q, want %q: output lost or reordered", i, l, want)
+			return
+		}
+	}
+	t.Logf("streaming exec carried %d lines while the probe ran", len(lines)-1)
 }
 
 // randomPorts picks n ports above the well-known range, different each run
