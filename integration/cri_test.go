@@ -7,18 +7,22 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/vishvananda/netlink"
 
+	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/integration/harness"
 	"github.com/vmpod/vmpod/internal/leakcheck"
 	"github.com/vmpod/vmpod/internal/ociimage"
@@ -288,10 +292,39 @@ func (e *criEnv) podConfig(name string, sharedPID bool) map[string]any {
 		"hostname":      name + "-host",
 		"log_directory": filepath.Join(e.logDir, name),
 		"dns_config":    map[string]any{"servers": []string{"10.199.0.53"}, "searches": []string{"vmpod.test"}},
-		"linux": map[string]any{"security_context": map[string]any{
-			"namespace_options": map[string]any{"pid": pid},
-		}},
+		"linux": map[string]any{
+			"cgroup_parent": e.podCgroup(name),
+			"security_context": map[string]any{
+				"namespace_options": map[string]any{"pid": pid},
+			},
+		},
 	}
+}
+
+// podCgroup returns a cgroup parent for pod name, as the kubelet gives
+// each pod one (the kubelet would also create it; here the runtime does,
+// as runc does for its own cgroup's parents). At the end of the test it
+// must hold nothing but empty directories, which are removed: the
+// sandbox's own cgroup must be gone with the pod.
+func (e *criEnv) podCgroup(name string) string {
+	parent := fmt.Sprintf("/vmpod-test-cri-%d/pod-%s", os.Getpid(), name)
+	e.t.Cleanup(func() {
+		for i, p := range []string{parent, path.Dir(parent)} {
+			g, err := hostcgroup.Open(p)
+			if err != nil {
+				e.t.Error(err)
+				return
+			}
+			for _, d := range g.Dirs() {
+				err := os.Remove(d)
+				// The top one is shared by the test's pods.
+				if err != nil && !os.IsNotExist(err) && (i == 0 || !errors.Is(err, syscall.EBUSY)) {
+					e.t.Errorf("pod cgroup %s: %v (a sandbox cgroup left behind?)", d, err)
+				}
+			}
+		}
+	})
+	return parent
 }
 
 // runPod starts a pod with the kata handler and returns its id and the

@@ -132,10 +132,29 @@ func TestCRIPod(t *testing.T) {
 		if ws := fmt.Sprint(field(stats[0], "memory", "workingSetBytes", "value")); ws == "" || ws == "0" || ws == "<nil>" {
 			t.Errorf("working set of %s = %s, want non-zero: %v", client, ws, stats[0])
 		}
-		// Pod stats come from the host cgroup containerd 1.6 expects the
-		// sandbox in; log what it answers.
-		out, err := e.run("", "statsp", "-o", "json", "--id", pod)
-		t.Logf("crictl statsp: %v\n%s", err, out)
+		// Pod stats: containerd reads the pod's cgroup on the host, where
+		// the shim put the VM.
+		ps := e.decode(e.must("statsp", "-o", "json", "--id", pod))
+		podStats, _ := field(ps, "stats").([]any)
+		if len(podStats) != 1 {
+			t.Fatalf("crictl statsp: %v", ps)
+		}
+		for _, f := range [][]string{{"linux", "memory", "workingSetBytes", "value"}, {"linux", "cpu", "usageCoreNanoSeconds", "value"}} {
+			if v := fmt.Sprint(field(podStats[0], f...)); v == "" || v == "0" || v == "<nil>" {
+				t.Errorf("pod stats %v = %s, want non-zero: %v", f, v, podStats[0])
+			}
+		}
+		if cs, _ := field(podStats[0], "linux", "containers").([]any); len(cs) < 2 {
+			t.Errorf("pod stats list %d containers, want the pod's two: %v", len(cs), podStats[0])
+		}
+		qemu := pidsWith(t, "qemu-system", pod)
+		if len(qemu) != 1 {
+			t.Fatalf("QEMU processes of pod %s: %v", pod, qemu)
+		}
+		cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", qemu[0]))
+		if want := fmt.Sprint(field(podCfg, "linux", "cgroup_parent")) + "/" + pod; !strings.Contains(string(cg), want) {
+			t.Errorf("QEMU of pod %s is not in cgroup %s:\n%s", pod, want, cg)
+		}
 	})
 
 	t.Run("stop with grace period, restart", func(t *testing.T) {

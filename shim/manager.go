@@ -18,6 +18,7 @@ import (
 	cshim "github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/network"
 	"github.com/vmpod/vmpod/shim/rootfs"
 	"golang.org/x/sys/unix"
@@ -175,6 +176,11 @@ func (m *Manager) Stop(ctx context.Context, id string) (cshim.StopStatus, error)
 	} else {
 		waitShimGone(ctx, sandboxID)
 		killUnder(ctx, dir)
+		if spec != nil && spec.Linux != nil && spec.Linux.CgroupsPath != "" {
+			if cg, err := hostcgroup.Open(spec.Linux.CgroupsPath); err == nil {
+				deleteCgroup(ctx, cg)
+			}
+		}
 		if err := rootfs.Remove(ctx, dir); err != nil {
 			return cshim.StopStatus{}, err
 		}

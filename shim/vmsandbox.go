@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/sirupsen/logrus"
 	"github.com/vmpod/vmpod/config"
+	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/network"
@@ -31,6 +32,9 @@ type vmSandbox struct {
 	// stopDebug ends the debug console (nil when it is off) and waits
 	// for it.
 	stopDebug func()
+	// cgroup is the host cgroup the VM's processes run in (nil when the
+	// spec names none); it goes with the VM.
+	cgroup *hostcgroup.Group
 
 	// Stop runs once: the health watcher stops a dead sandbox, and
 	// Shutdown stops it again.
@@ -73,6 +77,15 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 			}
 		}
 	}()
+	cg, err := createCgroup(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			deleteCgroup(context.WithoutCancel(ctx), cg)
+		}
+	}()
 	size := SizeFor(q, req.Spec)
 	log.G(ctx).WithFields(log.Fields{"vcpus": size.VCPUs, "memory_mib": size.MemoryMiB, "config": cfg.Source, "netns": nsPath, "nics": len(eps.List)}).Debug("starting VM")
 	hcfg := hypervisor.Config{
@@ -99,6 +112,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		Debug:         cfg.Agent.Debug,
 		DebugConsole:  cfg.Runtime.DebugConsole,
 		Jail:          jailRange(q),
+		Cgroup:        cg,
 	})
 	if err != nil {
 		return nil, err
@@ -116,7 +130,41 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		}
 		return nil, err
 	}
-	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug}, nil
+	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg}, nil
+}
+
+// createCgroup creates the host cgroup the sandbox's spec names
+// (linux.cgroupsPath), for QEMU and virtiofsd: where runc would put the
+// pause process. containerd's pod stats and the kubelet's pod accounting
+// read it. Nil when the spec names none.
+func createCgroup(ctx context.Context, req SandboxRequest) (*hostcgroup.Group, error) {
+	if req.Spec == nil || req.Spec.Linux == nil || req.Spec.Linux.CgroupsPath == "" {
+		return nil, nil
+	}
+	cg, err := hostcgroup.Create(req.Spec.Linux.CgroupsPath)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: linux.cgroupsPath: %w", req.ID, err)
+	}
+	log.G(ctx).WithField("cgroup", req.Spec.Linux.CgroupsPath).Debug("VM processes go into the sandbox's cgroup")
+	return cg, nil
+}
+
+// cgroupDeleteTimeout bounds the wait for the VM's processes to leave its
+// cgroup once they were killed.
+const cgroupDeleteTimeout = 5 * time.Second
+
+// deleteCgroup removes the sandbox's cgroup (nil: nothing to do) once its
+// processes are gone, logging a failure: it must not keep the pod from
+// going.
+func deleteCgroup(ctx context.Context, cg *hostcgroup.Group) {
+	if cg == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, cgroupDeleteTimeout)
+	defer cancel()
+	if err := cg.Delete(ctx); err != nil {
+		log.G(ctx).WithError(err).Warn("remove the sandbox's cgroup")
+	}
 }
 
 // jailRange is the uid range QEMU is jailed with, nil when jail = false.
@@ -210,6 +258,7 @@ func (s *vmSandbox) Stop(ctx context.Context) error {
 			s.stopDebug()
 		}
 		s.stopErr = s.v.Stop(ctx)
+		deleteCgroup(ctx, s.cgroup)
 		if nerr := s.net.Teardown(ctx); nerr != nil {
 			s.stopErr = errors.Join(s.stopErr, fmt.Errorf("tear down pod network: %w", nerr))
 		}

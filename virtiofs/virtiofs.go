@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/internal/tail"
 
 	"github.com/containerd/log"
@@ -55,6 +56,9 @@ type Config struct {
 	SharedDir string
 	// Cache is CacheAuto (default), CacheNone or CacheAlways.
 	Cache string
+	// Cgroup, when set, receives virtiofsd (and the child it serves from)
+	// as soon as it starts.
+	Cgroup *hostcgroup.Group
 	// ExtraArgs are appended to virtiofsd's arguments.
 	ExtraArgs []string
 }
@@ -149,6 +153,14 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 	d.cmd = cmd
 	log.G(ctx).WithFields(log.Fields{"pid": cmd.Process.Pid, "shared": cfg.SharedDir, "socket": cfg.SocketPath}).Debug("virtiofsd started")
 	go d.wait()
+	if cfg.Cgroup != nil {
+		if err := cfg.Cgroup.Add(cmd.Process.Pid); err != nil {
+			_ = cmd.Process.Kill()
+			<-d.done
+			os.Remove(cfg.SocketPath)
+			return nil, fmt.Errorf("virtiofsd: %w", err)
+		}
+	}
 	return d, nil
 }
 

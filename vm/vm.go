@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 
+	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/hypervisor/qemu"
@@ -88,6 +89,10 @@ type Config struct {
 	// chrooted into an empty directory (<StateDir>/root); nil leaves QEMU
 	// running as root with the host's file system in view.
 	Jail *jail.Range
+	// Cgroup, when set, is the host cgroup QEMU and virtiofsd join as
+	// they start (the pod's, from the sandbox's spec); nil leaves them in
+	// the caller's.
+	Cgroup *hostcgroup.Group
 }
 
 // VM is a running guest with its agent connection.
@@ -157,7 +162,7 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 	if cfg.SharedDir != "" {
 		fs, err := virtiofs.Start(ctx, virtiofs.Config{
 			Path: cfg.VirtiofsdPath, SocketPath: filepath.Join(cfg.StateDir, "fs.sock"),
-			SharedDir: cfg.SharedDir, Cache: cfg.VirtiofsCache,
+			SharedDir: cfg.SharedDir, Cache: cfg.VirtiofsCache, Cgroup: cfg.Cgroup,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
@@ -174,6 +179,9 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 		testHookBeforeHypervisor(cfg.StateDir)
 	}
 	var opts []qemu.Option
+	if cfg.Cgroup != nil {
+		opts = append(opts, qemu.WithCgroup(cfg.Cgroup))
+	}
 	if cfg.Jail != nil {
 		j, err := v.makeJail(ctx)
 		if err != nil {

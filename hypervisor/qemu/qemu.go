@@ -18,6 +18,7 @@ import (
 
 	"github.com/containerd/log"
 
+	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/hypervisor"
 )
 
@@ -62,10 +63,17 @@ func WithJail(j Jail) Option {
 	return func(q *QEMU) { q.jail = &j }
 }
 
+// WithCgroup moves QEMU into g as soon as it starts, before the guest
+// touches its memory, so that the memory is charged there.
+func WithCgroup(g *hostcgroup.Group) Option {
+	return func(q *QEMU) { q.cgroup = g }
+}
+
 // QEMU is one QEMU process running one guest.
 type QEMU struct {
-	cfg  hypervisor.Config
-	jail *Jail // nil: unjailed
+	cfg    hypervisor.Config
+	jail   *Jail             // nil: unjailed
+	cgroup *hostcgroup.Group // nil: its parent's
 
 	mu      sync.Mutex // guards cmd, qmp and stopped
 	cmd     *exec.Cmd
@@ -169,6 +177,13 @@ func (q *QEMU) Start(ctx context.Context) error {
 		q.console.run(consoleR)
 	}()
 	go q.wait(consoleDone)
+	if q.cgroup != nil {
+		if err := q.cgroup.Add(cmd.Process.Pid); err != nil {
+			q.killLocked()
+			<-q.done
+			return fmt.Errorf("qemu %s: %w", q.cfg.ID, err)
+		}
+	}
 
 	qmp, err := dialQMP(ctx, q.QMPSocket(), q.done)
 	if err != nil {

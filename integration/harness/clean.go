@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/moby/sys/mountinfo"
+
+	"github.com/vmpod/vmpod/hostcgroup"
 )
 
 // proc is one entry of /proc.
@@ -160,6 +162,28 @@ func (c *Containerd) leaks() []string {
 			out = append(out, "state "+filepath.Join(dir, e.Name()))
 		}
 	}
+	out = append(out, cgroupLeaks()...)
 	sort.Strings(out)
+	return out
+}
+
+// cgroupLeaks lists the cgroups left under the namespace's cgroup (where
+// containerd's default spec puts each container: /<namespace>/<id>), in
+// every hierarchy: runc removes a container's cgroup with it, and so must
+// vmpod the one it puts the VM in.
+func cgroupLeaks() []string {
+	g, err := hostcgroup.Open("/" + Namespace)
+	if err != nil {
+		return nil // no cgroups here at all
+	}
+	var out []string
+	for _, dir := range g.Dirs() {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if e.IsDir() {
+				out = append(out, "cgroup "+filepath.Join(dir, e.Name()))
+			}
+		}
+	}
 	return out
 }
