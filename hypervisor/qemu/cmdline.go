@@ -109,6 +109,9 @@ func (c commandLine) args() []string {
 	if j := c.jail; j != nil {
 		// Both take effect once everything is open, just before the guest
 		// runs: chroot first (as root), then setgid, setgroups, setuid.
+		// Anything QEMU would open later (a hot-plugged device, say) must
+		// come as a descriptor. Newer QEMUs spell these -run-with
+		// chroot=,user=; 7.2 (Debian 12) knows only these.
 		a = append(a, "-chroot", j.Dir, "-runas", fmt.Sprintf("%d:%d", j.UID, j.GID))
 	}
 	return append(a, cfg.ExtraArgs...)
