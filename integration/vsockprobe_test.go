@@ -30,6 +30,16 @@ var probeHostPorts = []uint32{1024, 0, 22, 80, 443, 1025, 2375, 2376, 6443, 1025
 // refuses its own CID with ENODEV.
 var probeOtherCIDs = []string{"1:1024", "3:1024", "0:1024", "4:1024", "1000:1024"}
 
+// probeOtherTypes are the other socket types, on the host and on the
+// guest's own CID. Neither has a transport in the guest: vmpod's backend
+// does not offer VIRTIO_VSOCK_F_SEQPACKET (connect fails with
+// ESOCKTNOSUPPORT) and virtio-vsock has no datagrams (socket fails with
+// ENODEV).
+var probeOtherTypes = []string{"seqpacket:1024", "seqpacket:2375", "seqpacket:3:1024", "dgram:1024", "dgram:2375", "dgram:3:1024"}
+
+// otherTypeOutcomes are the answers accepted for seqpacket and dgram.
+var otherTypeOutcomes = []string{"unreachable", "unsupported"}
+
 // otherCIDOutcomes are the answers accepted from CIDs other than the
 // host's: none is a connection. "timeout" stands for a known issue:
 // vsock/device answers a REQUEST for a foreign CID with a reset sent from
@@ -40,11 +50,11 @@ var probeOtherCIDs = []string{"1:1024", "3:1024", "0:1024", "4:1024", "1000:1024
 var otherCIDOutcomes = []string{"refused", "reset", "unreachable", "timeout"}
 
 // probeFlood is how many more attempts the probe makes on the host after
-// the single ones, cycling over the host's ports, 8 at a time.
+// the single ones, cycling over the host's stream ports, 8 at a time.
 const probeFlood = 400
 
 // probeLine is one line of vsockprobe's per-target output.
-var probeLine = regexp.MustCompile(`^cid (\d+) port (\d+): (\w+) \((.*)\)$`)
+var probeLine = regexp.MustCompile(`^(\w+) cid (\d+) port (\d+): (\w+) \((.*)\)$`)
 
 // TestVsockProbe is issue #7's "the guest can reach no host vsock port
 // except those vmpod opens", end to end: a container in a real VM (real
@@ -84,13 +94,13 @@ func TestVsockProbe(t *testing.T) {
 	for _, p := range ports {
 		args = append(args, strconv.FormatUint(uint64(p), 10))
 	}
-	args = append(args, probeOtherCIDs...)
+	args = append(append(args, probeOtherCIDs...), probeOtherTypes...)
 	out, stderr, err := e.ctrErr(append([]string{"task", "exec", "--exec-id", "probe", id}, args...)...)
 	t.Logf("vsockprobe:\n%s", out)
 	if err != nil {
 		t.Errorf("vsockprobe exited %d (%v); stderr %q", exitCode(err), err, stderr)
 	}
-	checkProbeOutput(t, out, len(ports)+len(probeOtherCIDs))
+	checkProbeOutput(t, out, len(ports)+len(probeOtherCIDs)+len(probeOtherTypes))
 
 	// The probes did not disturb the sandbox's own connection: the agent
 	// still starts processes and carries their output.
@@ -150,31 +160,25 @@ func randomPorts(n int) []uint32 {
 }
 
 // checkProbeOutput checks vsockprobe's output: want per-target lines and
-// the flood line. The host (CID 2) must answer every attempt with a reset
-// or a refusal: that proves the attempt went through the vsock transport
-// to vmpod's backend and was answered, so the check is not vacuous.
+// the flood line.
 func checkProbeOutput(t *testing.T, out string, want int) {
 	t.Helper()
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 	if len(lines) != want+1 {
 		t.Fatalf("vsockprobe printed %d lines, want %d targets and the flood line", len(lines), want)
 	}
-	hostOutcomes := []string{"refused", "reset"}
 	for _, line := range lines[:want] {
 		m := probeLine.FindStringSubmatch(line)
 		if m == nil {
 			t.Errorf("unexpected probe line %q", line)
 			continue
 		}
-		ok := hostOutcomes
-		if m[1] != "2" {
-			ok = otherCIDOutcomes
+		typ, cid, port, outcome, detail := m[1], m[2], m[3], m[4], m[5]
+		if ok := acceptedOutcomes(typ, cid); !slices.Contains(ok, outcome) {
+			t.Errorf("%s cid %s port %s: %s (%s), want one of %v", typ, cid, port, outcome, detail, ok)
 		}
-		if !slices.Contains(ok, m[3]) {
-			t.Errorf("cid %s port %s: %s (%s), want one of %v", m[1], m[2], m[3], m[4], ok)
-		}
-		if m[1] != "2" && m[3] == "timeout" {
-			t.Logf("cid %s port %s: no answer (the backend's reset from CID 2, see otherCIDOutcomes)", m[1], m[2])
+		if outcome == "timeout" {
+			t.Logf("%s cid %s port %s: no answer (the backend's reset from CID 2, see otherCIDOutcomes)", typ, cid, port)
 		}
 	}
 	counts, err := parseFlood(lines[want])
@@ -191,6 +195,24 @@ func checkProbeOutput(t *testing.T, out string, want int) {
 	if total != probeFlood {
 		t.Errorf("flood line %q counts %d attempts, want %d", lines[want], total, probeFlood)
 	}
+}
+
+// hostOutcomes are the answers accepted for a stream on the host (CID 2):
+// a reset or a refusal, which proves the attempt went through the vsock
+// transport to vmpod's backend and was answered, so the check is not
+// vacuous.
+var hostOutcomes = []string{"refused", "reset"}
+
+// acceptedOutcomes are the outcomes vsockprobe may report for a target of
+// socket type typ on cid.
+func acceptedOutcomes(typ, cid string) []string {
+	switch {
+	case typ != "stream":
+		return otherTypeOutcomes
+	case cid == "2":
+		return hostOutcomes
+	}
+	return otherCIDOutcomes
 }
 
 // parseFlood reads "flood N: outcome=count ...".

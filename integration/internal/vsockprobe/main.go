@@ -3,20 +3,25 @@
 // given, and any other CID named. It proves issue #7's "the guest can reach
 // no host vsock port except those vmpod opens" from the guest's side.
 //
-//	vsockprobe [-timeout 1s] [-flood N] [-workers W] [CID:]PORT...
+//	vsockprobe [-timeout 1s] [-flood N] [-workers W] [TYPE:][CID:]PORT...
 //
-// It prints one line per target,
+// TYPE is stream (the default), seqpacket or dgram; CID is 2 (the host)
+// unless given. A stream or seqpacket target is tried with a non-blocking
+// connect, a dgram target by sending one datagram. It prints one line per
+// target,
 //
-//	cid 2 port 22: reset (ECONNRESET, 412µs)
+//	stream cid 2 port 22: reset (ECONNRESET, 412µs)
 //
-// with one of the outcomes refused, reset, unreachable, timeout, connected
-// or error, then with -flood N one line counting the outcomes of N more
-// attempts cycling over the host's (CID 2) targets, W at a time:
+// with one of the outcomes refused, reset, unreachable, unsupported,
+// timeout, connected (or, for a datagram, sent) or error, then with -flood N
+// one line counting the outcomes of N more attempts cycling over the
+// host's (CID 2) stream targets, W at a time:
 //
-//	flood 300: connected=0 error=0 refused=0 reset=300 timeout=0 unreachable=0
+//	flood 300: connected=0 error=0 refused=0 reset=300 sent=0 timeout=0 unreachable=0 unsupported=0
 //
-// It exits 1 if any attempt connected, 2 on bad arguments, else 0. It is
-// built static and bind-mounted into a container by the integration tests.
+// It exits 1 if any attempt connected or sent, 2 on bad arguments, else
+// 0. It is built static and bind-mounted into a container by the
+// integration tests.
 package main
 
 import (
@@ -43,32 +48,46 @@ const (
 	refused     = "refused"     // ECONNREFUSED
 	reset       = "reset"       // ECONNRESET: virtio-vsock answers a REQUEST nobody accepts with RST
 	unreachable = "unreachable" // no transport reaches the CID (ENODEV, ENETUNREACH, ...)
+	unsupported = "unsupported" // the socket type has no transport (ESOCKTNOSUPPORT, ...)
 	timedOut    = "timeout"     // no answer within the timeout
-	connected   = "connected"
-	failed      = "error" // anything else, with the errno in the detail
+	connected   = "connected"   // a stream or seqpacket connection was accepted
+	sent        = "sent"        // a datagram was accepted for delivery
+	failed      = "error"       // anything else, with the errno in the detail
 )
 
-var outcomes = []string{connected, failed, refused, reset, timedOut, unreachable}
+var outcomes = []string{connected, failed, refused, reset, sent, timedOut, unreachable, unsupported}
 
-type target struct{ cid, port uint32 }
+// socketTypes are the TYPE prefixes of a target.
+var socketTypes = map[string]int{"stream": unix.SOCK_STREAM, "seqpacket": unix.SOCK_SEQPACKET, "dgram": unix.SOCK_DGRAM}
 
-func (t target) String() string { return fmt.Sprintf("cid %d port %d", t.cid, t.port) }
+type target struct {
+	typ       string // a key of socketTypes
+	cid, port uint32
+}
 
-// parseTarget reads "PORT" (the host) or "CID:PORT".
+func (t target) String() string { return fmt.Sprintf("%s cid %d port %d", t.typ, t.cid, t.port) }
+
+// parseTarget reads "[TYPE:][CID:]PORT".
 func parseTarget(s string) (target, error) {
-	cid, port := strconv.Itoa(hostCID), s
+	typ, rest := "stream", s
 	if i := strings.IndexByte(s, ':'); i >= 0 {
-		cid, port = s[:i], s[i+1:]
+		if _, ok := socketTypes[s[:i]]; ok {
+			typ, rest = s[:i], s[i+1:]
+		}
+	}
+	cid, port := strconv.Itoa(hostCID), rest
+	if i := strings.IndexByte(rest, ':'); i >= 0 {
+		cid, port = rest[:i], rest[i+1:]
 	}
 	c, err := strconv.ParseUint(cid, 10, 32)
 	if err != nil {
-		return target{}, fmt.Errorf("target %q: bad CID %q", s, cid)
+		return target{}, fmt.Errorf("target %q: bad CID %q (want a number, or a type of stream, seqpacket, dgram)", s, cid)
 	}
 	p, err := strconv.ParseUint(port, 10, 32)
 	if err != nil {
 		return target{}, fmt.Errorf("target %q: bad port %q", s, port)
 	}
-	return target{cid: uint32(c), port: uint32(p)}, nil
+	return target{typ: typ, cid: uint32(c), port: uint32(p)}, nil
 }
 
 // result is the outcome of one attempt and what the kernel said.
@@ -96,19 +115,31 @@ func classify(err error) result {
 		return result{timedOut, name}
 	case unix.ENODEV, unix.ENETUNREACH, unix.EHOSTUNREACH, unix.EADDRNOTAVAIL:
 		return result{unreachable, name}
+	case unix.ESOCKTNOSUPPORT, unix.EPROTONOSUPPORT, unix.EAFNOSUPPORT, unix.EOPNOTSUPP:
+		return result{unsupported, name}
 	}
 	return result{failed, name}
 }
 
-// probe makes one non-blocking connection attempt bounded by timeout and
-// closes the socket whatever happened.
+// probe makes one attempt on t, bounded by timeout, and closes the socket
+// whatever happened.
 func probe(t target, timeout time.Duration) result {
-	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(unix.AF_VSOCK, socketTypes[t.typ]|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return result{failed, "socket: " + err.Error()}
+		r := classify(err)
+		r.detail = "socket: " + r.detail
+		return r
 	}
 	defer unix.Close(fd)
-	err = unix.Connect(fd, &unix.SockaddrVM{CID: t.cid, Port: t.port})
+	addr := &unix.SockaddrVM{CID: t.cid, Port: t.port}
+	if t.typ == "dgram" {
+		// No handshake: a datagram the kernel takes is a datagram sent.
+		if err := unix.Sendto(fd, []byte("vsockprobe"), 0, addr); err != nil {
+			return classify(err)
+		}
+		return result{sent, "0"}
+	}
+	err = unix.Connect(fd, addr)
 	if !errors.Is(err, unix.EINPROGRESS) {
 		return classify(err)
 	}
@@ -183,13 +214,13 @@ func formatCounts(n int, counts map[string]int) string {
 
 func main() {
 	timeout := flag.Duration("timeout", time.Second, "how long one attempt may wait for an answer")
-	n := flag.Int("flood", 0, "how many more attempts to make, cycling over the host's targets")
+	n := flag.Int("flood", 0, "how many more attempts to make, cycling over the host's stream targets")
 	workers := flag.Int("workers", 4, "how many flood attempts run at once")
 	flag.Parse()
 	targets, err := parseArgs(flag.Args(), *timeout, *n, *workers)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vsockprobe:", err)
-		fmt.Fprintf(os.Stderr, "usage: vsockprobe [-timeout d>0] [-flood 0..%d] [-workers w>=1] [CID:]PORT...\n", maxFlood)
+		fmt.Fprintf(os.Stderr, "usage: vsockprobe [-timeout d>0] [-flood 0..%d] [-workers w>=1] [TYPE:][CID:]PORT...\n", maxFlood)
 		os.Exit(2)
 	}
 	reached := false
@@ -197,14 +228,14 @@ func main() {
 		start := time.Now()
 		r := probe(t, *timeout)
 		fmt.Printf("%s: %s (%s, %v)\n", t, r.outcome, r.detail, time.Since(start).Round(time.Microsecond))
-		reached = reached || r.outcome == connected
+		reached = reached || r.outcome == connected || r.outcome == sent
 	}
 	if *n > 0 {
 		// The flood is for the host's side, whose backend answers every
-		// attempt; other CIDs are tried once each above.
+		// stream attempt; other CIDs and types are tried once each above.
 		counts := flood(onHost(targets), *n, *workers, *timeout)
 		fmt.Println(formatCounts(*n, counts))
-		reached = reached || counts[connected] > 0
+		reached = reached || counts[connected] > 0 || counts[sent] > 0
 	}
 	if reached {
 		os.Exit(1)
@@ -232,16 +263,16 @@ func parseArgs(args []string, timeout time.Duration, n, workers int) ([]target, 
 		targets = append(targets, t)
 	}
 	if n > 0 && len(onHost(targets)) == 0 {
-		return nil, errors.New("-flood needs a target on the host (CID 2)")
+		return nil, errors.New("-flood needs a stream target on the host (CID 2)")
 	}
 	return targets, nil
 }
 
-// onHost returns the targets on the host's CID.
+// onHost returns the stream targets on the host's CID.
 func onHost(targets []target) []target {
 	var host []target
 	for _, t := range targets {
-		if t.cid == hostCID {
+		if t.cid == hostCID && t.typ == "stream" {
 			host = append(host, t)
 		}
 	}

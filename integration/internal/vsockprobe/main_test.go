@@ -14,16 +14,19 @@ func TestParseTarget(t *testing.T) {
 		in   string
 		want target
 	}{
-		{"22", target{2, 22}},
-		{"1:1024", target{1, 1024}},
-		{"4294967295:0", target{4294967295, 0}},
+		{"22", target{"stream", 2, 22}},
+		{"1:1024", target{"stream", 1, 1024}},
+		{"4294967295:0", target{"stream", 4294967295, 0}},
+		{"seqpacket:22", target{"seqpacket", 2, 22}},
+		{"dgram:3:1024", target{"dgram", 3, 1024}},
+		{"stream:2:22", target{"stream", 2, 22}},
 	} {
 		got, err := parseTarget(tc.in)
 		if err != nil || got != tc.want {
 			t.Errorf("parseTarget(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
 		}
 	}
-	for _, bad := range []string{"", "x", "2:", ":22", "4294967296:1", "2:65536x", "-1", "1:2:3"} {
+	for _, bad := range []string{"", "x", "2:", ":22", "4294967296:1", "2:65536x", "-1", "1:2:3", "raw:22", "dgram:", "dgram:x:1", "seqpacket:2:3:4"} {
 		if got, err := parseTarget(bad); err == nil {
 			t.Errorf("parseTarget(%q) = %v, want an error", bad, got)
 		}
@@ -32,7 +35,7 @@ func TestParseTarget(t *testing.T) {
 
 func TestParseArgs(t *testing.T) {
 	got, err := parseArgs([]string{"22", "1:1024"}, time.Second, 10, 2)
-	if err != nil || len(got) != 2 || got[1] != (target{1, 1024}) {
+	if err != nil || len(got) != 2 || got[1] != (target{"stream", 1, 1024}) {
 		t.Errorf("parseArgs = %v, %v; want targets 2:22 and 1:1024", got, err)
 	}
 	for _, tc := range []struct {
@@ -49,6 +52,7 @@ func TestParseArgs(t *testing.T) {
 		{"no workers", []string{"22"}, time.Second, 1, 0, "-workers 0"},
 		{"bad target", []string{"22", "x:1"}, time.Second, 0, 1, `"x:1"`},
 		{"flood without host target", []string{"1:1024"}, time.Second, 5, 1, "CID 2"},
+		{"flood without host stream", []string{"dgram:22"}, time.Second, 5, 1, "stream"},
 	} {
 		if _, err := parseArgs(tc.args, tc.timeout, tc.n, tc.w); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want one naming %s", tc.name, err, tc.want)
@@ -67,6 +71,7 @@ func TestClassify(t *testing.T) {
 		{unix.ETIMEDOUT, timedOut},
 		{unix.ENODEV, unreachable},
 		{unix.EHOSTUNREACH, unreachable},
+		{unix.ESOCKTNOSUPPORT, unsupported},
 		{unix.EINVAL, failed},
 		{errors.New("not an errno"), failed},
 	} {
@@ -78,7 +83,7 @@ func TestClassify(t *testing.T) {
 
 func TestFormatCounts(t *testing.T) {
 	got := formatCounts(5, map[string]int{reset: 3, unreachable: 2})
-	want := "flood 5: connected=0 error=0 refused=0 reset=3 timeout=0 unreachable=2"
+	want := "flood 5: connected=0 error=0 refused=0 reset=3 sent=0 timeout=0 unreachable=2 unsupported=0"
 	if got != want {
 		t.Errorf("formatCounts = %q, want %q", got, want)
 	}
