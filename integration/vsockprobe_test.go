@@ -16,10 +16,10 @@ import (
 )
 
 // probeHostPorts are the host ports a container in the guest tries: the
-// agent's port (open only on the guest's side), low service ports, and the
-// usual daemons' (Docker, the kubelet, the API server, containerd's debug
-// ports); TestVsockProbe adds three random ones.
-var probeHostPorts = []uint32{1024, 0, 22, 80, 443, 1025, 2375, 2376, 6443, 10250, 10255, 65535}
+// agent's port (open only on the guest's side), low service ports, the
+// usual daemons' (Docker, the kubelet, the API server), the ends of the
+// 16-bit range and VMADDR_PORT_ANY; TestVsockProbe adds three random ones.
+var probeHostPorts = []uint32{1024, 0, 22, 80, 443, 1025, 2375, 2376, 6443, 10250, 10255, 65535, 65536, 1<<32 - 1}
 
 // probeOtherCIDs are the other addresses a guest could try: the local CID
 // (1) and the guest's own (3, vm.vhostUserCID) would reach the agent's
