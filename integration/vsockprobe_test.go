@@ -57,13 +57,15 @@ const probeFlood = 400
 var probeLine = regexp.MustCompile(`^(\w+) cid (\d+) port (\d+): (\w+) \((.*)\)$`)
 
 // TestVsockProbe is issue #7's "the guest can reach no host vsock port
-// except those vmpod opens", end to end: a container in a real VM (real
-// containerd, shim, QEMU, kernel and agent) tries the host on many ports
-// and the other CIDs once each, then the host a few hundred times more.
-// No attempt may connect, and the host must refuse every one at once; the
-// sandbox's agent must keep serving afterwards, and the shim, whose
-// vhost-user backend answered every attempt, must hold no more
-// descriptors than before.
+// except those vmpod opens" (vmpod opens none), end to end: a container in
+// a real VM (real containerd, shim, QEMU, kernel and agent) tries the host
+// on many ports, the other CIDs and the other socket types once each, then
+// the host a few hundred times more. No attempt may connect, and the host
+// must answer every stream attempt with a reset or a refusal within the
+// probe's timeout. An exec streaming output meanwhile must lose nothing,
+// the agent must keep serving afterwards, and the shim, whose vhost-user
+// backend answered every attempt, must hold no more descriptors than
+// before.
 func TestVsockProbe(t *testing.T) {
 	e := newVMPodEnv(t, "")
 	probe := testbin.Build(t, "./integration/internal/vsockprobe", true)
