@@ -313,6 +313,10 @@ func assertQEMUJailed(t *testing.T, pid int, jail string) {
 	if ids := append(slices.Clone(uid), gid...); slices.Contains(ids, "0") || len(slices.Compact(ids)) != 1 {
 		t.Errorf("qemu %d runs as uid %v gid %v, want one unprivileged id throughout", pid, uid, gid)
 	}
+	// The shim holds the uid's lock file for as long as the VM runs.
+	if _, err := os.Stat(filepath.Join("/run/vmpod/jail", uid[0]+".lock")); err != nil {
+		t.Errorf("qemu %d runs as uid %s, but its lock file: %v", pid, uid[0], err)
+	}
 	for _, other := range pidsWith(t, "qemu-system", "-name vmpod-") {
 		if other == pid {
 			continue
