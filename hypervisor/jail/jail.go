@@ -35,6 +35,7 @@ const (
 	DefaultUIDStart       = 1879048192 // 0x70000000
 	DefaultUIDCount       = 65536
 	maxUIDEnd       int64 = math.MaxUint32 // (uid_t)-1 is "no change" to setresuid
+	maxLockAttempts       = 8
 )
 
 // Range is the block of host uids [Start, Start+Count) that VMs get, one
@@ -56,7 +57,7 @@ func (r Range) Validate() error {
 	case r.Count == 0:
 		return fmt.Errorf("jail uid range: count 0 leaves no uid")
 	case int64(r.Start)+int64(r.Count) > maxUIDEnd:
-		return fmt.Errorf("jail uid range [%d, %d): reaches %d, the invalid uid", r.Start, int64(r.Start)+int64(r.Count), uint32(math.MaxUint32))
+		return fmt.Errorf("jail uid range [%d, %d) includes %d, which is not a uid", r.Start, int64(r.Start)+int64(r.Count), uint32(math.MaxUint32))
 	case r.LockDir != "" && !filepath.IsAbs(r.LockDir):
 		return fmt.Errorf("jail lock directory %q is not absolute", r.LockDir)
 	}
@@ -120,7 +121,9 @@ func (r Range) Allocate(ctx context.Context) (*ID, error) {
 // tryLock takes path's lock without waiting; nil, nil means another
 // process holds it.
 func tryLock(path string, uid uint32) (*ID, error) {
-	for {
+	// Each retry means another process released this uid meanwhile; a
+	// few in a row mean it is being taken and released in a loop.
+	for attempt := 0; attempt < maxLockAttempts; attempt++ {
 		f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("jail: lock file %s: %w", path, err)
@@ -144,6 +147,7 @@ func tryLock(path string, uid uint32) (*ID, error) {
 		}
 		f.Close()
 	}
+	return nil, nil
 }
 
 func samePath(f *os.File, path string) (bool, error) {

@@ -226,7 +226,7 @@ func TestValidate(t *testing.T) {
 	}{
 		{Range{Start: 0, Count: 1}, "start 0"},
 		{Range{Start: 1, Count: 0}, "count 0"},
-		{Range{Start: 4294967295, Count: 1}, "invalid uid"},
+		{Range{Start: 4294967295, Count: 1}, "includes 4294967295, which is not a uid"},
 		{Range{Start: 4294901760, Count: 65535}, ""},
 		{Range{Start: 4294901760, Count: 65536}, "4294967296"},
 		{Range{Start: 1, Count: 1, LockDir: "run/jail"}, "not absolute"},
