@@ -178,16 +178,9 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 	if testHookBeforeHypervisor != nil {
 		testHookBeforeHypervisor(cfg.StateDir)
 	}
-	var opts []qemu.Option
-	if cfg.Cgroup != nil {
-		opts = append(opts, qemu.WithCgroup(cfg.Cgroup))
-	}
-	if cfg.Jail != nil {
-		j, err := v.makeJail(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
-		}
-		opts = append(opts, qemu.WithJail(j))
+	opts, err := v.qemuOptions(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
 	}
 	hv, err := qemu.New(hcfg, opts...)
 	if err != nil {
@@ -246,6 +239,22 @@ func (c *Config) fill() error {
 		return fmt.Errorf("vm %s: socket path %s is longer than 107 bytes; choose a shorter state directory", c.ID, p)
 	}
 	return nil
+}
+
+// qemuOptions places QEMU in the pod's cgroup and jails it, as configured.
+func (v *VM) qemuOptions(ctx context.Context) ([]qemu.Option, error) {
+	var opts []qemu.Option
+	if v.cfg.Cgroup != nil {
+		opts = append(opts, qemu.WithCgroup(v.cfg.Cgroup))
+	}
+	if v.cfg.Jail != nil {
+		j, err := v.makeJail(ctx)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, qemu.WithJail(j))
+	}
+	return opts, nil
 }
 
 // makeJail reserves QEMU's uid and creates its empty root. Stop releases
