@@ -41,13 +41,9 @@ var probeOtherTypes = []string{"seqpacket:1024", "seqpacket:2375", "seqpacket:3:
 var otherTypeOutcomes = []string{"unreachable", "unsupported"}
 
 // otherCIDOutcomes are the answers accepted from CIDs other than the
-// host's: none is a connection. "timeout" stands for a known issue:
-// vsock/device answers a REQUEST for a foreign CID with a reset sent from
-// CID 2 (rstFor), which the guest's kernel does not take as the answer of
-// the CID it asked, so the guest waits out its connect timeout; with the
-// reset sent from the CID that was asked the guest gets ECONNRESET at once
-// (checked by hand). Drop "timeout" here once the backend does that.
-var otherCIDOutcomes = []string{"refused", "reset", "unreachable", "timeout"}
+// host's: none is a connection, and none waits out a timeout (the backend
+// resets a request for any CID at once, from the CID that was asked).
+var otherCIDOutcomes = []string{"refused", "reset", "unreachable"}
 
 // probeFlood is how many more attempts the probe makes on the host after
 // the single ones, cycling over the host's stream ports, 8 at a time.
@@ -178,9 +174,6 @@ func checkProbeOutput(t *testing.T, out string, want int) {
 		typ, cid, port, outcome, detail := m[1], m[2], m[3], m[4], m[5]
 		if ok := acceptedOutcomes(typ, cid); !slices.Contains(ok, outcome) {
 			t.Errorf("%s cid %s port %s: %s (%s), want one of %v", typ, cid, port, outcome, detail, ok)
-		}
-		if outcome == "timeout" {
-			t.Logf("%s cid %s port %s: no answer (the backend's reset from CID 2, see otherCIDOutcomes)", typ, cid, port)
 		}
 	}
 	counts, err := parseFlood(lines[want])

@@ -377,7 +377,10 @@ func (d *Device) rstFor(h Header) {
 	if h.Op == OpRst {
 		return
 	}
-	d.reply(Header{SrcCID: HostCID, DstCID: d.cid, SrcPort: h.DstPort, DstPort: h.SrcPort, Type: TypeStream, Op: OpRst})
+	// From the address the guest asked, even another CID's: the guest's
+	// kernel takes a reset only from the peer it tried to reach, and would
+	// otherwise wait out its connect timeout.
+	d.reply(Header{SrcCID: h.DstCID, DstCID: d.cid, SrcPort: h.DstPort, DstPort: h.SrcPort, Type: TypeStream, Op: OpRst})
 }
 
 // Dial opens a connection to port on the guest. It waits for the guest's

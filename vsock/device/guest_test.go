@@ -171,6 +171,12 @@ func (g *guest) recv(d time.Duration) (packet, bool) {
 // expect returns the next packet and checks its op.
 func (g *guest) expect(op uint16) packet {
 	g.t.Helper()
+	return g.expectFrom(op, device.HostCID)
+}
+
+// expectFrom returns the next packet and checks its op and source CID.
+func (g *guest) expectFrom(op uint16, src uint64) packet {
+	g.t.Helper()
 	p, ok := g.recv(10 * time.Second)
 	if !ok {
 		g.t.Fatalf("no packet from the device, want op %d", op)
@@ -178,7 +184,7 @@ func (g *guest) expect(op uint16) packet {
 	if p.Op != op {
 		g.t.Fatalf("got %v, want op %d", p.Header, op)
 	}
-	if p.SrcCID != device.HostCID || p.DstCID != cid || p.Type != device.TypeStream {
+	if p.SrcCID != src || p.DstCID != cid || p.Type != device.TypeStream {
 		g.t.Fatalf("packet %v is misaddressed", p.Header)
 	}
 	return p
