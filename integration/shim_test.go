@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/vmpod/vmpod/image"
+	"github.com/vmpod/vmpod/integration/harness"
 )
 
 // cgroupMount is the ctr --mount of the container's cgroup2 at
@@ -254,7 +255,7 @@ func TestShimLongRunning(t *testing.T) {
 		defer closeClient()
 		limit := int64(201326592)
 		res, _ := json.Marshal(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})
-		ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "vmpod-test"), time.Minute)
+		ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), harness.Namespace), time.Minute)
 		defer cancel()
 		if _, err := client.Update(ctx, &taskAPI.UpdateTaskRequest{ID: "long", Resources: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", Value: res}}); err != nil {
 			t.Fatal(err)
@@ -318,7 +319,7 @@ func TestShimTerminal(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	script := `stty size; while [ "$(stty size)" = "40 100" ]; do sleep 0.1; done; stty size`
-	cmd := exec.CommandContext(ctx, "ctr", "--address", e.c.Address, "--namespace", "vmpod-test",
+	cmd := exec.CommandContext(ctx, "ctr", "--address", e.c.Address, "--namespace", harness.Namespace,
 		"run", "--rm", "-t", "--runtime", "io.containerd.kata.v2", e.image, "tty", "sh", "-c", script)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true, Setctty: true}

@@ -28,8 +28,10 @@ import (
 )
 
 // Namespace is the containerd namespace every ctr command of the harness
-// uses.
-const Namespace = "vmpod-test"
+// uses. It is the test process's own because the containers' cgroups are
+// named after it (/<namespace>/<id>), host-wide, and the leak check looks
+// there.
+var Namespace = fmt.Sprintf("vmpod-test-%d", os.Getpid())
 
 // ShimName is the binary containerd runs for runtime io.containerd.kata.v2.
 const ShimName = "containerd-shim-kata-v2"
