@@ -1,5 +1,9 @@
-// Package kmod loads the kernel modules that the guest image lists. It runs
-// in the guest, before anything needs vsock, virtio-fs or the network.
+// Package kmod loads the kernel modules of the guest image. It runs in the
+// guest: at boot, before anything needs vsock, virtio-fs or the network,
+// it loads the modules the image lists (LoadListed); later, as the
+// kernel's modprobe helper (Helper), it loads a module the kernel asks for
+// by name or alias, such as the bridge for `brctl addbr`, from the image's
+// index (IndexDir).
 //
 // The image builder writes the list (ListPath) with one module path per
 // line, relative to /lib/modules/<release>, in load order: every module
