@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -119,8 +120,10 @@ func isBind(m specs.Mount) bool {
 // bind mount; a read-only mount is also read-only on the host side, so the
 // guest cannot write through virtio-fs.
 func (l Layout) BindMounts(ctx context.Context, spec *specs.Spec) error {
+	mounts := make([]specs.Mount, 0, len(spec.Mounts))
 	for i, m := range spec.Mounts {
 		if !isBind(m) {
+			mounts = append(mounts, m)
 			continue
 		}
 		if !filepath.IsAbs(m.Source) {
@@ -130,10 +133,64 @@ func (l Layout) BindMounts(ctx context.Context, spec *specs.Spec) error {
 		if err := bindInto(m, target); err != nil {
 			return fmt.Errorf("bind mount %d: %s onto %s: %w", i, m.Source, m.Destination, err)
 		}
-		spec.Mounts[i].Source = l.guestMount(i)
-		log.G(ctx).WithFields(log.Fields{"source": m.Source, "guest": spec.Mounts[i].Source}).Debug("shared bind mount")
+		guest := m
+		guest.Source = l.guestMount(i)
+		mounts = append(mounts, guest)
+		log.G(ctx).WithFields(log.Fields{"source": m.Source, "guest": guest.Source}).Debug("shared bind mount")
+		sub, err := submountBinds(guest, target)
+		if err != nil {
+			return fmt.Errorf("bind mount %d (%s): %w", i, m.Destination, err)
+		}
+		mounts = append(mounts, sub...)
 	}
+	spec.Mounts = mounts
 	return nil
+}
+
+// submountBinds returns a bind of its own for each mount below the host
+// side of a read-only recursive bind (target), with that mount's own
+// read-only flag. In the guest, virtio-fs shows such submounts as
+// automounts that take the flags of the mount they are first reached
+// through: through the container's read-only bind they would all be
+// read-only, where runc's "ro" leaves submounts as they are (only
+// "rro" is recursive). Reached through the writable shared directory
+// and bound in after their parent, they keep their own.
+func submountBinds(m specs.Mount, target string) ([]specs.Mount, error) {
+	if !hasOption(m.Options, "ro") || !hasOption(m.Options, "rbind") {
+		return nil, nil
+	}
+	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(target))
+	if err != nil {
+		return nil, fmt.Errorf("read mounts under %s: %w", target, err)
+	}
+	sort.Slice(infos, func(a, b int) bool { return infos[a].Mountpoint < infos[b].Mountpoint })
+	var out []specs.Mount
+	for _, info := range infos {
+		rel, err := filepath.Rel(target, info.Mountpoint)
+		if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+			continue
+		}
+		mode := "rw"
+		if hasOption(strings.Split(info.Options, ","), "ro") {
+			mode = "ro"
+		}
+		out = append(out, specs.Mount{
+			Destination: path.Join(m.Destination, rel),
+			Type:        "bind",
+			Source:      path.Join(m.Source, rel),
+			Options:     []string{"rbind", mode},
+		})
+	}
+	return out, nil
+}
+
+func hasOption(opts []string, o string) bool {
+	for _, v := range opts {
+		if v == o {
+			return true
+		}
+	}
+	return false
 }
 
 func bindInto(m specs.Mount, target string) error {

@@ -4,11 +4,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"golang.org/x/sys/unix"
 )
 
 func TestValidID(t *testing.T) {
@@ -113,5 +115,63 @@ func TestBindMountRejectsRelativeSource(t *testing.T) {
 	spec := &specs.Spec{Mounts: []specs.Mount{{Destination: "/x", Type: "bind", Source: "rel/dir"}}}
 	if err := l.BindMounts(context.Background(), spec); err == nil {
 		t.Fatal("relative bind source accepted")
+	}
+}
+
+// TestReadOnlyBindKeepsSubmounts: a read-only recursive bind of a
+// directory with a writable tmpfs and a read-only tmpfs below it gets,
+// after it in the spec, a bind of each submount with that submount's own
+// flag (runc's "ro" is not recursive; see submountBinds).
+func TestReadOnlyBindKeepsSubmounts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount")
+	}
+	root := t.TempDir()
+	leakcheck.Check(t, leakcheck.Options{Roots: []string{root}})
+	src := filepath.Join(root, "src")
+	for _, d := range []string{"src/rw", "src/ro"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, m := range []struct {
+		dir   string
+		flags uintptr
+	}{{"src/rw", 0}, {"src/ro", unix.MS_RDONLY}} {
+		if err := unix.Mount("tmpfs", filepath.Join(root, m.dir), "tmpfs", m.flags, "size=1m"); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Unmount(filepath.Join(root, m.dir), unix.MNT_DETACH)
+	}
+	l, err := NewLayout(filepath.Join(root, "shared"), "/run/vmpod/shared", "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := &specs.Spec{Mounts: []specs.Mount{
+		{Destination: "/mnt", Type: "bind", Source: src, Options: []string{"rbind", "ro"}},
+		{Destination: "/rw", Type: "bind", Source: src, Options: []string{"rbind", "rw"}},
+	}}
+	ctx := context.Background()
+	if err := l.BindMounts(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	defer Remove(ctx, l.HostDir)
+	want := []specs.Mount{
+		{Destination: "/mnt", Type: "bind", Source: "/run/vmpod/shared/c1/mounts/0", Options: []string{"rbind", "ro"}},
+		{Destination: "/mnt/ro", Type: "bind", Source: "/run/vmpod/shared/c1/mounts/0/ro", Options: []string{"rbind", "ro"}},
+		{Destination: "/mnt/rw", Type: "bind", Source: "/run/vmpod/shared/c1/mounts/0/rw", Options: []string{"rbind", "rw"}},
+		// A writable bind needs nothing more: its submounts are reached
+		// through a writable mount.
+		{Destination: "/rw", Type: "bind", Source: "/run/vmpod/shared/c1/mounts/1", Options: []string{"rbind", "rw"}},
+	}
+	if !reflect.DeepEqual(spec.Mounts, want) {
+		t.Errorf("mounts:\n%+v\nwant\n%+v", spec.Mounts, want)
+	}
+	// On the host the submount stays writable below the read-only bind.
+	if err := os.WriteFile(filepath.Join(l.HostDir, "mounts/0/rw/f"), []byte("x"), 0o644); err != nil {
+		t.Errorf("write to the writable submount through the read-only bind: %v", err)
+	}
+	if err := Remove(ctx, l.HostDir); err != nil {
+		t.Fatal(err)
 	}
 }
