@@ -20,7 +20,7 @@ AGENT_TAGS := netgo,osusergo,seccomp
 # Stripped: a smaller initrd loads faster (13 MB to 9 MB).
 AGENT_LDFLAGS := $(LDFLAGS) -s -w -extldflags -static
 
-TEST_TIMEOUT ?= 25m
+TEST_TIMEOUT ?= 45m
 
 .PHONY: all demo deps build agent proto proto-check test unit-test fuzz bench-smoke vet fmt-check clean bench soak
 all: build
