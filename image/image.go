@@ -1,6 +1,8 @@
 // Package image builds the guest's initrd: a newc cpio archive whose /init
 // is vmpod-agent, with the kernel modules the guest needs (resolved through
-// modules.dep) and their load list in /etc/vmpod/modules.
+// modules.dep) and their load list in /etc/vmpod/modules, plus modules it
+// loads only when the kernel asks (Options.OnDemand), indexed by name and
+// alias in /etc/vmpod/modules.d for the agent's modprobe helper (see kmod).
 //
 // The archive is reproducible: entries are sorted, owned by 0:0, numbered
 // in order and stamped with SOURCE_DATE_EPOCH (or 0), so building twice
@@ -51,9 +53,13 @@ const (
 type Options struct {
 	// Init is a static binary installed as /init (vmpod-agent).
 	Init string
-	// Modules are module names to include with their dependencies; nil
-	// means DefaultModules.
+	// Modules are module names to include with their dependencies and
+	// load at boot; nil means DefaultModules.
 	Modules []string
+	// OnDemand are module names to include with their dependencies but
+	// load only when the kernel asks for them (by name or alias); nil
+	// means DefaultOnDemand, an empty slice none.
+	OnDemand []string
 	// KernelRelease chooses /lib/modules/<release>; empty means the
 	// newest installed cloud kernel (DefaultRelease).
 	KernelRelease string
@@ -78,9 +84,14 @@ type Result struct {
 	KernelRelease string
 	// Files lists every entry's guest path, in archive order.
 	Files []string
-	// Modules lists the module files in load order, relative to
-	// /lib/modules/<release>.
+	// Modules lists the module files loaded at boot, in load order,
+	// relative to /lib/modules/<release>.
 	Modules []string
+	// OnDemand lists the other module files, in load order.
+	OnDemand []string
+	// Aliases lists the aliases the guest resolves, as kmod.IndexName
+	// spells them, sorted.
+	Aliases []string
 }
 
 // guest directories the agent mounts on or writes to.
@@ -120,7 +131,11 @@ func BuildInitrd(opts Options) (Result, error) {
 	if names == nil {
 		names = DefaultModules
 	}
-	mods, err := resolveModules(modDir, names)
+	onDemand := opts.OnDemand
+	if onDemand == nil {
+		onDemand = DefaultOnDemand
+	}
+	mods, err := planModules(modDir, names, onDemand)
 	if err != nil {
 		return Result{}, fmt.Errorf("image: %w", err)
 	}
@@ -132,10 +147,11 @@ func BuildInitrd(opts Options) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("image: writing %s: %w", opts.Output, err)
 	}
-	return Result{Path: opts.Output, Size: size, KernelRelease: release, Files: sortedKeys(entries), Modules: mods}, nil
+	return Result{Path: opts.Output, Size: size, KernelRelease: release, Files: sortedKeys(entries),
+		Modules: mods.boot, OnDemand: mods.onDemand, Aliases: sortedKeys(mods.aliases)}, nil
 }
 
-func collect(opts Options, release, modDir string, mods []string) (map[string]*entry, error) {
+func collect(opts Options, release, modDir string, mods *moduleSet) (map[string]*entry, error) {
 	entries := map[string]*entry{}
 	addDirs := func(p string) {
 		for d := path.Dir(p); d != "/" && d != "."; d = path.Dir(d) {
@@ -157,11 +173,7 @@ func collect(opts Options, release, modDir string, mods []string) (map[string]*e
 	add("/init", &entry{mode: modeFile | 0o755, source: opts.Init})
 	guestModDir := path.Join("/lib/modules", release)
 	add(guestModDir, &entry{mode: modeDir | 0o755})
-	for _, m := range mods {
-		add(path.Join(guestModDir, m), &entry{mode: modeFile | 0o644, source: filepath.Join(modDir, m)})
-	}
-	list := "# Written by vmpod-image: load order, relative to " + guestModDir + ".\n" + strings.Join(mods, "\n") + "\n"
-	add("/etc/vmpod/modules", &entry{mode: modeFile | 0o644, data: []byte(list)})
+	mods.addIndex(add, modDir, guestModDir)
 	if opts.Busybox != "" {
 		if err := addBusybox(opts.Busybox, add); err != nil {
 			return nil, err

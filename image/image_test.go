@@ -18,9 +18,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// fakeTree writes a modules tree with modules.dep content dep and an empty
-// file per module named in it.
+// fakeTree writes a modules tree with modules.dep content dep, an empty
+// modules.alias and a small file per module named in dep.
 func fakeTree(t *testing.T, dep string) (root, release string) {
+	t.Helper()
+	return fakeTreeAliases(t, dep, "")
+}
+
+// fakeTreeAliases is fakeTree with modules.alias content alias.
+func fakeTreeAliases(t *testing.T, dep, alias string) (root, release string) {
 	t.Helper()
 	root = t.TempDir()
 	release = "9.9.9-test"
@@ -29,6 +35,9 @@ func fakeTree(t *testing.T, dep string) (root, release string) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "modules.dep"), []byte(dep), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "modules.alias"), []byte(alias), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(dep, "\n") {
@@ -111,7 +120,7 @@ func TestBuildInitrdContents(t *testing.T) {
 	os.WriteFile(extra, []byte("extra content"), 0o600)
 	out := filepath.Join(t.TempDir(), "initrd.img")
 	res, err := BuildInitrd(Options{
-		Init: init, Modules: []string{"vmw_vsock_virtio_transport"},
+		Init: init, Modules: []string{"vmw_vsock_virtio_transport"}, OnDemand: []string{},
 		KernelRelease: rel, ModulesRoot: root,
 		ExtraFiles: map[string]string{"/etc/extra/file": extra},
 		Output:     out,
@@ -226,7 +235,7 @@ func TestBuildInitrdErrors(t *testing.T) {
 	root, rel := fakeTree(t, fakeDep)
 	init := testInit(t)
 	out := filepath.Join(t.TempDir(), "initrd")
-	base := Options{Init: init, KernelRelease: rel, ModulesRoot: root, Modules: []string{"vsock"}, Output: out}
+	base := Options{Init: init, KernelRelease: rel, ModulesRoot: root, Modules: []string{"vsock"}, OnDemand: []string{}, Output: out}
 	cases := []struct {
 		name string
 		mod  func(*Options)
@@ -239,6 +248,8 @@ func TestBuildInitrdErrors(t *testing.T) {
 		{"relative extra", func(o *Options) { o.ExtraFiles = map[string]string{"etc/x": init} }, "etc/x"},
 		{"missing extra", func(o *Options) { o.ExtraFiles = map[string]string{"/etc/x": "/nonexistent/x"} }, "/nonexistent/x"},
 		{"unknown release", func(o *Options) { o.KernelRelease = "0.0-none" }, "0.0-none"},
+		{"unknown on-demand", func(o *Options) { o.OnDemand = []string{"nosuch"} }, `module "nosuch" not found`},
+		{"default on-demand absent", func(o *Options) { o.OnDemand = nil }, `module "bridge" not found`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -304,7 +315,7 @@ func TestBuildInitrdBusybox(t *testing.T) {
 	}
 	root, rel := fakeTree(t, fakeDep)
 	out := filepath.Join(t.TempDir(), "initrd")
-	res, err := BuildInitrd(Options{Init: testInit(t), KernelRelease: rel, ModulesRoot: root, Modules: []string{"vsock"},
+	res, err := BuildInitrd(Options{Init: testInit(t), KernelRelease: rel, ModulesRoot: root, Modules: []string{"vsock"}, OnDemand: []string{},
 		Busybox: "/bin/busybox", Output: out})
 	if err != nil {
 		if strings.Contains(err.Error(), "dynamically linked") {

@@ -77,6 +77,11 @@ func resolveModules(dir string, names []string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	return md.order(dir, names)
+}
+
+// order is resolveModules on a parsed modules.dep of the tree dir.
+func (md *modulesDep) order(dir string, names []string) ([]string, error) {
 	var order []string
 	state := map[string]int{} // 0 new, 1 visiting, 2 done
 	var visit func(mod string, chain []string) error

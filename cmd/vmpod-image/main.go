@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/vmpod/vmpod/image"
 )
@@ -27,11 +28,14 @@ func run() error {
 	compression := flag.String("compression", image.CompressNone, "initrd compression: none or gzip")
 	debug := flag.Bool("debug", false, "add a static busybox (/bin/busybox and its applets) for a debug shell")
 	busybox := flag.String("busybox", "/bin/busybox", "static busybox `binary` used with -debug")
+	bootModules := flag.String("modules", strings.Join(image.DefaultModules, ","), "comma-separated `modules` loaded at boot (with their dependencies)")
+	onDemand := flag.String("on-demand", strings.Join(image.DefaultOnDemand, ","), "comma-separated `modules` carried but loaded only when the kernel asks for them, by name or alias (empty: none)")
 	kernelFormat := flag.String("kernel-format", "vmlinux", "kernel written to the output: vmlinux (the uncompressed ELF, booted by its PVH entry: faster under TCG; falls back to the bzImage when the kernel cannot) or bzimage")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: vmpod-image [flags]\n\n"+
 			"Writes <out>/%s (a reproducible newc cpio: the agent as /init plus the kernel\n"+
-			"modules it needs, see /etc/vmpod/modules in the image) and copies the kernel\n"+
+			"modules it loads at boot, see /etc/vmpod/modules in the image, and those it\n"+
+			"loads on demand, indexed in /etc/vmpod/modules.d) and copies the kernel\n"+
 			"(or its uncompressed ELF, see -kernel-format) to <out>/%s.\n"+
 			"SOURCE_DATE_EPOCH sets the entries' mtime (default 0).\n\n",
 			image.InitrdName, image.KernelName)
@@ -47,6 +51,8 @@ func run() error {
 	}
 	opts := image.Options{
 		Init:          *agent,
+		Modules:       splitList(*bootModules),
+		OnDemand:      splitList(*onDemand),
 		KernelRelease: *release,
 		Compression:   *compression,
 		Output:        filepath.Join(*out, image.InitrdName),
@@ -62,7 +68,8 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%s: %d bytes, %d entries, %d modules (kernel %s)\n", res.Path, res.Size, len(res.Files), len(res.Modules), res.KernelRelease)
+	fmt.Printf("%s: %d bytes, %d entries, %d modules at boot, %d on demand, %d aliases (kernel %s)\n",
+		res.Path, res.Size, len(res.Files), len(res.Modules), len(res.OnDemand), len(res.Aliases), res.KernelRelease)
 	kernelOut := filepath.Join(*out, image.KernelName)
 	if *kernelFormat == "vmlinux" {
 		err := image.ExtractVmlinux(kernel, kernelOut)
@@ -80,6 +87,18 @@ func run() error {
 	}
 	fmt.Printf("%s: copied from %s\n", kernelOut, kernel)
 	return nil
+}
+
+// splitList splits a comma-separated flag value; "" is an empty, non-nil
+// list (none, not the default).
+func splitList(s string) []string {
+	out := []string{}
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // copyFile replaces dst with a copy of src through a temporary file.
