@@ -1,6 +1,7 @@
 // Package pid1 does what the guest's init must do before the agent serves:
 // mount the kernel file systems, enable the cgroup v2 controllers, load the
-// image's kernel modules, and power the VM off at the end. It only runs
+// image's boot modules, point the kernel's module helper at the image's
+// modprobe (for modules loaded on demand), and power the VM off at the end. It only runs
 // when vmpod-agent is PID 1; orphan reaping is the agent's Reaper, which
 // must cooperate with libcontainer's own waits.
 package pid1
@@ -64,6 +65,29 @@ func Setup(ctx context.Context) error {
 	}
 	if err := kmod.LoadListed(kmod.ListPath, dir); err != nil {
 		return fmt.Errorf("load modules: %w", err)
+	}
+	return SetModuleHelper(ModprobeSysctl, kmod.HelperPath)
+}
+
+// ModprobeSysctl is the kernel's module helper setting.
+const ModprobeSysctl = "/proc/sys/kernel/modprobe"
+
+// SetModuleHelper makes helper the program the kernel runs to load a
+// module (sysctl is ModprobeSysctl), unless it already is. A kernel
+// without module support has no such setting, which is not an error.
+func SetModuleHelper(sysctl, helper string) error {
+	b, err := os.ReadFile(sysctl)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("module helper: %w", err)
+	}
+	if strings.TrimSpace(string(b)) == helper {
+		return nil
+	}
+	if err := os.WriteFile(sysctl, []byte(helper), 0o644); err != nil {
+		return fmt.Errorf("module helper: write %q to %s: %w", helper, sysctl, err)
 	}
 	return nil
 }

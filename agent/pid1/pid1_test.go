@@ -3,6 +3,7 @@ package pid1
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -49,5 +50,35 @@ func TestRootFSType(t *testing.T) {
 	disk := "21 26 0:20 / /proc rw - proc proc rw\n26 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
 	if got := rootFSType(disk); got != "ext4" {
 		t.Errorf("disk root: %q", got)
+	}
+}
+
+// SetModuleHelper writes the helper's path only when the kernel names
+// another (here a plain file stands in for the sysctl).
+func TestSetModuleHelper(t *testing.T) {
+	sysctl := filepath.Join(t.TempDir(), "modprobe")
+	if err := os.WriteFile(sysctl, []byte("/usr/bin/true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := SetModuleHelper(sysctl, "/sbin/modprobe"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(sysctl); string(b) != "/sbin/modprobe" {
+		t.Errorf("sysctl holds %q, want /sbin/modprobe", b)
+	}
+	// Already set (the kernel shows it with a newline): left alone.
+	os.WriteFile(sysctl, []byte("/sbin/modprobe\n"), 0o644)
+	if err := SetModuleHelper(sysctl, "/sbin/modprobe"); err != nil {
+		t.Errorf("helper already set: %v", err)
+	}
+	if b, _ := os.ReadFile(sysctl); string(b) != "/sbin/modprobe\n" {
+		t.Errorf("sysctl rewritten to %q though it named the helper", b)
+	}
+	if err := SetModuleHelper(filepath.Join(t.TempDir(), "none"), "/sbin/modprobe"); err != nil {
+		t.Errorf("kernel without modules: %v", err)
+	}
+	dir := t.TempDir()
+	if err := SetModuleHelper(dir, "/sbin/modprobe"); err == nil || !strings.Contains(err.Error(), dir) {
+		t.Errorf("unreadable setting: error %v, want one naming %s", err, dir)
 	}
 }

@@ -1,6 +1,7 @@
 // Command vmpod-agent is the guest agent: PID 1 of a vmpod VM, serving the
 // Agent API on vsock port 1024. Run as "vmpod-agent init" it is
-// libcontainer's container init instead.
+// libcontainer's container init instead, and run as "modprobe" (the
+// image's /sbin/modprobe) the kernel's module helper.
 package main
 
 import (
@@ -27,12 +28,15 @@ import (
 func init() {
 	// libcontainer re-executes this binary as "init" for every container
 	// process; nsenter's constructor has already set up the namespaces.
-	if len(os.Args) > 1 && os.Args[1] == "init" {
+	if len(os.Args) > 1 && os.Args[1] == "init" && !isModprobe() {
 		libcontainer.Init()
 	}
 }
 
 func main() {
+	if isModprobe() {
+		os.Exit(modprobe(os.Args[1:]))
+	}
 	listen := flag.String("listen", "vsock://1024", "where to serve: vsock://PORT or unix:///PATH")
 	stateDir := flag.String("state-dir", "/run/vmpod-agent", "libcontainer state root")
 	level := flag.String("log-level", "info", "log level")
