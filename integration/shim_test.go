@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/integration/harness"
 )
@@ -481,6 +482,21 @@ func TestShimCrashCleanup(t *testing.T) {
 		if len(shim) != 1 {
 			t.Fatalf("want one shim of shimdies, found pids %v", shim)
 		}
+		qemu := pidsWith(t, "qemu-system", "shimdies")
+		if len(qemu) != 1 {
+			t.Fatalf("want one QEMU of shimdies, found pids %v", qemu)
+		}
+		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", qemu[0]))
+		var uid uint32
+		for _, l := range strings.Split(string(status), "\n") {
+			if strings.HasPrefix(l, "Uid:") {
+				fmt.Sscan(strings.TrimPrefix(l, "Uid:"), &uid)
+			}
+		}
+		lock := filepath.Join(jail.DefaultLockDir, fmt.Sprintf("%d.lock", uid))
+		if _, err := os.Stat(lock); uid == 0 || err != nil {
+			t.Fatalf("QEMU runs as uid %d, lock %s: %v; want a jail uid with its lock", uid, lock, err)
+		}
 		unix.Kill(shim[0], unix.SIGKILL)
 		// containerd runs `containerd-shim-kata-v2 delete` and drops the
 		// task; the container record stays for the user to remove.
@@ -497,6 +513,9 @@ func TestShimCrashCleanup(t *testing.T) {
 		}
 		e.ctr("containers", "delete", "shimdies")
 		e.c.AssertClean(t)
+		if _, err := os.Stat(lock); !os.IsNotExist(err) {
+			t.Errorf("jail lock %s of the dead shim's QEMU left behind: %v", lock, err)
+		}
 	})
 }
 

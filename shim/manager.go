@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vmpod/vmpod/hostcgroup"
+	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/network"
 	"github.com/vmpod/vmpod/shim/rootfs"
 	"golang.org/x/sys/unix"
@@ -220,8 +221,12 @@ func waitShimGone(ctx context.Context, sandboxID string) {
 // them to go, so that their mounts and sockets can be removed.
 func killUnder(ctx context.Context, dir string) {
 	pids := processesUnder(dir)
+	var uids []uint32
 	for _, pid := range pids {
 		log.G(ctx).WithField("pid", pid).WithField("sandbox_dir", dir).Info("killing leftover sandbox process")
+		if uid, ok := processUID(pid); ok && uid != 0 {
+			uids = append(uids, uid) // a jailed QEMU's
+		}
 		_ = unix.Kill(pid, unix.SIGKILL)
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -230,6 +235,27 @@ func killUnder(ctx context.Context, dir string) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	// The dead shim held the jailed QEMU's uid; its lock file goes too.
+	for _, uid := range uids {
+		if err := jail.Reclaim(jail.DefaultLockDir, uid); err != nil {
+			log.G(ctx).WithError(err).WithField("uid", uid).Warn("reclaim the jail uid of a dead sandbox")
+		}
+	}
+}
+
+// processUID returns the real uid of process pid.
+func processUID(pid int) (uint32, bool) {
+	status, err := readSmall(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "Uid:" {
+			uid, err := strconv.ParseUint(f[1], 10, 32)
+			return uint32(uid), err == nil
+		}
+	}
+	return 0, false
 }
 
 func processesUnder(dir string) []int {

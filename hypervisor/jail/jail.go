@@ -185,3 +185,22 @@ func (id *ID) Release() error {
 
 // LockPath is the lock file that reserves the uid.
 func (id *ID) LockPath() string { return id.path }
+
+// Reclaim removes uid's lock file from lockDir when nobody holds it and no
+// process runs with the uid: what a shim killed outright leaves behind once
+// its QEMU is gone too. containerd's delete action calls it.
+func Reclaim(lockDir string, uid uint32) error {
+	path := filepath.Join(lockDir, strconv.FormatUint(uint64(uid), 10)+".lock")
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	id, err := tryLock(path, uid)
+	if err != nil || id == nil {
+		return err // held: a live VM's
+	}
+	if busy, err := inUse(uid); err != nil || busy {
+		id.f.Close()
+		return err
+	}
+	return id.Release()
+}

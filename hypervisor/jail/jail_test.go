@@ -267,6 +267,11 @@ func TestUIDInUseScansProcesses(t *testing.T) {
 			t.Errorf("statusHasID(%d) = %v, want %v", id, got, want)
 		}
 	}
+	for text, want := range map[string]bool{"State:\tZ (zombie)\n": true, "State:\tS (sleeping)\n": false, "Name:\tx\n": false} {
+		if got := zombie([]byte(text)); got != want {
+			t.Errorf("zombie(%q) = %v, want %v", text, got, want)
+		}
+	}
 }
 
 // BenchmarkAllocateRelease is what the jail adds to a VM's start and stop:
@@ -281,5 +286,37 @@ func BenchmarkAllocateRelease(b *testing.B) {
 		if err := id.Release(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestReclaim(t *testing.T) {
+	dir := t.TempDir()
+	r := Range{LockDir: dir, Start: 4000000000, Count: 2}
+	held, err := r.Allocate(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Held by a live owner: kept.
+	if err := Reclaim(dir, held.UID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(held.LockPath()); err != nil {
+		t.Fatalf("Reclaim removed a held lock: %v", err)
+	}
+	// The owner died without releasing (its descriptor closed): removed.
+	held.f.Close()
+	held.f = nil
+	if err := Reclaim(dir, held.UID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(held.LockPath()); !os.IsNotExist(err) {
+		t.Fatalf("lock of a dead owner not reclaimed: %v", err)
+	}
+	// Nothing there: nothing made.
+	if err := Reclaim(dir, held.UID+1); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("lock directory holds %v", ents)
 	}
 }

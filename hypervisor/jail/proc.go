@@ -10,7 +10,8 @@ import (
 
 // uidInUse reports whether any process has id as one of its real,
 // effective, saved or file-system uids or gids. Processes that exit while
-// it reads are skipped.
+// it reads are skipped, and so are zombies: they run nothing (a killed
+// QEMU waits as one until containerd, its new parent, reaps it).
 func uidInUse(id uint32) (bool, error) {
 	d, err := os.Open("/proc")
 	if err != nil {
@@ -29,7 +30,7 @@ func uidInUse(id uint32) (bool, error) {
 		if err != nil {
 			continue // gone
 		}
-		if statusHasID(status, id) {
+		if statusHasID(status, id) && !zombie(status) {
 			return true, nil
 		}
 	}
@@ -62,6 +63,16 @@ func statusHasID(status []byte, id uint32) bool {
 			if string(f) == want {
 				return true
 			}
+		}
+	}
+	return false
+}
+
+// zombie reports whether a /proc/PID/status text is a zombie's.
+func zombie(status []byte) bool {
+	for _, line := range bytes.Split(status, []byte("\n")) {
+		if rest, ok := bytes.CutPrefix(line, []byte("State:")); ok {
+			return bytes.HasPrefix(bytes.TrimSpace(rest), []byte("Z"))
 		}
 	}
 	return false
