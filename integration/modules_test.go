@@ -9,13 +9,16 @@ import (
 // for it, as a host does through modprobe (critest's "should support
 // Privileged is true" and "should support adding capability" run `brctl
 // addbr`). In a privileged container, `brctl addbr` (the kernel asks for
-// "bridge") and `ip link add type veth` (for "rtnl-link-veth") succeed,
-// and the guest's /proc/modules then lists bridge, its dependencies and
-// veth, none of which were loaded at boot. A container of the same VM
-// without CAP_NET_ADMIN is refused, as with runc. One VM.
+// "bridge"), `ip link add type veth` (for "rtnl-link-veth"), a VLAN
+// ("rtnl-link-vlan") and a VXLAN ("rtnl-link-vxlan") succeed, and the
+// guest's /proc/modules then lists those modules and their dependencies,
+// none of which were loaded at boot. A container of the same VM without
+// CAP_NET_ADMIN is refused, as with runc. One VM.
 func TestGuestModules(t *testing.T) {
 	e := newVMPodEnv(t, "")
 	const priv, plain = "modules-priv", "modules-plain"
+	// image.DefaultOnDemand with their dependencies.
+	onDemand := []string{"bridge", "stp", "llc", "veth", "8021q", "garp", "mrp", "vxlan", "udp_tunnel", "ip6_udp_tunnel"}
 	e.runDetached(priv, []string{"--privileged"}, "sleep", "600")
 	exec := func(id, execID string, args ...string) (string, string, error) {
 		t.Helper()
@@ -47,7 +50,7 @@ func TestGuestModules(t *testing.T) {
 	if !before["vsock"] || !before["overlay"] {
 		t.Errorf("boot modules missing from the guest's /proc/modules: %v", before)
 	}
-	for _, m := range []string{"bridge", "stp", "llc", "veth"} {
+	for _, m := range onDemand {
 		if before[m] {
 			t.Errorf("%s loaded at boot; it should load on demand", m)
 		}
@@ -55,14 +58,16 @@ func TestGuestModules(t *testing.T) {
 
 	must(priv, "addbr", "brctl", "addbr", "foobar")
 	must(priv, "addveth", "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	must(priv, "addvlan", "ip", "link", "add", "link", "v0", "name", "v0.5", "type", "vlan", "id", "5")
+	must(priv, "addvxlan", "ip", "link", "add", "vx0", "type", "vxlan", "id", "42")
 	links := must(priv, "links", "ip", "-o", "link", "show")
-	for _, l := range []string{"foobar:", "v0@"} {
+	for _, l := range []string{"foobar:", "v0@", "v0.5@v0:", "vx0:"} {
 		if !strings.Contains(links, l) {
 			t.Errorf("no %s link after it was added:\n%s", strings.TrimRight(l, ":@"), links)
 		}
 	}
 	after := loaded("modules-after")
-	for _, m := range []string{"bridge", "stp", "llc", "veth"} {
+	for _, m := range onDemand {
 		if !after[m] {
 			t.Errorf("%s not in the guest's /proc/modules after use: %v", m, after)
 		}
