@@ -37,8 +37,7 @@ agent:
 # DEBUG=1 adds a busybox shell. ON_DEMAND=bridge,veth sets the modules loaded
 # when the kernel asks (ON_DEMAND= for none; unset: vmpod-image's default).
 image: agent
-	$(GO) run ./cmd/vmpod-image --agent $(BIN)/vmpod-agent --out $(CURDIR)/out $(if $(DEBUG),--debug) \
-		$(if $(filter undefined,$(origin ON_DEMAND)),,--on-demand '$(ON_DEMAND)')
+	$(GO) run ./cmd/vmpod-image --agent $(BIN)/vmpod-agent --out $(CURDIR)/out $(if $(DEBUG),--debug) $(if $(filter undefined,$(origin ON_DEMAND)),,--on-demand '$(ON_DEMAND)')
 
 $(TOOLS)/protoc-gen-go:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
