@@ -309,6 +309,8 @@ func (e *criEnv) podConfig(name string, sharedPID bool) map[string]any {
 func (e *criEnv) podCgroup(name string) string {
 	parent := fmt.Sprintf("/vmpod-test-cri-%d/pod-%s", os.Getpid(), name)
 	e.t.Cleanup(func() {
+		// Runs before the environment's own clean-up: the pods go first.
+		e.removeAllPods()
 		for i, p := range []string{parent, path.Dir(parent)} {
 			g, err := hostcgroup.Open(p)
 			if err != nil {
