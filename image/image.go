@@ -12,7 +12,7 @@
 // out/vmpod-kernel, the kernel's uncompressed ELF (see ExtractVmlinux) or
 // else the bzImage; `make install` puts them in InstallDir. The
 // initrd is uncompressed by default: under TCG, gunzip in the guest costs
-// more than reading the bigger file (BenchmarkInitrdCompression in
+// more than reading the bigger file (BenchmarkInitrd in
 // hypervisor/qemu, 16 MiB image: gzip was 0.1-1.0 s slower to boot in each
 // of three runs on a busy 2-core host).
 package image

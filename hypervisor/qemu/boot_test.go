@@ -218,19 +218,29 @@ func BenchmarkBootFloor(b *testing.B) {
 	}
 }
 
-// BenchmarkInitrdCompression boots the floor init in an initrd the size of
-// the agent's (the agent binary rides along as a file), uncompressed and
-// gzipped, to weigh the smaller read against decompression under TCG.
-func BenchmarkInitrdCompression(b *testing.B) {
+// BenchmarkInitrd boots the floor init in an initrd the size of the
+// agent's (the agent binary rides along as a file): uncompressed and
+// gzipped, to weigh the smaller read against decompression under TCG, and
+// without the on-demand kernel modules, to weigh what carrying them (not
+// loading them) costs every boot.
+func BenchmarkInitrd(b *testing.B) {
 	cfg := bootConfig(b)
 	agent := testbin.Agent(b)
 	init := testbin.Build(b, "./image/internal/testinit", true)
-	for _, compression := range []string{image.CompressNone, image.CompressGzip} {
-		b.Run(compression, func(b *testing.B) {
+	for _, v := range []struct {
+		name        string
+		compression string
+		onDemand    []string // nil: image.DefaultOnDemand
+	}{
+		{image.CompressNone, image.CompressNone, nil},
+		{image.CompressGzip, image.CompressGzip, nil},
+		{"no-on-demand-modules", image.CompressNone, []string{}},
+	} {
+		b.Run(v.name, func(b *testing.B) {
 			cfg := cfg
-			cfg.Initrd = filepath.Join(b.TempDir(), "initrd-"+compression)
+			cfg.Initrd = filepath.Join(b.TempDir(), "initrd-"+v.name)
 			res, err := image.BuildInitrd(image.Options{
-				Init: init, Compression: compression, Output: cfg.Initrd,
+				Init: init, Compression: v.compression, OnDemand: v.onDemand, Output: cfg.Initrd,
 				ExtraFiles: map[string]string{"/usr/bin/vmpod-agent": agent},
 			})
 			if err != nil {
