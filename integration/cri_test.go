@@ -7,15 +7,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -98,7 +95,9 @@ func newCRIEnvWith(t *testing.T, opts criOptions) *criEnv {
 		t.Fatal(err)
 	}
 	e.importImages()
-	// Pods the test left behind go before containerd does.
+	// Pods the test left behind go before containerd does, and the pods'
+	// cgroups after them.
+	t.Cleanup(func() { assertPodCgroupsEmpty(t) })
 	t.Cleanup(e.removeAllPods)
 	return e
 }
@@ -301,32 +300,45 @@ func (e *criEnv) podConfig(name string, sharedPID bool) map[string]any {
 	}
 }
 
-// podCgroup returns a cgroup parent for pod name, as the kubelet gives
-// each pod one (the kubelet would also create it; here the runtime does,
-// as runc does for its own cgroup's parents). At the end of the test it
-// must hold nothing but empty directories, which are removed: the
-// sandbox's own cgroup must be gone with the pod.
-func (e *criEnv) podCgroup(name string) string {
-	parent := fmt.Sprintf("/vmpod-test-cri-%d/pod-%s", os.Getpid(), name)
-	e.t.Cleanup(func() {
-		// Runs before the environment's own clean-up: the pods go first.
-		e.removeAllPods()
-		for i, p := range []string{parent, path.Dir(parent)} {
-			g, err := hostcgroup.Open(p)
-			if err != nil {
-				e.t.Error(err)
-				return
+// podCgroupRoot holds the pods' cgroup parents (podCgroup), one per pod
+// as the kubelet gives each pod one.
+var podCgroupRoot = fmt.Sprintf("/vmpod-test-cri-%d", os.Getpid())
+
+// podCgroup returns the cgroup parent of pod name. The kubelet would make
+// it; here the runtime does, as runc does for its own cgroup's parents.
+func (e *criEnv) podCgroup(name string) string { return podCgroupRoot + "/pod-" + name }
+
+// assertPodCgroupsEmpty runs once the environment's pods are gone: the
+// pods' cgroups must hold no cgroup (the sandboxes' went with them). It
+// removes them, as the kubelet would.
+func assertPodCgroupsEmpty(t *testing.T) {
+	g, err := hostcgroup.Open(podCgroupRoot)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	for _, root := range g.Dirs() {
+		pods, _ := os.ReadDir(root)
+		for _, p := range pods {
+			if !p.IsDir() {
+				continue
 			}
-			for _, d := range g.Dirs() {
-				err := os.Remove(d)
-				// The top one is shared by the test's pods.
-				if err != nil && !os.IsNotExist(err) && (i == 0 || !errors.Is(err, syscall.EBUSY)) {
-					e.t.Errorf("pod cgroup %s: %v (a sandbox cgroup left behind?)", d, err)
+			pod := filepath.Join(root, p.Name())
+			left, _ := os.ReadDir(pod)
+			for _, l := range left {
+				if l.IsDir() {
+					t.Errorf("sandbox cgroup %s left behind", filepath.Join(pod, l.Name()))
+					_ = os.Remove(filepath.Join(pod, l.Name()))
 				}
 			}
+			if err := os.Remove(pod); err != nil {
+				t.Errorf("pod cgroup %s: %v", pod, err)
+			}
 		}
-	})
-	return parent
+		if err := os.Remove(root); err != nil && !os.IsNotExist(err) {
+			t.Errorf("pod cgroups %s: %v", root, err)
+		}
+	}
 }
 
 // runPod starts a pod with the kata handler and returns its id and the
