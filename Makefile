@@ -85,10 +85,10 @@ FUZZTIME ?= 10s
 fuzz:
 	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
-# The full soak: 6 rounds of 4 containers at once (24 VMs, about 4 minutes
-# under TCG on 2 cores); `make test` runs 2 rounds. Needs root.
+# The long soak: 20 rounds of 4 containers at once (80 VMs, about 15
+# minutes under TCG on 2 cores); `make test` runs 6 rounds. Needs root.
 soak:
-	VMPOD_SOAK=full $(GO) test -count=1 -timeout 20m -run '^TestSoak$$' -v ./integration/
+	VMPOD_SOAK=full $(GO) test -count=1 -timeout 45m -run '^TestSoak$$' -v ./integration/
 
 clean:
 	rm -rf $(BIN) $(TOOLS)

@@ -15,13 +15,13 @@ import (
 // soakWidth is how many containers (VMs) each round runs at once.
 const soakWidth = 4
 
-// soakRounds is how many rounds run: 2 in CI (8 VM boots, about a minute
-// under TCG on 2 cores), 6 with VMPOD_SOAK=full (`make soak`).
+// soakRounds is how many rounds run: 6 in CI (24 VM boots, about four
+// minutes under TCG on 2 cores), 20 with VMPOD_SOAK=full (`make soak`).
 func soakRounds() int {
 	if os.Getenv("VMPOD_SOAK") == "full" {
-		return 6
+		return 20
 	}
-	return 2
+	return 6
 }
 
 // TestSoak runs rounds of soakWidth containers at once, each in its own
