@@ -25,6 +25,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/vmpod/vmpod/agent"
+	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/internal/leakcheck"
 	"github.com/vmpod/vmpod/internal/testbin"
 	"github.com/vmpod/vmpod/internal/testrootfs"
@@ -34,6 +36,14 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	testbin.Cleanup()
+	// The agent runs these tests' containers on the host, below its
+	// cgroup parent; libcontainer leaves the parent, as runc does. Remove
+	// it when nothing else is in it.
+	if g, err := hostcgroup.Open(agent.DefaultCgroupParent); err == nil {
+		for _, dir := range g.Dirs() {
+			_ = os.Remove(dir)
+		}
+	}
 	os.Exit(code)
 }
 

@@ -170,8 +170,8 @@ type hierarchy struct {
 
 // hierarchies returns the hierarchies to place processes in: the unified
 // one when /sys/fs/cgroup is cgroup v2, else every mounted v1 hierarchy
-// (the hybrid layout's v2 mount at unified/ is left alone, as containerd
-// and runc do).
+// and, in the hybrid layout, the v2 one at unified/ (which has no
+// controllers; runc puts its containers there too).
 func hierarchies() ([]hierarchy, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(mountRoot, &st); err != nil {
@@ -195,16 +195,16 @@ func hierarchies() ([]hierarchy, error) {
 			continue
 		}
 		fields, tail := strings.Fields(pre), strings.Fields(post)
-		if len(fields) < 5 || len(tail) < 3 || tail[0] != "cgroup" || fields[3] != "/" {
+		if len(fields) < 5 || len(tail) < 3 || fields[3] != "/" {
 			continue
 		}
-		mount := fields[4]
-		if !strings.HasPrefix(mount, mountRoot+"/") || seen[tail[2]] {
+		mount, fstype := fields[4], tail[0]
+		if (fstype != "cgroup" && fstype != "cgroup2") || !strings.HasPrefix(mount, mountRoot+"/") || seen[fstype+tail[2]] {
 			continue
 		}
-		seen[tail[2]] = true
+		seen[fstype+tail[2]] = true
 		opts := strings.Split(tail[2], ",")
-		hs = append(hs, hierarchy{mount: mount, controllers: opts, cpuset: contains(opts, "cpuset")})
+		hs = append(hs, hierarchy{mount: mount, v2: fstype == "cgroup2", controllers: opts, cpuset: contains(opts, "cpuset")})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read /proc/self/mountinfo: %w", err)

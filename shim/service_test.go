@@ -356,8 +356,7 @@ func testSpec(id string, args ...string) *specs.Spec {
 			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
 		},
 		Linux: &specs.Linux{
-			// The host's cgroups belong to the host; keep the test's apart.
-			CgroupsPath: "/vmpod-test/" + id,
+			CgroupsPath: testCgroupParent + "/" + id,
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
 			},
