@@ -7,7 +7,7 @@ status=0
 while IFS=: read -r file name; do
 	pkg=./$(dirname "$file")
 	echo "fuzz $pkg $name ($fuzztime)"
-	if ! go test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$pkg"; then
+	if ! go test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" -fuzzminimizetime 2s "$pkg"; then
 		status=1
 	fi
 done < <(git ls-files '*_test.go' | xargs grep -o '^func Fuzz[A-Za-z0-9_]*' | sed 's/^\(.*\):func \(.*\)$/\1:\2/' | sort)
