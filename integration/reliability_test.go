@@ -63,11 +63,8 @@ func TestReliability(t *testing.T) {
 		t.Logf("task exited %v after QEMU was killed", d)
 		// The dead sandbox is released at once, before any delete.
 		waitNoProcess(t, "virtiofsd", filepath.Join(e.stateRoot, id))
-		e.ctr("task", "delete", id)
-		waitGone(t, shim, "shim of "+id)
-		e.ctr("containers", "delete", id)
 		events.stop()
-		e.c.AssertClean(t)
+		e.deleteAndCheck(t, id, shim)
 	})
 
 	t.Run("guest kernel panics", func(t *testing.T) {
@@ -82,11 +79,8 @@ func TestReliability(t *testing.T) {
 		if exit.Status != exitStatusLost {
 			t.Errorf("exit status %d after a guest panic, want %d", exit.Status, exitStatusLost)
 		}
-		e.ctr("task", "delete", id)
-		waitGone(t, shim, "shim of "+id)
-		e.ctr("containers", "delete", id)
 		events.stop()
-		e.c.AssertClean(t)
+		e.deleteAndCheck(t, id, shim)
 	})
 
 	t.Run("agent hangs", func(t *testing.T) {
@@ -109,11 +103,8 @@ func TestReliability(t *testing.T) {
 			t.Error("containerd's log does not say the sandbox was declared dead after failed health checks")
 		}
 		waitGone(t, qemu, "QEMU of "+id)
-		e.ctr("task", "delete", id)
-		waitGone(t, shim, "shim of "+id)
-		e.ctr("containers", "delete", id)
 		events.stop()
-		e.c.AssertClean(t)
+		e.deleteAndCheck(t, id, shim)
 	})
 
 	t.Run("containerd restarts", func(t *testing.T) {
@@ -139,11 +130,8 @@ func TestReliability(t *testing.T) {
 		if exit := events.waitExit(t, id, time.Minute); exit.Status != 137 {
 			t.Errorf("exit event status %d, want 137", exit.Status)
 		}
-		e.ctr("task", "delete", id)
-		waitGone(t, shim, "shim of "+id)
-		e.ctr("containers", "delete", id)
 		events.stop()
-		e.c.AssertClean(t)
+		e.deleteAndCheck(t, id, shim)
 	})
 
 	t.Run("bad input", func(t *testing.T) {
@@ -470,6 +458,16 @@ func (e *vmpodEnv) waitShim(id string) <-chan waitResult {
 		res <- waitResult{status: resp.ExitStatus}
 	}()
 	return res
+}
+
+// deleteAndCheck deletes container id's task, waits for its shim (pid
+// shim) to exit, deletes the container and checks nothing is left.
+func (e *vmpodEnv) deleteAndCheck(t *testing.T, id string, shim int) {
+	t.Helper()
+	e.ctr("task", "delete", id)
+	waitGone(t, shim, "shim of "+id)
+	e.ctr("containers", "delete", id)
+	e.c.AssertClean(t)
 }
 
 // waitGone waits until process pid no longer exists (or is a zombie).

@@ -116,10 +116,7 @@ func TestVsockProbe(t *testing.T) {
 
 	e.ctr("task", "kill", "-s", "KILL", id)
 	e.waitStatus(id, "STOPPED")
-	e.ctr("task", "delete", id)
-	waitGone(t, shim, "shim of "+id)
-	e.ctr("containers", "delete", id)
-	e.c.AssertClean(t)
+	e.deleteAndCheck(t, id, shim)
 }
 
 // streamScript prints numbered lines until /tmp/stop-stream exists, then
