@@ -34,8 +34,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
-	testbin.Cleanup()
+	code := testbin.Run(m)
 	// The agent runs these tests' containers on the host, below its
 	// cgroup parent; libcontainer leaves the parent, as runc does. Remove
 	// it when nothing else is in it.

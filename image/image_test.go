@@ -12,11 +12,7 @@ import (
 	"github.com/vmpod/vmpod/internal/testbin"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testbin.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testbin.Run(m)) }
 
 // fakeTree writes a modules tree with modules.dep content dep, an empty
 // modules.alias and a small file per module named in dep.

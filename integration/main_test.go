@@ -11,10 +11,9 @@ import (
 // TestMain removes what the tests built once for the whole process: the
 // guest image and the binaries.
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := testbin.Run(m)
 	if guestImage.initrd != "" {
 		os.RemoveAll(filepath.Dir(guestImage.initrd))
 	}
-	testbin.Cleanup()
 	os.Exit(code)
 }

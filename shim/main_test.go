@@ -16,8 +16,7 @@ var testCgroupParent = fmt.Sprintf("/vmpod-test-shim-%d", os.Getpid())
 // TestMain removes the binaries the tests built, and the cgroup parent
 // libcontainer leaves (as runc leaves a container's parents).
 func TestMain(m *testing.M) {
-	code := m.Run()
-	testbin.Cleanup()
+	code := testbin.Run(m)
 	if g, err := hostcgroup.Open(testCgroupParent); err == nil {
 		for _, dir := range g.Dirs() {
 			if err := os.Remove(dir); err != nil && !os.IsNotExist(err) {

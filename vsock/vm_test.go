@@ -45,11 +45,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := testbin.Run(m)
 	if initrdDir != "" {
 		os.RemoveAll(initrdDir)
 	}
-	testbin.Cleanup()
 	os.Exit(code)
 }
 

@@ -13,11 +13,7 @@ import (
 	"github.com/vmpod/vmpod/internal/testbin"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testbin.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testbin.Run(m)) }
 
 // Called as modprobe, the agent is the module helper and nothing else: it
 // answers at once with the helper's status and message, never serving

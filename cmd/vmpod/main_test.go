@@ -20,11 +20,7 @@ import (
 	"github.com/vmpod/vmpod/vsock"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testbin.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testbin.Run(m)) }
 
 // vmpod runs the real command and returns its stdout, stderr and exit code.
 func vmpod(t *testing.T, env []string, args ...string) (string, string, int) {

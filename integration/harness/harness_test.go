@@ -12,11 +12,7 @@ import (
 	"github.com/vmpod/vmpod/internal/testbin"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testbin.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testbin.Run(m)) }
 
 // TestRuncContainer proves the harness and the image: a private containerd
 // runs busybox with the stock runc runtime and leaves nothing behind.

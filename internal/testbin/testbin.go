@@ -79,7 +79,15 @@ func build(pkg string, static bool) (string, error) {
 	return out, nil
 }
 
-// Cleanup removes the built binaries; call it from TestMain after m.Run.
+// Run runs a package's tests and removes the binaries they built; TestMain
+// calls it: os.Exit(testbin.Run(m)).
+func Run(m *testing.M) int {
+	code := m.Run()
+	Cleanup()
+	return code
+}
+
+// Cleanup removes the built binaries.
 func Cleanup() {
 	mu.Lock()
 	defer mu.Unlock()
