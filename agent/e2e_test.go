@@ -28,6 +28,7 @@ import (
 	"github.com/vmpod/vmpod/agent"
 	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 	"github.com/vmpod/vmpod/internal/testrootfs"
 	agentpb "github.com/vmpod/vmpod/proto"
@@ -59,7 +60,7 @@ type env struct {
 func startAgent(t testing.TB) *env {
 	t.Helper()
 	if os.Getuid() != 0 {
-		t.Skip("the agent runs containers: needs root")
+		require.Missing(t, "the agent runs containers: needs root")
 	}
 	rootfs := testrootfs.ForTest(t)
 	bin := testbin.Agent(t)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/vmpod/vmpod/internal/require"
 	"os"
 	"runtime"
 	"testing"
@@ -16,7 +17,7 @@ import (
 // one interface, eth0 (and its veth peer); the namespace goes away with the test.
 func testNetwork(t *testing.T) *network {
 	if os.Getuid() != 0 {
-		t.Skip("creating a network namespace needs root")
+		require.Missing(t, "creating a network namespace needs root")
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -27,7 +28,7 @@ func testNetwork(t *testing.T) *network {
 	defer orig.Close()
 	ns, err := netns.New() // also enters it
 	if err != nil {
-		t.Skipf("no network namespaces: %v", err)
+		require.Missingf(t, "no network namespaces: %v", err)
 	}
 	if err := netns.Set(orig); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 
+	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 	"github.com/vmpod/vmpod/internal/testrootfs"
 	agentpb "github.com/vmpod/vmpod/proto"
@@ -27,11 +28,11 @@ import (
 // which in a child pid namespace ends that namespace, not the machine.
 func TestAgentAsPID1(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root for namespaces")
+		require.Missing(t, "needs root for namespaces")
 	}
 	unshare, err := exec.LookPath("unshare")
 	if err != nil {
-		t.Skip("unshare (util-linux) not installed")
+		require.Missing(t, "unshare (util-linux) not installed")
 	}
 	bin := testbin.Agent(t)
 	// Not under /tmp, which the agent covers with a tmpfs.
@@ -43,7 +44,7 @@ func TestAgentAsPID1(t *testing.T) {
 	rootfs := filepath.Join(rootfsDir, "rootfs")
 	if err := testrootfs.Busybox(rootfs); err != nil {
 		if errors.Is(err, testrootfs.ErrNoBusybox) {
-			t.Skip(err)
+			require.Missing(t, err)
 		}
 		t.Fatal(err)
 	}

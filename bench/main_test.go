@@ -14,6 +14,7 @@ import (
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/image/imagetest"
+	"github.com/vmpod/vmpod/internal/require"
 )
 
 // Flags; `make bench` sets them. Empty paths mean "build from this tree".
@@ -196,6 +197,6 @@ func (s samples) summary() summary { return summarize(s) }
 func lookPath(b *testing.B, name string) {
 	b.Helper()
 	if _, err := exec.LookPath(name); err != nil {
-		b.Skipf("needs %s: %v", name, err)
+		require.Missingf(b, "needs %s: %v", name, err)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmpod/vmpod/internal/require"
 )
 
 func TestResolve(t *testing.T) {
@@ -51,10 +53,10 @@ func FuzzResolve(f *testing.F) {
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create cgroups")
+		require.Missing(t, "needs root to create cgroups")
 	}
 	if _, err := hierarchies(); err != nil {
-		t.Skipf("no cgroup file system: %v", err)
+		require.Missingf(t, "no cgroup file system: %v", err)
 	}
 }
 

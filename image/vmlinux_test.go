@@ -9,17 +9,19 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmpod/vmpod/internal/require"
 )
 
 func TestExtractVmlinux(t *testing.T) {
 	kernel, err := FindKernel("")
 	if err != nil {
-		t.Skip(err)
+		require.Missing(t, err)
 	}
 	out := filepath.Join(t.TempDir(), "vmlinux")
 	if err := ExtractVmlinux(kernel, out); err != nil {
 		if errors.Is(err, ErrNoPVH) {
-			t.Skip(err)
+			require.Missing(t, err)
 		}
 		t.Fatal(err)
 	}
@@ -29,7 +31,7 @@ func TestExtractVmlinux(t *testing.T) {
 	}
 	// Cross-check with the lz4 tool where it is installed.
 	if _, err := exec.LookPath("unlz4"); err != nil {
-		return
+		require.Missing(t, "no unlz4 for the cross-check (apt-get install lz4)")
 	}
 	raw, _ := os.ReadFile(kernel)
 	payload, err := bzImagePayload(raw)
@@ -42,7 +44,7 @@ func TestExtractVmlinux(t *testing.T) {
 	// kernel build appends; its output is still complete.
 	want, _ := cmd.Output()
 	if len(want) == 0 {
-		t.Skip("unlz4 produced nothing")
+		require.Missing(t, "unlz4 produced nothing")
 	}
 	if !bytes.Equal(got, want) {
 		t.Errorf("extracted %d bytes differ from unlz4's %d", len(got), len(want))

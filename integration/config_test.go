@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vmpod/vmpod/integration/harness"
+	"github.com/vmpod/vmpod/internal/require"
 )
 
 // TestConfigErrorsReachCtr runs the real shim under the real containerd
@@ -19,7 +20,7 @@ import (
 // beats $VMPOD_CONFIG. No VM boots: the configuration is refused first.
 func TestConfigErrorsReachCtr(t *testing.T) {
 	if err := harness.Requirements(); err != nil {
-		t.Skip(err)
+		require.Missing(t, err)
 	}
 	dir := t.TempDir()
 	envFile := filepath.Join(dir, "env.toml")

@@ -23,6 +23,7 @@ import (
 	"github.com/vmpod/vmpod/integration/harness"
 	"github.com/vmpod/vmpod/internal/leakcheck"
 	"github.com/vmpod/vmpod/internal/ociimage"
+	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 )
 
@@ -67,7 +68,7 @@ func newCRIEnvWith(t *testing.T, opts criOptions) *criEnv {
 	t.Helper()
 	skipUnlessVMs(t)
 	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
-		t.Skip("needs the CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)")
+		require.Missing(t, "needs the CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)")
 	}
 	crictl := crictlBinary(t)
 	shimBin := testbin.Build(t, "./cmd/containerd-shim-kata-v2", false)
@@ -138,10 +139,7 @@ func (e *criEnv) writeCNIConfig(dataDir string, portmap bool) {
 // namespace.
 func (e *criEnv) importImages() {
 	e.t.Helper()
-	busybox, err := harness.BusyboxArchive()
-	if err != nil {
-		e.t.Skip(err)
-	}
+	busybox := harness.Busybox(e.t)
 	pause := pauseImage(e.t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -225,7 +223,7 @@ func crictlBinary(t *testing.T) string {
 		crictlBuild.path = filepath.Join(bin, "crictl")
 	})
 	if crictlBuild.err != nil {
-		t.Skipf("no crictl: %v", crictlBuild.err)
+		require.Missingf(t, "no crictl: %v", crictlBuild.err)
 	}
 	return crictlBuild.path
 }

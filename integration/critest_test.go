@@ -24,6 +24,7 @@ import (
 
 	"github.com/vmpod/vmpod/integration/harness"
 	"github.com/vmpod/vmpod/internal/ociimage"
+	"github.com/vmpod/vmpod/internal/require"
 )
 
 // Versions of the conformance tools the test builds from the Go module
@@ -197,10 +198,7 @@ func critestStates(path string) (map[string]string, error) {
 // registry under the names busybox and web.
 func (e *criEnv) pushImages(busybox, web string) {
 	e.t.Helper()
-	archive, err := harness.BusyboxArchive()
-	if err != nil {
-		e.t.Skip(err)
-	}
+	archive := harness.Busybox(e.t)
 	layer, diffID, err := firstLayer(archive)
 	if err != nil {
 		e.t.Fatal(err)
@@ -359,7 +357,7 @@ func cachedGoTool(t *testing.T, name string, build func(dir string) error) strin
 		}
 	})
 	if tool.err != nil {
-		t.Skipf("cannot build %s: %v", name, tool.err)
+		require.Missingf(t, "cannot build %s: %v", name, tool.err)
 	}
 	return tool.path
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmpod/vmpod/image"
+	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 	"github.com/vmpod/vmpod/vm"
 )
@@ -33,7 +34,7 @@ func TestDebugExec(t *testing.T) {
 	// through the shared directory.
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
-		t.Skipf("needs a static /bin/busybox (apt-get install busybox-static): %v", err)
+		require.Missingf(t, "needs a static /bin/busybox (apt-get install busybox-static): %v", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "shared", "busybox"), bb, 0o755); err != nil {
 		t.Fatal(err)

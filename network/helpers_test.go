@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/require"
 )
 
 // Test network: a "pod" namespace holding eth0 as CNI's bridge plugin would
@@ -39,10 +40,10 @@ var nsCounter atomic.Int64
 func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces, veths and taps")
+		require.Missing(t, "needs root to create network namespaces, veths and taps")
 	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("needs /dev/net/tun: %v", err)
+		require.Missingf(t, "needs /dev/net/tun: %v", err)
 	}
 }
 

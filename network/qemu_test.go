@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/require"
 )
 
 // TestQEMUAcceptsTap hands the tap to QEMU the way the QEMU driver does
@@ -21,7 +22,7 @@ func TestQEMUAcceptsTap(t *testing.T) {
 	requireRoot(t)
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
-		t.Skip("needs qemu-system-x86_64")
+		require.Missing(t, "needs qemu-system-x86_64")
 	}
 	dir := t.TempDir()
 	leakcheck.Check(t, leakcheck.Options{Roots: []string{dir}, LinkPrefixes: []string{"vmpt"}, NetnsPrefixes: []string{"vmpt"}})

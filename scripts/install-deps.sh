@@ -13,6 +13,8 @@ packages=(
 	busybox-static
 	iproute2 kmod
 	containernetworking-plugins
+	# cross-checks the tests make (CI fails on a missing tool)
+	cpio lz4
 )
 
 missing=()

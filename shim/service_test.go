@@ -22,6 +22,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vmpod/vmpod/config"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testrootfs"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -80,7 +81,7 @@ type env struct {
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: the agent runs containers with libcontainer")
+		require.Missing(t, "needs root: the agent runs containers with libcontainer")
 	}
 }
 

@@ -13,15 +13,16 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/require"
 )
 
-func require(t *testing.T) {
+func needVirtiofsd(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("virtiofsd and bind mounts need root")
+		require.Missing(t, "virtiofsd and bind mounts need root")
 	}
 	if _, err := os.Stat(DefaultPath); err != nil {
-		t.Skipf("virtiofsd not installed: %v", err)
+		require.Missingf(t, "virtiofsd not installed: %v", err)
 	}
 }
 
@@ -60,7 +61,7 @@ func TestBadConfig(t *testing.T) {
 // virtiofsd builds its mount namespace only once QEMU connects, so the
 // propagation of later mounts into the guest is tested in package vm.
 func TestStartStop(t *testing.T) {
-	require(t)
+	needVirtiofsd(t)
 	dir := t.TempDir()
 	shared := filepath.Join(dir, "shared")
 	sock := filepath.Join(dir, "fs.sock")
@@ -101,7 +102,7 @@ func TestStartStop(t *testing.T) {
 // TestKeepsExistingSharedMount: when the caller already made the directory
 // a shared mount point, Start leaves it and Stop does not unmount it.
 func TestKeepsExistingSharedMount(t *testing.T) {
-	require(t)
+	needVirtiofsd(t)
 	dir := t.TempDir()
 	shared := filepath.Join(dir, "shared")
 	os.MkdirAll(shared, 0o755)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 	"github.com/vmpod/vmpod/vsock"
 )
@@ -94,14 +95,14 @@ type machine struct{ name, device string }
 func startVM(t testing.TB, m machine) *testVM {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root")
+		require.Missing(t, "needs root")
 	}
 	if _, err := os.Stat(qemuPath); err != nil {
-		t.Skipf("QEMU not installed at %s", qemuPath)
+		require.Missingf(t, "QEMU not installed at %s", qemuPath)
 	}
 	kernel, err := image.FindKernel("")
 	if err != nil {
-		t.Skipf("no guest kernel: %v", err)
+		require.Missingf(t, "no guest kernel: %v", err)
 	}
 	initrd := guestInitrd(t)
 	dir, err := os.MkdirTemp("", "vmpod-vsock-vm-")

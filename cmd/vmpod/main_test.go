@@ -16,6 +16,7 @@ import (
 
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 	"github.com/vmpod/vmpod/vsock"
 )
@@ -71,12 +72,12 @@ func hostReady(t *testing.T) string {
 	t.Helper()
 	for _, p := range []string{"qemu-system-x86_64", "/usr/lib/qemu/virtiofsd"} {
 		if _, err := exec.LookPath(p); err != nil {
-			t.Skipf("needs %s (apt-get install qemu-system-x86): %v", p, err)
+			require.Missingf(t, "needs %s (apt-get install qemu-system-x86): %v", p, err)
 		}
 	}
 	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
 	if len(kernels) == 0 {
-		t.Skip("needs a kernel in /boot (apt-get install linux-image-cloud-amd64)")
+		require.Missing(t, "needs a kernel in /boot (apt-get install linux-image-cloud-amd64)")
 	}
 	return kernels[0]
 }
@@ -147,7 +148,7 @@ func TestCheckThisHost(t *testing.T) {
 // a failure, and the other checks still run.
 func TestCheckUnprivileged(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to run vmpod as another user")
+		require.Missing(t, "needs root to run vmpod as another user")
 	}
 	// testbin's and t.TempDir's directories are private to root: copy the
 	// binary where nobody can run it.

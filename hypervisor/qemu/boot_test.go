@@ -15,6 +15,7 @@ import (
 	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/image/imagetest"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 )
 
@@ -285,7 +286,7 @@ func TestStartWithTap(t *testing.T) {
 	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"vmpodqt"}})
 	tap, err := openTap("vmpodqt0")
 	if err != nil {
-		t.Skipf("cannot create a tap: %v", err)
+		require.Missingf(t, "cannot create a tap: %v", err)
 	}
 	cfg.Net = []hypervisor.NetDevice{{Tap: tap, MAC: net.HardwareAddr{0x02, 0x42, 0, 0, 0, 7}, MTU: 1400}}
 	cfg.ExtraArgs = []string{"-S"}

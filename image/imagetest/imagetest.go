@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/vmpod/vmpod/image"
+	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 )
 
@@ -21,13 +22,13 @@ const QEMUPath = "/usr/bin/qemu-system-x86_64"
 func Require(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (virtiofsd, mounts, vhost-user sockets)")
+		require.Missing(t, "needs root (virtiofsd, mounts, vhost-user sockets)")
 	}
 	if _, err := exec.LookPath(QEMUPath); err != nil {
-		t.Skipf("QEMU not installed at %s", QEMUPath)
+		require.Missingf(t, "QEMU not installed at %s", QEMUPath)
 	}
 	if _, err := image.FindKernel(""); err != nil {
-		t.Skip(err)
+		require.Missing(t, err)
 	}
 }
 
@@ -42,7 +43,7 @@ func Kernel(t testing.TB) string {
 	t.Helper()
 	k, err := image.FindKernel("")
 	if err != nil {
-		t.Skip(err)
+		require.Missing(t, err)
 	}
 	return k
 }
@@ -63,7 +64,7 @@ func Vmlinux(t testing.TB) string {
 	out := filepath.Join(dir, "vmlinux")
 	if err := image.ExtractVmlinux(kernel, out); err != nil {
 		if errors.Is(err, image.ErrNoPVH) {
-			t.Skip(err)
+			require.Missing(t, err)
 		}
 		t.Fatal(err)
 	}

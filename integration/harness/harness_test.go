@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 )
 
@@ -18,7 +19,7 @@ func TestMain(m *testing.M) { os.Exit(testbin.Run(m)) }
 // runs busybox with the stock runc runtime and leaves nothing behind.
 func TestRuncContainer(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/containerd-shim-runc-v2"); err != nil {
-		t.Skipf("needs containerd's runc shim: %v", err)
+		require.Missingf(t, "needs containerd's runc shim: %v", err)
 	}
 	c := StartContainerd(t, Options{})
 	ref := ImportBusybox(t, c)
@@ -49,7 +50,7 @@ func TestRuncContainer(t *testing.T) {
 // running is reported (on a recording testing.TB), and teardown removes it.
 func TestAssertCleanSeesLeftovers(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/containerd-shim-runc-v2"); err != nil {
-		t.Skipf("needs containerd's runc shim: %v", err)
+		require.Missingf(t, "needs containerd's runc shim: %v", err)
 	}
 	c := StartContainerd(t, Options{})
 	ref := ImportBusybox(t, c)

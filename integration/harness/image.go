@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/vmpod/vmpod/internal/ociimage"
+	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testrootfs"
 )
 
@@ -26,16 +27,10 @@ var busybox struct {
 // test process, in memory.
 func ImportBusybox(t testing.TB, c *Containerd) string {
 	t.Helper()
-	busybox.once.Do(func() { busybox.tar, busybox.err = ociimage.Busybox() })
-	if busybox.err != nil {
-		if errors.Is(busybox.err, testrootfs.ErrNoBusybox) {
-			t.Skip(busybox.err)
-		}
-		t.Fatal(busybox.err)
-	}
+	archive := Busybox(t)
 	ctx, cancel := context.WithTimeout(context.Background(), DefaultCtrTimeout)
 	defer cancel()
-	if _, _, err := c.CtrStdin(ctx, bytes.NewReader(busybox.tar), "images", "import", "-"); err != nil {
+	if _, _, err := c.CtrStdin(ctx, bytes.NewReader(archive), "images", "import", "-"); err != nil {
 		t.Fatal(err)
 	}
 	out, _, err := c.Ctr(ctx, "images", "list", "-q")
@@ -53,4 +48,19 @@ func ImportBusybox(t testing.TB, c *Containerd) string {
 func BusyboxArchive() ([]byte, error) {
 	busybox.once.Do(func() { busybox.tar, busybox.err = ociimage.Busybox() })
 	return busybox.tar, busybox.err
+}
+
+// Busybox returns BusyboxArchive's archive. A missing busybox-static is a
+// missing requirement (require.Missing); any other error, such as a bug in
+// internal/ociimage, fails t.
+func Busybox(t testing.TB) []byte {
+	t.Helper()
+	archive, err := BusyboxArchive()
+	if err != nil {
+		if errors.Is(err, testrootfs.ErrNoBusybox) {
+			require.Missing(t, err)
+		}
+		t.Fatal(err)
+	}
+	return archive
 }

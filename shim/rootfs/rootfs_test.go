@@ -10,6 +10,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/require"
 	"golang.org/x/sys/unix"
 )
 
@@ -49,7 +50,7 @@ func TestIsBind(t *testing.T) {
 // the options kept and other mounts untouched, and that Remove undoes it.
 func TestBindMountsRewriteSpec(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to bind-mount")
+		require.Missing(t, "needs root to bind-mount")
 	}
 	root := t.TempDir()
 	leakcheck.Check(t, leakcheck.Options{Roots: []string{root}})
@@ -124,7 +125,7 @@ func TestBindMountRejectsRelativeSource(t *testing.T) {
 // flag (runc's "ro" is not recursive; see submountBinds).
 func TestReadOnlyBindKeepsSubmounts(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount")
+		require.Missing(t, "needs root to mount")
 	}
 	root := t.TempDir()
 	leakcheck.Check(t, leakcheck.Options{Roots: []string{root}})
