@@ -19,13 +19,14 @@ import (
 	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/image/imagetest"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/testbin"
 	"github.com/vmpod/vmpod/internal/testrootfs"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/version"
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := testbin.RunVMs(m)
 	imagetest.Cleanup()
 	os.Exit(code)
 }

@@ -46,7 +46,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	code := testbin.Run(m)
+	code := testbin.RunVMs(m)
 	if initrdDir != "" {
 		os.RemoveAll(initrdDir)
 	}

@@ -20,7 +20,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := testbin.RunVMs(m)
 	imagetest.Cleanup()
 	os.Exit(code)
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/vmpod/vmpod/internal/testbin"
 )
 
-func TestMain(m *testing.M) { os.Exit(testbin.Run(m)) }
+func TestMain(m *testing.M) { os.Exit(testbin.RunVMs(m)) }
 
 // TestRuncContainer proves the harness and the image: a private containerd
 // runs busybox with the stock runc runtime and leaves nothing behind.
