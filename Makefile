@@ -1,5 +1,7 @@
 # vmpod build. `make` builds every binary into bin/.
 GO ?= go
+# bash for pipefail: go test's status must survive the summariser's pipe.
+SHELL := /bin/bash
 PREFIX ?= /usr/local
 BIN := $(CURDIR)/bin
 TOOLS := $(CURDIR)/.tools
@@ -22,7 +24,7 @@ AGENT_LDFLAGS := $(LDFLAGS) -s -w -extldflags -static
 
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all demo deps build agent proto proto-check test unit-test fuzz bench-smoke vet fmt-check clean bench soak
+.PHONY: all demo deps build agent proto proto-check test unit-test test-summary no-binaries fuzz bench-smoke vet fmt-check clean bench soak
 all: build
 
 build: agent
@@ -70,15 +72,38 @@ deps:
 	scripts/install-deps.sh
 
 # The README's test command: everything CI checks, on a fresh Debian machine.
-test: deps build image proto-check vet fmt-check unit-test fuzz bench-smoke
+# It ends with the unit tests' summary (test-summary). CI (.ci/run) sets
+# VMPOD_REQUIRE_ALL=1: a missing tool, image or privilege fails the test
+# that needs it, and a skip not in .ci/allowed-skips fails the run.
+test: deps build image proto-check vet fmt-check no-binaries unit-test fuzz bench-smoke test-summary
 
-# A short `make bench`: shows it runs end to end and writes its report;
+# A short `make bench`: shows it runs end to end and writes its report to
+# out/ (docs/benchmarks.md is only written by a deliberate `make bench`);
 # the figures are reported, never asserted.
 bench-smoke:
-	$(MAKE) bench RUNS=1 STDOUT_MIB=16 DENSITY=2
+	$(MAKE) bench RUNS=1 STDOUT_MIB=16 DENSITY=2 BENCH_REPORT=$(CURDIR)/out/benchmarks-smoke.md
 
+# Every package's tests, as `go test -json` through the summariser: a line
+# per package while it runs, the output of what failed, then every skip
+# with its reason and "N passed, N failed, N skipped". The raw stream is
+# kept in out/test.json.
+TEST_JSON := $(CURDIR)/out/test.json
+ALLOWED_SKIPS := $(CURDIR)/.ci/allowed-skips
 unit-test:
-	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+	@mkdir -p $(dir $(TEST_JSON))
+	set -o pipefail; $(GO) test -json -timeout $(TEST_TIMEOUT) ./... | \
+		$(GO) run ./internal/cmd/testsummary -json $(TEST_JSON) -allow $(ALLOWED_SKIPS)
+
+# The summary of the last unit-test run again, alone: `make test` ends
+# with it.
+test-summary:
+	@$(GO) run ./internal/cmd/testsummary -q -in $(TEST_JSON) -allow $(ALLOWED_SKIPS)
+
+# CI: no tracked file is an executable binary (ELF); build outputs belong
+# in the ignored bin/, out/ and .tools/.
+no-binaries:
+	@bad=$$(git ls-files -z | xargs -0 -r sh -c 'for f; do [ -f "$$f" ] && [ "$$(head -c 4 "$$f" | od -An -c | tr -d " \n")" = "177ELF" ] && echo "$$f"; done; true' sh); \
+		if [ -n "$$bad" ]; then echo "tracked executable binaries (git rm them):"; echo "$$bad"; exit 1; fi
 
 # Every fuzz target runs for FUZZTIME on top of its seed corpus.
 FUZZTIME ?= 10s
@@ -94,17 +119,19 @@ clean:
 	rm -rf $(BIN) $(TOOLS)
 
 # Measures vmpod against a bare QEMU boot and runc in the same run, prints a
-# table and writes docs/benchmarks.md (root, QEMU, containerd). RUNS runs
+# table and writes BENCH_REPORT, docs/benchmarks.md unless told otherwise
+# (root, QEMU, containerd): commit it with the run's figures. RUNS runs
 # per figure (BENCH_RUNS, else 5); STDOUT_MIB and DENSITY shrink the stdout
 # and density figures for a quick run. A bad figure never fails it.
 RUNS ?= $(or $(BENCH_RUNS),5)
 STDOUT_MIB ?= 256
 DENSITY ?= 8
+BENCH_REPORT ?= $(CURDIR)/docs/benchmarks.md
 bench: build image
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench -args \
 		-runs $(RUNS) -stdout-mib $(STDOUT_MIB) -density $(DENSITY) \
 		-shim $(BIN)/containerd-shim-kata-v2 -agent $(BIN)/vmpod-agent -kernel $(CURDIR)/out/vmpod-kernel -initrd $(CURDIR)/out/vmpod-initrd.img \
-		-report $(CURDIR)/docs/benchmarks.md
+		-report $(BENCH_REPORT)
 
 # `make install` copies what `make build image` produced: the shim (and the
 # vmpod tool, when built) into $(PREFIX)/bin; the guest kernel and initrd,

@@ -1,6 +1,6 @@
 // Command testsummary reads `go test -json` on stdin (or -in, a recorded
 // run), shows its progress compactly (a line per package, the output of
-// what failed; -v: everything), optionally records the stream (-json), and
+// what failed; -v: everything; -q: nothing), optionally records the stream (-json), and
 // ends with every skip and its reason, every failure, and the line
 //
 //	N passed, N failed, N skipped
@@ -28,8 +28,9 @@ func main() {
 	module := flag.String("module", "github.com/vmpod/vmpod", "import path prefix dropped from package names")
 	strict := flag.Bool("strict", require.All(), "fail on a skip not in the allow-list (default: "+require.Env+"=1)")
 	verbose := flag.Bool("v", false, "echo every output line")
+	quiet := flag.Bool("q", false, "print only the summary, not the progress")
 	flag.Parse()
-	good, err := run(*in, *record, *allowPath, *module, *strict, *verbose)
+	good, err := run(*in, *record, *allowPath, *module, *strict, *verbose, *quiet)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testsummary:", err)
 		os.Exit(2)
@@ -40,7 +41,7 @@ func main() {
 }
 
 // run summarises the stream; good is the summary's verdict.
-func run(in, record, allowPath, module string, strict, verbose bool) (good bool, err error) {
+func run(in, record, allowPath, module string, strict, verbose, quiet bool) (good bool, err error) {
 	var allow require.AllowList
 	if allowPath != "" {
 		f, err := os.Open(allowPath)
@@ -74,7 +75,11 @@ func run(in, record, allowPath, module string, strict, verbose bool) (good bool,
 		defer f.Close()
 		rec = f
 	}
-	s := newSummary(os.Stdout, module, allow, verbose)
+	var progress io.Writer = os.Stdout
+	if quiet {
+		progress = io.Discard
+	}
+	s := newSummary(progress, module, allow, verbose)
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
@@ -88,5 +93,6 @@ func run(in, record, allowPath, module string, strict, verbose bool) (good bool,
 	if err := sc.Err(); err != nil {
 		return false, fmt.Errorf("read the test stream: %w", err)
 	}
+	s.out = os.Stdout
 	return s.report(strict, allowPath), nil
 }
