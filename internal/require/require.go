@@ -17,8 +17,12 @@ import (
 // Env is the variable that turns a missing requirement into a failure.
 const Env = "VMPOD_REQUIRE_ALL"
 
-// AllowListPath is the allow-list, relative to the module root.
+// AllowListPath is the allow-list, relative to the module root;
+// $VMPOD_ALLOWED_SKIPS names another file.
 const AllowListPath = ".ci/allowed-skips"
+
+// AllowListEnv overrides AllowListPath.
+const AllowListEnv = "VMPOD_ALLOWED_SKIPS"
 
 // All reports whether every requirement must be met (VMPOD_REQUIRE_ALL=1).
 func All() bool { return os.Getenv(Env) == "1" }
@@ -92,6 +96,9 @@ var allow struct {
 func loadAllowList() (AllowList, error) {
 	allow.once.Do(func() {
 		path := filepath.Join(ModuleRoot(), AllowListPath)
+		if p := os.Getenv(AllowListEnv); p != "" {
+			path = p
+		}
 		f, err := os.Open(path)
 		if err != nil {
 			allow.err = err
