@@ -120,45 +120,93 @@ func SizeFor(q config.QEMU, spec *specs.Spec) VMSize {
 	return size
 }
 
+// watchOOM's bounds against an agent that answers GetOOMEvent at once with
+// nothing usable (a compromised guest, or a broken one): the shim must
+// stay idle, not spin, and must not flood containerd with TaskOOM.
+const (
+	// oomBackoffMin and oomBackoffMax bound the wait after an answer with
+	// nothing usable (an error, an unknown or exited container, a repeat
+	// dropped); it doubles with each one and resets on a usable event.
+	oomBackoffMin = 50 * time.Millisecond
+	oomBackoffMax = 5 * time.Second
+	// oomRepeatWindow: a container's next TaskOOM comes at least this
+	// long after its last; events for it in between are dropped (a real
+	// OOM loop still shows as one event a second).
+	oomRepeatWindow = time.Second
+)
+
 // watchOOM turns the agent's OOM notifications into TaskOOM events, until
 // the sandbox stops.
 func (s *service) watchOOM(sb Sandbox) {
 	ctx := s.ctx
+	var backoff time.Duration
+	last := map[string]time.Time{} // when each container's last TaskOOM went
 	for {
-		ev, err := sb.Agent().GetOOMEvent(ctx, &agentpb.GetOOMEventRequest{})
-		if err != nil {
+		if backoff > 0 {
 			select {
-			case <-sb.Done():
-				return
-			case <-ctx.Done():
-				return
-			default:
-			}
-			if errdefs.IsNotImplemented(errdefs.FromGRPC(err)) {
-				log.G(ctx).WithError(err).Warn("agent reports no OOM events")
-				return
-			}
-			log.G(ctx).WithError(err).Debug("get OOM event")
-			select {
-			case <-time.After(time.Second):
+			case <-time.After(backoff):
 			case <-sb.Done():
 				return
 			case <-ctx.Done():
 				return
 			}
-			continue
 		}
-		c, err := s.getContainer(ev.ContainerId)
-		if err != nil {
-			log.G(ctx).WithField("id", ev.ContainerId).Debug("OOM event for an unknown container")
-			continue
+		usable, stop := s.nextOOM(ctx, sb, last)
+		if stop {
+			return
 		}
-		if c.init.hasExited() {
-			continue // oomAtExit reported it
+		if usable {
+			backoff = 0
+		} else {
+			backoff = min(max(2*backoff, oomBackoffMin), oomBackoffMax)
 		}
-		c.markOOM()
-		s.events.send(&eventstypes.TaskOOM{ContainerID: c.id})
 	}
+}
+
+// nextOOM asks the agent for one OOM event and publishes it; usable is
+// whether it did. stop: the sandbox or the shim is gone, or the agent
+// has no OOM events.
+func (s *service) nextOOM(ctx context.Context, sb Sandbox, last map[string]time.Time) (usable, stop bool) {
+	ev, err := sb.Agent().GetOOMEvent(ctx, &agentpb.GetOOMEventRequest{})
+	if err != nil {
+		select {
+		case <-sb.Done():
+			return false, true
+		case <-ctx.Done():
+			return false, true
+		default:
+		}
+		if errdefs.IsNotImplemented(errdefs.FromGRPC(err)) {
+			log.G(ctx).WithError(err).Warn("agent reports no OOM events")
+			return false, true
+		}
+		log.G(ctx).WithError(err).Debug("get OOM event")
+		return false, false
+	}
+	c, err := s.getContainer(ev.ContainerId)
+	if err != nil {
+		log.G(ctx).WithField("id", ev.ContainerId).Debug("OOM event for an unknown container")
+		return false, false
+	}
+	if c.init.hasExited() {
+		return false, false // oomAtExit reported it
+	}
+	now := time.Now()
+	if t, ok := last[c.id]; ok && now.Sub(t) < oomRepeatWindow {
+		return false, false
+	}
+	if len(last) > 64 {
+		// Containers come and go; forget the ones past the window.
+		for id, t := range last {
+			if now.Sub(t) >= oomRepeatWindow {
+				delete(last, id)
+			}
+		}
+	}
+	last[c.id] = now
+	c.markOOM()
+	s.events.send(&eventstypes.TaskOOM{ContainerID: c.id})
+	return true, false
 }
 
 // oomAtExit queues TaskOOM for an OOM kill the watcher has not reported

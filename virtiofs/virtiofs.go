@@ -18,10 +18,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/vmpod/vmpod/hostcgroup"
+	"github.com/vmpod/vmpod/internal/lockedfork"
 	"github.com/vmpod/vmpod/internal/tail"
 
 	"github.com/containerd/log"
@@ -67,7 +67,8 @@ type Config struct {
 type Daemon struct {
 	cfg      Config
 	cmd      *exec.Cmd
-	madeBind bool // Start bind-mounted SharedDir onto itself
+	waited   <-chan error // cmd.Wait's result (lockedfork)
+	madeBind bool         // Start bind-mounted SharedDir onto itself
 
 	stopOnce sync.Once
 	stopErr  error
@@ -145,12 +146,14 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 	cmd := exec.Command(cfg.Path, cfg.args()...)
 	cmd.ExtraFiles = []*os.File{lf}
 	cmd.Stderr = d.stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// Killed with this process, but not with the OS thread that forks it
+	// (see lockedfork).
+	waited, err := lockedfork.Start(cmd)
+	if err != nil {
 		os.Remove(cfg.SocketPath)
 		return nil, fmt.Errorf("virtiofsd: starting %s: %w", cfg.Path, err)
 	}
-	d.cmd = cmd
+	d.cmd, d.waited = cmd, waited
 	log.G(ctx).WithFields(log.Fields{"pid": cmd.Process.Pid, "shared": cfg.SharedDir, "socket": cfg.SocketPath}).Debug("virtiofsd started")
 	go d.wait()
 	if cfg.Cgroup != nil {
@@ -165,7 +168,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 }
 
 func (d *Daemon) wait() {
-	err := d.cmd.Wait()
+	err := <-d.waited
 	if err != nil {
 		err = fmt.Errorf("virtiofsd (pid %d, %s) exited: %w%s", d.cmd.Process.Pid, d.cfg.SharedDir, err, d.stderrSuffix())
 	}

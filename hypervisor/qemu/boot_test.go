@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,10 @@ import (
 	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 )
+
+// The main goroutine keeps the main thread, which Go never ends: the
+// tests' goroutines run on threads that can (TestOutlivesStartingThread).
+func init() { runtime.LockOSThread() }
 
 func TestMain(m *testing.M) {
 	code := testbin.RunVMs(m)
@@ -320,4 +325,45 @@ func openTap(name string) (*os.File, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// TestOutlivesStartingThread starts QEMU from a goroutine locked to its OS
+// thread that then exits, ending the thread, as network.inNamespace does
+// with a thread it could not restore: QEMU has Pdeathsig SIGKILL, and must
+// keep running (lockedfork forks it from a thread of its own).
+func TestOutlivesStartingThread(t *testing.T) {
+	cfg := bootConfig(t)
+	cfg.ExtraArgs = []string{"-S"} // paused: no boot needed
+	q, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		started <- q.Start(ctx)
+	}()
+	if err := <-started; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		q.Stop(ctx)
+	})
+	select {
+	case <-q.Done():
+		t.Fatalf("QEMU died with the thread that started it: %v", q.Err())
+	case <-time.After(2 * time.Second):
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if st, err := q.Status(ctx); err != nil || st != "prelaunch" && st != "paused" {
+		t.Errorf("status %q, %v", st, err)
+	}
+	if err := q.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -11,9 +11,9 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
+	"github.com/vmpod/vmpod/internal/lockedfork"
 	"github.com/vmpod/vmpod/internal/tail"
 
 	"github.com/containerd/log"
@@ -77,6 +77,7 @@ type QEMU struct {
 
 	mu      sync.Mutex // guards cmd, qmp and stopped
 	cmd     *exec.Cmd
+	waited  <-chan error // cmd.Wait's result (lockedfork)
 	qmp     *qmpClient
 	stopped bool
 
@@ -156,18 +157,19 @@ func (q *QEMU) Start(ctx context.Context) error {
 	cmd.Stdout = consoleW
 	cmd.Stderr = q.stderr
 	cmd.ExtraFiles = extraFiles
-	// QEMU must not outlive a crashed parent. Jailed, it loses this when
-	// it changes uid (the kernel clears the parent-death signal on a
+	// QEMU must not outlive a crashed parent (a SIGKILL parent-death
+	// signal), nor die with the OS thread that happened to fork it:
+	// lockedfork forks from a thread that lives as long as QEMU. Jailed,
+	// QEMU loses the signal when it changes uid (the kernel clears it on a
 	// credential change); the shim's delete action then kills it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	logger.WithField("args", args).Debug("starting qemu")
-	err = cmd.Start()
+	waited, err := lockedfork.Start(cmd)
 	consoleW.Close()
 	if err != nil {
 		consoleR.Close()
 		return fmt.Errorf("qemu %s: starting %s: %w", q.cfg.ID, q.cfg.Path, err)
 	}
-	q.cmd = cmd
+	q.cmd, q.waited = cmd, waited
 	q.pid.Store(int64(cmd.Process.Pid))
 	q.console.entry = logger.WithField("console", true)
 	consoleDone := make(chan struct{})
@@ -196,7 +198,7 @@ func (q *QEMU) Start(ctx context.Context) error {
 
 // wait reaps QEMU and records why it exited.
 func (q *QEMU) wait(consoleDone <-chan struct{}) {
-	err := q.cmd.Wait()
+	err := <-q.waited
 	// Let the console reader log the last lines before Done fires.
 	select {
 	case <-consoleDone:

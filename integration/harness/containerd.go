@@ -17,13 +17,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/lockedfork"
 	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 )
@@ -196,25 +196,18 @@ func (c *Containerd) launch() error {
 	// Its own process group, so that ^C on the test does not reach it
 	// first; and killed with the test process if that dies without
 	// cleaning up (a test timeout panics past t.Cleanup).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	// Pdeathsig fires when the forking thread ends, not the process: fork
-	// from a locked thread that lives as long as containerd does, so that
-	// another test's LockOSThread goroutine ending cannot kill it.
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		c.err = cmd.Wait()
-		close(c.done)
-	}()
-	if err := <-started; err != nil {
+	// lockedfork: Pdeathsig fires when the forking thread ends, not the
+	// process, so that another test's LockOSThread goroutine ending must
+	// not be the end of it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	waited, err := lockedfork.Start(cmd)
+	if err != nil {
 		return err
 	}
+	go func() {
+		c.err = <-waited
+		close(c.done)
+	}()
 	c.cmd = cmd
 	timeout := opts.StartTimeout
 	if timeout == 0 {
