@@ -105,6 +105,41 @@ func (g *Group) Add(pid int) error {
 	return nil
 }
 
+// Join moves this process (all its threads) into the group, as Kata's
+// sandbox_cgroup_only does with its shim, so that the shim's CPU and
+// memory count with the pod's. leave moves it back to the cgroups it was
+// in; it must come before Delete, since a group this process is in cannot
+// be removed. On error nothing moved.
+func (g *Group) Join() (leave func() error, err error) {
+	pid := []byte(strconv.Itoa(os.Getpid()))
+	var orig []string
+	for _, h := range g.hs {
+		own, err := ownCgroup(h)
+		if err != nil {
+			return nil, err
+		}
+		orig = append(orig, filepath.Join(h.mount, filepath.Join("/", own)))
+	}
+	moveTo := func(dirs []string) error {
+		var errs []error
+		for _, dir := range dirs {
+			if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), pid, 0); err != nil {
+				errs = append(errs, fmt.Errorf("move process %s into cgroup %s: %w", pid, dir, err))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	for i, dir := range g.dirs {
+		if err := moveTo([]string{dir}); err != nil {
+			if uerr := moveTo(orig[:i]); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("move back: %w", uerr))
+			}
+			return nil, err
+		}
+	}
+	return func() error { return moveTo(orig) }, nil
+}
+
 // Delete removes the group's directories (not its parents, which may be
 // shared with other pods), waiting up to the context's deadline for
 // exiting processes to leave. A group that is already gone is not an

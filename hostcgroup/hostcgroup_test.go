@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -189,3 +190,60 @@ func TestRelativeToOwnCgroup(t *testing.T) {
 }
 
 func syscallKill(pid int) error { return unix.Kill(pid, unix.SIGKILL) }
+
+// TestJoinLeave moves this test process into a group and back: while in,
+// the group holds it (and cannot be removed); after leave, it is back in
+// the cgroups it came from and the group goes.
+func TestJoinLeave(t *testing.T) {
+	needRoot(t)
+	before, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := testParent(t) + "/shim"
+	g, err := Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leave, err := g.Join()
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := false
+	t.Cleanup(func() {
+		if !left {
+			leave()
+		}
+		g.Delete(context.Background())
+	})
+	for _, d := range g.Dirs() {
+		data, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(strings.Fields(string(data)), strconv.Itoa(os.Getpid())) {
+			t.Errorf("cgroup %s holds %q, not this process", d, data)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := g.Delete(ctx); err == nil {
+		t.Error("deleted a group this process is in")
+	}
+	if err := leave(); err != nil {
+		t.Fatal(err)
+	}
+	left = true
+	after, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(after) != string(before) {
+		t.Errorf("after leave, /proc/self/cgroup is\n%s\nwant\n%s", after, before)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

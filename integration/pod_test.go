@@ -152,8 +152,18 @@ func TestCRIPod(t *testing.T) {
 			t.Fatalf("QEMU processes of pod %s: %v", pod, qemu)
 		}
 		cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", qemu[0]))
-		if want := fmt.Sprint(field(podCfg, "linux", "cgroup_parent")) + "/" + pod; !strings.Contains(string(cg), want) {
+		want := fmt.Sprint(field(podCfg, "linux", "cgroup_parent")) + "/" + pod
+		if !strings.Contains(string(cg), want) {
 			t.Errorf("QEMU of pod %s is not in cgroup %s:\n%s", pod, want, cg)
+		}
+		// The shim too (Kata's sandbox_cgroup_only): its CPU counts
+		// with the pod's.
+		shims := pidsWith(t, "containerd-shim-kata-v2", "-id "+pod)
+		if len(shims) != 1 {
+			t.Fatalf("shims of pod %s: %v", pod, shims)
+		}
+		if cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", shims[0])); !strings.Contains(string(cg), want) {
+			t.Errorf("shim of pod %s is not in cgroup %s:\n%s", pod, want, cg)
 		}
 	})
 

@@ -38,6 +38,10 @@ type SandboxRequest struct {
 	Config *config.Config
 	// Spec is the first container's spec, which sizes the VM.
 	Spec *specs.Spec
+	// KeepShimCgroup: the shim was put in a cgroup of its own choosing
+	// (runc's ShimCgroup runtime option) and stays there; otherwise it
+	// joins the sandbox's cgroup with the VM.
+	KeepShimCgroup bool
 }
 
 // SandboxFactory starts a sandbox. On error it leaves nothing running.

@@ -35,6 +35,8 @@ type vmSandbox struct {
 	// cgroup is the host cgroup the VM's processes run in (nil when the
 	// spec names none); it goes with the VM.
 	cgroup *hostcgroup.Group
+	// leaveCgroup moves the shim back out of cgroup (joinCgroup).
+	leaveCgroup func()
 
 	// Stop runs once: the health watcher stops a dead sandbox, and
 	// Shutdown stops it again.
@@ -86,6 +88,12 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 			deleteCgroup(context.WithoutCancel(ctx), cg)
 		}
 	}()
+	leaveCgroup := joinCgroup(ctx, req, cg)
+	defer func() {
+		if retErr != nil {
+			leaveCgroup()
+		}
+	}()
 	size := SizeFor(q, req.Spec)
 	log.G(ctx).WithFields(log.Fields{"vcpus": size.VCPUs, "memory_mib": size.MemoryMiB, "config": cfg.Source, "netns": nsPath, "nics": len(eps.List)}).Debug("starting VM")
 	hcfg := hypervisor.Config{
@@ -130,7 +138,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		}
 		return nil, err
 	}
-	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg}, nil
+	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup}, nil
 }
 
 // createCgroup creates the host cgroup the sandbox's spec names
@@ -147,6 +155,33 @@ func createCgroup(ctx context.Context, req SandboxRequest) (*hostcgroup.Group, e
 	}
 	log.G(ctx).WithField("cgroup", req.Spec.Linux.CgroupsPath).Debug("VM processes go into the sandbox's cgroup")
 	return cg, nil
+}
+
+// joinCgroup moves the shim into the sandbox's cgroup, with QEMU and
+// virtiofsd, as Kata's sandbox_cgroup_only: the CPU the shim spends on the
+// pod (its I/O copies, the agent's calls) is then counted with the pod's,
+// where the kubelet and containerd's pod stats look, and the kubelet's pod
+// limits bound it too. Unless the shim was put elsewhere on purpose
+// (KeepShimCgroup: runc's ShimCgroup option wins). A shim serves one
+// sandbox, so one cgroup. Failing to move only costs accounting: logged.
+// The returned func moves the shim back, before the cgroup is deleted.
+func joinCgroup(ctx context.Context, req SandboxRequest, cg *hostcgroup.Group) (leave func()) {
+	if cg == nil || req.KeepShimCgroup {
+		return func() {}
+	}
+	back, err := cg.Join()
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("the shim stays out of the sandbox's cgroup: its CPU is not counted with the pod's")
+		return func() {}
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			if err := back(); err != nil {
+				log.G(ctx).WithError(err).Warn("move the shim out of the sandbox's cgroup")
+			}
+		})
+	}
 }
 
 // cgroupDeleteTimeout bounds the wait for the VM's processes to leave its
@@ -258,6 +293,7 @@ func (s *vmSandbox) Stop(ctx context.Context) error {
 			s.stopDebug()
 		}
 		s.stopErr = s.v.Stop(ctx)
+		s.leaveCgroup()
 		deleteCgroup(ctx, s.cgroup)
 		if nerr := s.net.Teardown(ctx); nerr != nil {
 			s.stopErr = errors.Join(s.stopErr, fmt.Errorf("tear down pod network: %w", nerr))
