@@ -91,6 +91,9 @@ func finishReport(version string) error {
 	}
 	results.fact("accel", accelFact())
 	results.fact("vmpod", version)
+	results.mu.Lock()
+	results.commit = version
+	results.mu.Unlock()
 	results.fact("QEMU", commandLine(ctx, "", imagetest.QEMUPath, "--version"))
 	results.fact("containerd", commandLine(ctx, "", "containerd", "--version"))
 	results.fact("runc", commandLine(ctx, "", "runc", "--version"))

@@ -44,7 +44,7 @@ func TestRowCells(t *testing.T) {
 }
 
 func TestWriteMarkdown(t *testing.T) {
-	r := &report{date: time.Date(2026, 11, 27, 1, 0, 0, 0, time.UTC), runs: 3}
+	r := &report{date: time.Date(2026, 11, 27, 1, 0, 0, 0, time.UTC), runs: 3, commit: "abc1234"}
 	r.fact("CPU", "a|b")
 	r.add(row{section: "exec", name: "true", unit: seconds, value: summarize([]float64{0.2})})
 	r.addPhase(row{section: "phase", name: "shim start", what: "the shim starts", unit: seconds, value: summarize([]float64{0.1})})
@@ -53,7 +53,7 @@ func TestWriteMarkdown(t *testing.T) {
 	if err := r.writeMarkdown(&b); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"2026-11-27 01:00 UTC", "3 runs", `| CPU | a\|b |`, "| exec: true | 200.0 ms |", "| shim start | 100.0 ms | the shim starts |", "- density: not measured", "performance.md"} {
+	for _, want := range []string{"at commit abc1234 on 2026-11-27 01:00 UTC", "3 runs", `| CPU | a\|b |`, "| exec: true | 200.0 ms |", "| shim start | 100.0 ms | the shim starts |", "- density: not measured", "performance.md"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("markdown lacks %q:\n%s", want, b.String())
 		}
