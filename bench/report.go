@@ -91,7 +91,7 @@ type report struct {
 	mu     sync.Mutex
 	date   time.Time
 	runs   int
-	commit string // the tree's git describe when the run started
+	commit string      // the tree's git describe when the run started
 	facts  [][2]string // machine, versions, configuration: in order
 	rows   []row
 	phases []row
