@@ -17,6 +17,7 @@ while IFS=: read -r file name; do
 			mkdir -p "$dest"
 			mv "$f" "$dest/"
 			echo "fuzz: failing input moved to $dest/$(basename "$f") (copy it into $(dirname "$f")/ to reproduce)"
+			rmdir -p --ignore-fail-on-non-empty "$(dirname "$f")"
 		done < <(git ls-files -z --others --exclude-standard -- "$(dirname "$file")/testdata/fuzz/$name")
 	fi
 done < <(git ls-files '*_test.go' | xargs grep -o '^func Fuzz[A-Za-z0-9_]*' | sed 's/^\(.*\):func \(.*\)$/\1:\2/' | sort)
