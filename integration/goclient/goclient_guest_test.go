@@ -43,16 +43,19 @@ func TestGoClientNetSysctls(t *testing.T) {
 		"net.ipv4.ip_unprivileged_port_start": "0",
 		"net.ipv4.ping_group_range":           "0 2147483647",
 		"net/ipv4/tcp_keepalive_time":         "600",
+		// Not net.*: libcontainer sets these in the container's IPC namespace.
+		"kernel.shm_rmid_forced": "1",
+		"fs.mqueue.msg_max":      "20",
 	}
 	for _, runtime := range []string{kataRuntime, runcRuntime} {
 		t.Run(runtime, func(t *testing.T) {
 			r := e.runContainer(t, "gosysctl-"+shortRuntime(runtime), runtime, withSysctls(sysctls),
-				oci.WithProcessArgs("sh", "-c", "cd /proc/sys/net/ipv4 && cat ip_unprivileged_port_start ping_group_range tcp_keepalive_time"))
+				oci.WithProcessArgs("sh", "-c", "cd /proc/sys && cat net/ipv4/ip_unprivileged_port_start net/ipv4/ping_group_range net/ipv4/tcp_keepalive_time kernel/shm_rmid_forced fs/mqueue/msg_max"))
 			if r.Exit.ExitCode() != 0 {
 				t.Fatalf("exit status %d, stderr %q", r.Exit.ExitCode(), r.Stderr)
 			}
 			lines := strings.Split(strings.TrimSpace(r.Stdout), "\n")
-			want := []string{"0", "0 2147483647", "600"}
+			want := []string{"0", "0 2147483647", "600", "1", "20"}
 			if len(lines) != len(want) {
 				t.Fatalf("read back %q, want %q", r.Stdout, want)
 			}
@@ -107,7 +110,7 @@ if echo 1 > pids.max 2>/dev/null; then echo writable; fi`))
 // snapshot remapped to the mapping (as ctr --uidmap and Kubernetes'
 // hostUsers: false on runc without idmapped mounts), root owns its files
 // over virtio-fs and can write them; with an unmapped one it still starts,
-// the files showing as the overflow uid.
+// the files showing as the overflow uid, and an exec joins the namespace.
 func TestGoClientUserNamespace(t *testing.T) {
 	e := newGoClientEnv(t, "")
 	const base, size = 100000, 65536
@@ -146,13 +149,16 @@ touch /etc/vmpod-userns && stat -c %u:%g /etc/vmpod-userns`
 	})
 
 	t.Run("unmapped snapshot", func(t *testing.T) {
-		r := e.runContainer(t, "gouserns-plain", kataRuntime, oci.WithUserNamespace(uidMap, gidMap),
-			oci.WithProcessArgs("sh", "-c", "cat /proc/self/uid_map; id -u; stat -c %u /bin/sh"))
+		c := e.newContainer(t, "gouserns-plain", kataRuntime, oci.WithUserNamespace(uidMap, gidMap),
+			oci.WithProcessArgs("sleep", "1000"))
+		task, _ := e.newTask(t, c)
+		e.start(t, task)
+		r := e.runExec(t, task, "userns-exec", []string{"sh", "-c", "cat /proc/self/uid_map; id -u; stat -c %u /bin/sh"})
 		if r.Exit.ExitCode() != 0 {
-			t.Fatalf("exit status %d, stdout %q, stderr %q", r.Exit.ExitCode(), r.Stdout, r.Stderr)
+			t.Fatalf("exec: exit status %d, stdout %q, stderr %q", r.Exit.ExitCode(), r.Stdout, r.Stderr)
 		}
 		if got := fields(r.Stdout); got != "0 100000 65536 0 65534" {
-			t.Errorf("uid_map, id -u, owner of /bin/sh: %q, want \"0 100000 65536 0 65534\"", got)
+			t.Errorf("exec: uid_map, id -u, owner of /bin/sh: %q, want \"0 100000 65536 0 65534\"", got)
 		}
 	})
 }
