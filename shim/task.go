@@ -153,7 +153,7 @@ func (s *service) createInSandbox(ctx context.Context, sb Sandbox, c *container,
 // containerd does on cgroup v2 hosts: the guest is cgroup v2 whatever the
 // host is, and with its own namespace the container sees its own cgroup
 // (memory.max and the rest) at /sys/fs/cgroup. It also mounts that cgroup
-// there, read-only, when the spec mounts sysfs at /sys but nothing at
+// there, read-only, when the spec mounts /sys but nothing at
 // /sys/fs/cgroup: CRI, nerdctl and Docker ask for that mount, but
 // containerd's default spec (ctr, the Go client) does not, and runtimes
 // that size themselves from memory.max and cpu.max (the JVM, Go, .NET)
