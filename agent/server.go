@@ -58,8 +58,11 @@ type Server struct {
 	// while the container is being created or removed.
 	containers map[string]*Container
 
-	sandboxMu sync.Mutex // guards sandbox and serialises sandbox changes
+	sandboxMu sync.Mutex // guards sandbox and netSysctls, serialises sandbox changes
 	sandbox   *sandbox   // nil until CreateSandbox
+	// netSysctls are the net.* sysctls set in the pod's network namespace,
+	// by path below /proc/sys.
+	netSysctls map[string]podSysctl
 }
 
 var _ agentpb.AgentService = (*Server)(nil)
@@ -182,6 +185,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *agentpb.CreateContain
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
+	netSysctls := podSysctls(cfg)
 	if err := checkSeccompSupport(cfg); err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
@@ -193,6 +197,12 @@ func (s *Server) CreateContainer(ctx context.Context, req *agentpb.CreateContain
 		return nil, err
 	}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("id", id))
+	if err := s.applyPodSysctls(ctx, id, netSysctls); err != nil {
+		s.mu.Lock()
+		delete(s.containers, id)
+		s.mu.Unlock()
+		return nil, err
+	}
 	c, err := createContainer(ctx, containerParams{
 		id:           id,
 		root:         s.cfg.StateDir,

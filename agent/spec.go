@@ -107,6 +107,10 @@ func ContainerConfig(id string, specJSON []byte, rootfs string, noPivotRoot bool
 	if err := validateSeccomp(spec.Linux.Seccomp); err != nil {
 		return nil, nil, fmt.Errorf("spec of container %s: %w", id, err)
 	}
+	if err := validateSysctls(spec.Linux.Sysctl); err != nil {
+		return nil, nil, fmt.Errorf("spec of container %s: %w", id, err)
+	}
+	sysfsForUserNamespace(spec)
 	cfg, err := convertSpec(id, spec, noPivotRoot)
 	if err != nil {
 		return nil, nil, fmt.Errorf("spec of container %s: %v: %w", id, err, errdefs.ErrInvalidArgument)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"time"
 
@@ -151,17 +152,43 @@ func (s *service) createInSandbox(ctx context.Context, sb Sandbox, c *container,
 // guestCgroupNamespace gives the container a cgroup namespace, as
 // containerd does on cgroup v2 hosts: the guest is cgroup v2 whatever the
 // host is, and with its own namespace the container sees its own cgroup
-// (memory.max and the rest) at /sys/fs/cgroup.
+// (memory.max and the rest) at /sys/fs/cgroup. It also mounts that cgroup
+// there, read-only, when the spec mounts /sys but nothing at
+// /sys/fs/cgroup: CRI, nerdctl and Docker ask for that mount, but
+// containerd's default spec (ctr, the Go client) does not, and runtimes
+// that size themselves from memory.max and cpu.max (the JVM, Go, .NET)
+// would see no limit. The guest's cgroups are the pod's alone, so the
+// view shows nothing of the host.
 func guestCgroupNamespace(spec *specs.Spec) {
 	if spec.Linux == nil {
 		return
 	}
+	hasNS := false
 	for _, ns := range spec.Linux.Namespaces {
 		if ns.Type == specs.CgroupNamespace {
-			return
+			hasNS = true
 		}
 	}
-	spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+	if !hasNS {
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+	}
+	hasSys, hasCgroup := false, false
+	for _, m := range spec.Mounts {
+		switch path.Clean(m.Destination) {
+		case "/sys":
+			hasSys = true
+		case "/sys/fs/cgroup":
+			hasCgroup = true
+		}
+	}
+	if hasSys && !hasCgroup {
+		spec.Mounts = append(spec.Mounts, specs.Mount{
+			Destination: "/sys/fs/cgroup",
+			Type:        "cgroup",
+			Source:      "cgroup",
+			Options:     []string{"nosuid", "noexec", "nodev", "relatime", "ro"},
+		})
+	}
 }
 
 // Start starts a created init process or exec.
