@@ -101,7 +101,7 @@ func (e *goClientEnv) newContainerWithRuntime(t *testing.T, id, runtime string, 
 // that can be removed.
 func (e *goClientEnv) removeContainer(t *testing.T, c containerd.Container) {
 	t.Helper()
-	ctx, cancel := e.ctx(goClientCallTimeout)
+	ctx, cancel := e.ctx(time.Minute)
 	defer cancel()
 	if task, err := c.Task(ctx, nil); err == nil {
 		if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
