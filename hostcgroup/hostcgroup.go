@@ -105,6 +105,32 @@ func (g *Group) Add(pid int) error {
 	return nil
 }
 
+// Join moves process pid (alone, not its children) into the existing
+// cgroup cgroupsPath, in every hierarchy where it exists, creating
+// nothing: what runc's shim does with its ShimCgroup option (cgroup1.Load
+// of a static path skips the hierarchies that lack it). A cgroup that
+// exists in no hierarchy is an error.
+func Join(cgroupsPath string, pid int) error {
+	g, err := Open(cgroupsPath)
+	if err != nil {
+		return err
+	}
+	joined := 0
+	for _, dir := range g.dirs {
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+			return fmt.Errorf("move process %d into cgroup %s: %w", pid, dir, err)
+		}
+		joined++
+	}
+	if joined == 0 {
+		return fmt.Errorf("cgroup %s exists in no hierarchy (looked for %s): %w", cgroupsPath, strings.Join(g.dirs, ", "), os.ErrNotExist)
+	}
+	return nil
+}
+
 // Delete removes the group's directories (not its parents, which may be
 // shared with other pods), waiting up to the context's deadline for
 // exiting processes to leave. A group that is already gone is not an
