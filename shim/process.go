@@ -132,22 +132,20 @@ func (p *process) endStart(ok bool) {
 // settleStart is called once the process exited: it waits for a Start in
 // flight to end, so that its TaskStart goes before TaskExit, and forbids
 // any later Start of a process that never started (killed while created).
-// It reports whether the process was started.
-func (p *process) settleStart(ctx context.Context) bool {
+func (p *process) settleStart(ctx context.Context) {
 	for {
 		p.mu.Lock()
 		done := p.startDone
 		if done == nil {
-			started := p.starting
-			p.unstartable = !started
+			p.unstartable = !p.starting
 			p.mu.Unlock()
-			return started
+			return
 		}
 		p.mu.Unlock()
 		select {
 		case <-done:
 		case <-ctx.Done():
-			return false
+			return
 		}
 	}
 }
