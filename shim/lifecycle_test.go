@@ -170,6 +170,16 @@ func TestExitTimeAfterStart(t *testing.T) {
 		e.call("delete", err)
 		s.wait(t)
 	}
+	// However short the process, TaskStart goes before its TaskExit.
+	e.sd.Shutdown()
+	<-e.sd.Done()
+	var want []string
+	for i := 0; i < 5; i++ {
+		want = append(want, "create", "start", "exit:short-"+string(rune('a'+i)), "delete")
+	}
+	if got := strings.Join(e.pub.names(), " "); got != strings.Join(want, " ") {
+		t.Errorf("events %s, want %s", got, strings.Join(want, " "))
+	}
 }
 
 // ttyFifo is the client side of a process on a terminal: a stdout fifo

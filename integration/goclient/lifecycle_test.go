@@ -218,6 +218,8 @@ func TestGoClientExitTimes(t *testing.T) {
 				if at := exitEvent(t, id, "").ExitedAt.AsTime(); !at.Equal(r.Exit.ExitTime()) {
 					t.Errorf("task %s: TaskExit says exited at %s, Wait %s", id, at, r.Exit.ExitTime())
 				}
+				// A process that exits at once still has its TaskStart first.
+				events.waitTopics(t, id, "/tasks/create", "/tasks/start", "/tasks/exit:"+id, "/tasks/delete")
 				e.removeContainer(t, c)
 			}
 
