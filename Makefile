@@ -57,8 +57,11 @@ proto: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-ttrpc
 proto-check: proto
 	git diff --exit-code -- proto/
 
+# integration/goclient is a module of its own (containerd 1.7's Go client
+# needs an older runtime-spec than runc): vet and test it too.
 vet:
 	$(GO) vet ./...
+	cd integration/goclient && $(GO) vet ./...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
@@ -94,7 +97,9 @@ TESTSUMMARY := $(TOOLS)/testsummary
 unit-test:
 	@mkdir -p $(dir $(TEST_JSON))
 	$(GO) build -o $(TESTSUMMARY) ./internal/cmd/testsummary
-	set -o pipefail; $(GO) test -json -timeout $(TEST_TIMEOUT) ./... | \
+	set -o pipefail; { $(GO) test -json -timeout $(TEST_TIMEOUT) ./...; main=$$?; \
+		(cd integration/goclient && $(GO) test -json -timeout $(TEST_TIMEOUT) ./...); goclient=$$?; \
+		exit $$((main | goclient)); } | \
 		$(TESTSUMMARY) -json $(TEST_JSON) -allow $(ALLOWED_SKIPS)
 
 # The summary of the last unit-test run again, alone: `make test` ends

@@ -111,7 +111,7 @@ func (g *Group) Add(pid int) error {
 // in; it must come before Delete, since a group this process is in cannot
 // be removed. On error nothing moved.
 func (g *Group) Join() (leave func() error, err error) {
-	pid := []byte(strconv.Itoa(os.Getpid()))
+	pid := os.Getpid()
 	var orig []string
 	for _, h := range g.hs {
 		own, err := ownCgroup(h)
@@ -123,9 +123,7 @@ func (g *Group) Join() (leave func() error, err error) {
 	moveTo := func(dirs []string) error {
 		var errs []error
 		for _, dir := range dirs {
-			if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), pid, 0); err != nil {
-				errs = append(errs, fmt.Errorf("move process %s into cgroup %s: %w", pid, dir, err))
-			}
+			errs = append(errs, movePid(dir, pid))
 		}
 		return errors.Join(errs...)
 	}
@@ -138,6 +136,40 @@ func (g *Group) Join() (leave func() error, err error) {
 		}
 	}
 	return func() error { return moveTo(orig) }, nil
+}
+
+// Join moves process pid (alone, not its children) into the existing
+// cgroup cgroupsPath, in every hierarchy where it exists, creating
+// nothing: what runc's shim does with its ShimCgroup option (cgroup1.Load
+// of a static path skips the hierarchies that lack it). A cgroup that
+// exists in no hierarchy is an error.
+func Join(cgroupsPath string, pid int) error {
+	g, err := Open(cgroupsPath)
+	if err != nil {
+		return err
+	}
+	joined := 0
+	for _, dir := range g.dirs {
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err := movePid(dir, pid); err != nil {
+			return err
+		}
+		joined++
+	}
+	if joined == 0 {
+		return fmt.Errorf("cgroup %s exists in no hierarchy (looked for %s): %w", cgroupsPath, strings.Join(g.dirs, ", "), os.ErrNotExist)
+	}
+	return nil
+}
+
+// movePid moves process pid (alone, not its children) into cgroup dir.
+func movePid(dir string, pid int) error {
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+		return fmt.Errorf("move process %d into cgroup %s: %w", pid, dir, err)
+	}
+	return nil
 }
 
 // Delete removes the group's directories (not its parents, which may be

@@ -2,6 +2,7 @@ package hostcgroup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -242,6 +243,58 @@ func TestJoinLeave(t *testing.T) {
 		t.Errorf("after leave, /proc/self/cgroup is\n%s\nwant\n%s", after, before)
 	}
 	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestJoin moves a process into an existing cgroup, in the hierarchies
+// that have it, as runc's shim does with ShimCgroup.
+func TestJoin(t *testing.T) {
+	needRoot(t)
+	parent := testParent(t)
+	if err := Join(parent+"/missing", os.Getpid()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Join of a cgroup that does not exist: %v, want ErrNotExist", err)
+	}
+	path := parent + "/shim"
+	g, err := Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only some hierarchies have it: Join uses those, as runc's shim.
+	dirs := g.Dirs()
+	if len(dirs) > 1 {
+		if err := os.Remove(dirs[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	if err := Join(path, cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range dirs {
+		data, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if i == 0 && len(dirs) > 1 {
+			if err == nil {
+				t.Errorf("Join created %s", d)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains("\n"+string(data), "\n"+strconv.Itoa(cmd.Process.Pid)+"\n") {
+			t.Errorf("process %d is not in %s: %q", cmd.Process.Pid, d, data)
+		}
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := g.Delete(ctx); err != nil {
 		t.Fatal(err)

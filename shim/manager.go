@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
 	cshim "github.com/containerd/containerd/runtime/v2/shim"
@@ -23,6 +24,8 @@ import (
 	"github.com/vmpod/vmpod/network"
 	"github.com/vmpod/vmpod/shim/rootfs"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // CRI annotations that place a container in an existing pod.
@@ -139,7 +142,73 @@ func (m *Manager) Start(ctx context.Context, id string, opts cshim.StartOpts) (_
 	}
 	// The shim outlives this process; reap it if it dies first.
 	go cmd.Wait() //nolint:errcheck
+	defer func() {
+		if retErr != nil {
+			_ = cmd.Process.Kill()
+		}
+	}()
+	if err := joinShimCgroup(ctx, os.Stdin, cmd.Process.Pid); err != nil {
+		return "", err
+	}
 	return address, nil
+}
+
+// maxRuntimeOptions bounds the runtime options read from stdin.
+const maxRuntimeOptions = 1 << 20
+
+// runcOptionsType is the type of runc's runtime options, which
+// containerd's clients also hand to other shims
+// (containerd.WithRuntime(name, &options.Options{...})).
+const runcOptionsType = "containerd.runc.v1.Options"
+
+// joinShimCgroup moves the long-lived shim (pid) into the ShimCgroup of
+// the runtime options containerd writes to the start action's stdin, as
+// runc's shim does. Options of another type carry no shim cgroup, and
+// options that cannot be read are ignored (logged), as runc's shim does;
+// a ShimCgroup that cannot be joined fails the start.
+func joinShimCgroup(ctx context.Context, stdin io.Reader, pid int) error {
+	cgroup, err := shimCgroupOption(stdin)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("runtime options on stdin ignored")
+		return nil
+	}
+	if cgroup == "" {
+		return nil
+	}
+	if err := hostcgroup.Join(cgroup, pid); err != nil {
+		return fmt.Errorf("runtime option ShimCgroup %q: %w", cgroup, err)
+	}
+	return nil
+}
+
+// shimCgroupOption returns the ShimCgroup of runc-typed runtime options
+// (a protobuf Any, as containerd marshals them), or "".
+func shimCgroupOption(r io.Reader) (string, error) {
+	if r == nil {
+		return "", nil
+	}
+	data, err := io.ReadAll(io.LimitReader(r, maxRuntimeOptions+1))
+	if err != nil {
+		return "", fmt.Errorf("read runtime options: %w", err)
+	}
+	if len(data) == 0 {
+		return "", nil
+	}
+	if len(data) > maxRuntimeOptions {
+		return "", fmt.Errorf("runtime options exceed %d bytes", maxRuntimeOptions)
+	}
+	var opts anypb.Any
+	if err := proto.Unmarshal(data, &opts); err != nil {
+		return "", fmt.Errorf("decode runtime options: %w", err)
+	}
+	if !strings.HasSuffix(opts.GetTypeUrl(), runcOptionsType) {
+		return "", nil
+	}
+	var o runcoptions.Options
+	if err := proto.Unmarshal(opts.GetValue(), &o); err != nil {
+		return "", fmt.Errorf("decode runtime options %s: %w", opts.GetTypeUrl(), err)
+	}
+	return o.ShimCgroup, nil
 }
 
 func shimCommand(ns, id string, opts cshim.StartOpts) (*exec.Cmd, error) {

@@ -45,10 +45,17 @@ type process struct {
 	pid        uint32      // guarded by mu
 	exitStatus uint32      // guarded by mu
 	exitedAt   time.Time   // guarded by mu
-	starting   bool        // guarded by mu; Start was called
+	starting   bool        // guarded by mu; Start was called (and did not fail)
+	// startDone is non-nil while a Start is in flight, and closed when it
+	// is over (its TaskStart queued, or failed).
+	startDone chan struct{} // guarded by mu
+	// unstartable is set once the exit of a process never started is
+	// seen: no Start may follow it.
+	unstartable bool // guarded by mu
 
 	// exited is closed once the exit is recorded and TaskExit queued.
-	exited chan struct{}
+	exited   chan struct{}
+	exitOnce sync.Once
 
 	hio       *hostIO
 	outDone   chan struct{} // closed when both output streams are over
@@ -93,22 +100,54 @@ func (p *process) setStatus(s task.Status) {
 }
 
 // claimStart marks a created process as being started; only one Start
-// call may go on.
+// call may go on, and none after the process died unstarted.
 func (p *process) claimStart() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.unstartable {
+		return fmt.Errorf("process %q of container %s exited before it was started: %w", p.execID, p.containerID, errdefs.ErrFailedPrecondition)
+	}
 	if p.status != task.Status_CREATED || p.starting {
 		return fmt.Errorf("process %q of container %s is %s, not created: %w", p.execID, p.containerID, p.status, errdefs.ErrFailedPrecondition)
 	}
 	p.starting = true
+	p.startDone = make(chan struct{})
 	return nil
 }
 
-// unclaimStart undoes claimStart after a failed start.
-func (p *process) unclaimStart() {
+// endStart ends the Start that claimStart began; ok says it succeeded
+// and its TaskStart (or TaskExecStarted) is queued.
+func (p *process) endStart(ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.starting = false
+	if !ok {
+		p.starting = false
+	}
+	if p.startDone != nil {
+		close(p.startDone)
+		p.startDone = nil
+	}
+}
+
+// settleStart is called once the process exited: it waits for a Start in
+// flight to end, so that its TaskStart goes before TaskExit, and forbids
+// any later Start of a process that never started (killed while created).
+func (p *process) settleStart(ctx context.Context) {
+	for {
+		p.mu.Lock()
+		done := p.startDone
+		if done == nil {
+			p.unstartable = !p.starting
+			p.mu.Unlock()
+			return
+		}
+		p.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // hasExited reports whether the exit was recorded.
@@ -272,17 +311,19 @@ func (p *process) waitOutput(ctx context.Context) {
 	}
 }
 
-// waitAgent blocks until the agent reports the process's exit.
+// waitAgent blocks until the agent reports the process's exit, and
+// returns its status and the host time the shim learned of it.
+//
+// The exit time is the host's, never the guest's (the agent's
+// ExitedAtUnixNano): containerd and its clients take start times from the
+// host clock, and a guest clock, set from the RTC at boot and left to
+// drift, can put an exit before its start.
 func (p *process) waitAgent(ctx context.Context, agent agentpb.AgentService) (uint32, time.Time) {
 	resp, err := agent.WaitProcess(ctx, &agentpb.ProcessRequest{ContainerId: p.containerID, ExecId: p.execID})
+	at := time.Now()
 	if err != nil {
 		p.logger(ctx).WithError(err).Warn("wait for process; reporting it lost")
-		return exitStatusLost, time.Now()
-	}
-	at := time.Unix(0, resp.ExitedAtUnixNano)
-	// The guest clock is not trusted: keep the time only when plausible.
-	if resp.ExitedAtUnixNano <= 0 || at.After(time.Now().Add(time.Minute)) {
-		at = time.Now()
+		return exitStatusLost, at
 	}
 	status := resp.ExitStatus
 	if status > 255 {
@@ -302,6 +343,11 @@ func (p *process) recordExit(status uint32, at time.Time) {
 }
 
 func (p *process) markExited() { close(p.exited) }
+
+// onceExit runs publish, which records the exit, queues TaskExit and marks
+// it, once in the process's life: the exit watcher and a Delete that gave
+// up waiting for it may both try.
+func (p *process) onceExit(publish func()) { p.exitOnce.Do(publish) }
 
 // closeIO releases the host side of the stdio.
 func (p *process) closeIO() {

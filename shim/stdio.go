@@ -35,8 +35,15 @@ type hostIO struct {
 
 // openHostIO opens the host end of s for process id. Nothing stays open
 // when it fails.
+//
+// Under a terminal there is one output stream, and containerd's clients
+// make no stderr fifo for it (cio.WithTerminal) while still naming one:
+// stderr is ignored, as runc's shim does.
 func openHostIO(ctx context.Context, id string, s stdio.Stdio) (_ *hostIO, retErr error) {
 	h := &hostIO{}
+	if s.Terminal {
+		s.Stderr = ""
+	}
 	defer func() {
 		if retErr != nil {
 			h.close()

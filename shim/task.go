@@ -102,6 +102,10 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		IO:          &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		Pid:         pid,
 	})
+	// Watched from now on, not from Start: a task killed before it starts
+	// (containerd's clients clean up a failed or abandoned task that way)
+	// must exit too, with TaskExit after TaskCreate.
+	go s.handleExit(c, p, sb.Agent())
 	return &taskAPI.CreateTaskResponse{Pid: pid}, nil
 }
 
@@ -211,22 +215,27 @@ func (s *service) start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return nil, err
 	}
 	if r.ExecID == "" {
+		// The init's exit is watched since Create; it waits for this Start
+		// to end (endStart) before it publishes, so that TaskExit cannot
+		// overtake TaskStart.
 		if _, err := agent.StartContainer(ctx, &agentpb.ContainerRequest{ContainerId: r.ID}); err != nil {
-			p.unclaimStart()
+			p.endStart(false)
 			return nil, fromAgent(err, "start container %s", r.ID)
 		}
 		p.setStatus(task.Status_RUNNING)
 		_, pid, _, _ := p.state()
 		s.events.send(&eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
+		p.endStart(true)
 	} else {
 		if err := s.startExec(ctx, agent, p); err != nil {
-			p.unclaimStart()
+			p.endStart(false)
 			return nil, err
 		}
+		p.endStart(true)
+		// An exec exists in the agent only from now: watch it now, after
+		// TaskExecStarted; the agent keeps the exit status until asked.
+		go s.handleExit(c, p, agent)
 	}
-	// Watch for the exit only now, so that TaskExit cannot overtake
-	// TaskStart; the agent keeps the exit status until asked.
-	go s.handleExit(c, p, agent)
 	_, pid, _, _ := p.state()
 	return &taskAPI.StartResponse{Pid: pid}, nil
 }
@@ -256,33 +265,38 @@ func (s *service) startExec(ctx context.Context, agent agentpb.AgentService, p *
 
 // handleExit waits for p's exit and publishes it once its output is
 // drained; an init process also waits for its execs' exits, and for a
-// pending OOM, to keep containerd's event order.
+// pending OOM, to keep containerd's event order. The exit of an init
+// killed before Start is published the same way, without a TaskStart.
 func (s *service) handleExit(c *container, p *process, agent agentpb.AgentService) {
 	ctx := s.ctx
 	status, at := p.waitAgent(ctx, agent)
+	p.settleStart(ctx)
 	p.waitOutput(ctx)
 	if p.execID == "" {
 		c.waitExecs(ctx, outputGrace)
 		s.oomAtExit(ctx, c, agent)
 	}
-	p.recordExit(status, at)
-	s.publishExit(c, p)
+	s.publishExit(c, p, status, at)
 }
 
-func (s *service) publishExit(c *container, p *process) {
-	_, pid, status, at := p.state()
-	id := p.execID
-	if id == "" {
-		id = c.id
-	}
-	s.events.send(&eventstypes.TaskExit{
-		ContainerID: c.id,
-		ID:          id,
-		Pid:         pid,
-		ExitStatus:  status,
-		ExitedAt:    protobuf.ToTimestamp(at),
+// publishExit records p's exit and queues its TaskExit, once.
+func (s *service) publishExit(c *container, p *process, status uint32, at time.Time) {
+	p.onceExit(func() {
+		p.recordExit(status, at)
+		_, pid, status, at := p.state()
+		id := p.execID
+		if id == "" {
+			id = c.id
+		}
+		s.events.send(&eventstypes.TaskExit{
+			ContainerID: c.id,
+			ID:          id,
+			Pid:         pid,
+			ExitStatus:  status,
+			ExitedAt:    protobuf.ToTimestamp(at),
+		})
+		p.markExited()
 	})
-	p.markExited()
 }
 
 // Delete removes an exited process; for the init process also the
@@ -324,6 +338,10 @@ func (s *service) delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	return &taskAPI.DeleteResponse{Pid: pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 }
 
+// createdKillWait bounds how long Delete of a created container waits
+// for the exit of the init it killed before it reports the exit itself.
+const createdKillWait = 10 * time.Second
+
 // removeContainer undoes Create. A container never started is killed
 // first, and its exit published, since a client may wait on it.
 func (s *service) removeContainer(ctx context.Context, sb Sandbox, c *container, st task.Status) error {
@@ -332,8 +350,14 @@ func (s *service) removeContainer(ctx context.Context, sb Sandbox, c *container,
 		if _, err := agent.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: c.id, Signal: uint32(unix.SIGKILL), All: true}); err != nil {
 			log.G(ctx).WithError(err).WithField("id", c.id).Debug("kill created container")
 		}
-		c.init.recordExit(128+uint32(unix.SIGKILL), time.Now())
-		s.publishExit(c, c.init)
+		// The exit watcher publishes the exit; if the agent cannot
+		// tell, the kill's status stands.
+		wctx, cancel := context.WithTimeout(ctx, createdKillWait)
+		if c.init.wait(wctx) != nil && ctx.Err() == nil {
+			log.G(ctx).WithField("id", c.id).Warn("no exit of the killed created container; reporting SIGKILL")
+			s.publishExit(c, c.init, 128+uint32(unix.SIGKILL), time.Now())
+		}
+		cancel()
 	} else {
 		_ = c.init.wait(ctx)
 	}
