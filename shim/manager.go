@@ -201,6 +201,12 @@ func shimCgroupOption(r io.Reader) (string, error) {
 	if err := proto.Unmarshal(data, &opts); err != nil {
 		return "", fmt.Errorf("decode runtime options: %w", err)
 	}
+	return shimCgroupOf(&opts)
+}
+
+// shimCgroupOf returns the ShimCgroup of runtime options if they are
+// runc-typed, or "". Create sees the same options (CreateTaskRequest.Options).
+func shimCgroupOf(opts *anypb.Any) (string, error) {
 	if !strings.HasSuffix(opts.GetTypeUrl(), runcOptionsType) {
 		return "", nil
 	}

@@ -63,7 +63,13 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		return nil, err
 	}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox", id))
-	sb, err = s.opts.NewSandbox(ctx, SandboxRequest{ID: id, Dir: dir, Config: cfg, Spec: spec})
+	// The start action put the shim in runc's ShimCgroup, if one was
+	// asked for: then it stays there (see joinCgroup).
+	shimCgroup, err := shimCgroupOf(r.Options)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	sb, err = s.opts.NewSandbox(ctx, SandboxRequest{ID: id, Dir: dir, Config: cfg, Spec: spec, KeepShimCgroup: shimCgroup != ""})
 	if err != nil {
 		if rerr := rootfs.Remove(ctx, dir); rerr != nil {
 			log.G(ctx).WithError(rerr).Warn("clean up after failed sandbox start")

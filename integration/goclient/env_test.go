@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/integration/harness"
+	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 )
 
@@ -51,13 +52,13 @@ func buildGuestImage(t *testing.T) (kernel, initrd string) {
 func skipUnlessVMs(t *testing.T) {
 	t.Helper()
 	if err := harness.Requirements(); err != nil {
-		t.Skip(err)
+		require.Missing(t, err)
 	}
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("needs qemu-system-x86_64 (apt-get install qemu-system-x86)")
+		require.Missing(t, "needs qemu-system-x86_64 (apt-get install qemu-system-x86)")
 	}
 	if _, err := os.Stat("/usr/lib/qemu/virtiofsd"); err != nil {
-		t.Skip("needs /usr/lib/qemu/virtiofsd")
+		require.Missing(t, "needs /usr/lib/qemu/virtiofsd")
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/runtime/v2/runc/options"
 
 	"github.com/vmpod/vmpod/hostcgroup"
+	"github.com/vmpod/vmpod/internal/require"
 )
 
 // TestGoClientKillBeforeStart: a signal the process dies of, sent to a
@@ -248,7 +249,7 @@ func TestGoClientShimCgroup(t *testing.T) {
 			path := fmt.Sprintf("/vmpod-test-shim-%s-%d", shortRuntime(runtime), os.Getpid())
 			cg, err := hostcgroup.Create(path)
 			if err != nil {
-				t.Skipf("cannot create cgroup %s here: %v", path, err)
+				require.Missingf(t, "cannot create cgroup %s here: %v", path, err)
 			}
 			// Registered first: runs after the container is gone.
 			t.Cleanup(func() {

@@ -18,7 +18,7 @@ import (
 
 // TestMain removes what the tests built: the guest image and the binaries.
 func TestMain(m *testing.M) {
-	code := testbin.Run(m)
+	code := testbin.RunVMs(m)
 	if guestImage.initrd != "" {
 		os.RemoveAll(filepath.Dir(guestImage.initrd))
 	}
