@@ -74,8 +74,8 @@ func TestCritest(t *testing.T) {
 	writeHostsTOML(t, hosts, "registry.k8s.io", addr)
 	startRegistry(t, registryBin, addr)
 	e := newCRIEnvWith(t, criOptions{
-		extraConfig: fmt.Sprintf("[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = %q\n", hosts),
-		portmap:     true,
+		registryConfigPath: hosts,
+		portmap:            true,
 	})
 	busybox := addr + "/busybox:latest"
 	web := addr + "/webserver:latest"
