@@ -157,6 +157,7 @@ func StartContainerd(t testing.TB, opts Options) *Containerd {
 	if err := c.start(opts); err != nil {
 		t.Fatalf("starting containerd in %s: %v", dir, err)
 	}
+	t.Logf("%s in %s", daemon, dir)
 	return c
 }
 
