@@ -56,6 +56,9 @@ type criOptions struct {
 	registryConfigPath string
 	// portmap adds CNI's portmap plugin (hostPort) to the network.
 	portmap bool
+	// runtimeSnippet declares the kata handler from this containerd
+	// configuration file (harness.Options.RuntimeSnippet).
+	runtimeSnippet string
 }
 
 func newCRIEnv(t *testing.T) *criEnv {
@@ -85,6 +88,7 @@ func newCRIEnvWith(t *testing.T, opts criOptions) *criEnv {
 		CRI:                true,
 		SandboxImage:       pauseRef,
 		RegistryConfigPath: opts.registryConfigPath,
+		RuntimeSnippet:     opts.runtimeSnippet,
 	})
 	t.Cleanup(func() { c.AssertClean(t) })
 	e := &criEnv{t: t, c: c, crictl: crictl, stateRoot: stateRoot, logDir: filepath.Join(dir, "logs")}

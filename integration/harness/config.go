@@ -2,6 +2,7 @@ package harness
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -17,7 +18,7 @@ const (
 
 // configTOML is containerd's configuration for c.Daemon's version:
 // everything under c.Dir, only the plugins a test needs.
-func (c *Containerd) configTOML() string {
+func (c *Containerd) configTOML() (string, error) {
 	disabled := []string{
 		"io.containerd.internal.v1.opt",
 		"io.containerd.snapshotter.v1.aufs",
@@ -42,6 +43,11 @@ func (c *Containerd) configTOML() string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "version = %d\nroot = %q\nstate = %q\n", version, c.Root, c.State)
+	snippet := c.opts.CRI && c.opts.RuntimeSnippet != ""
+	if snippet && version == 3 {
+		// A drop-in, as in /etc/containerd/conf.d.
+		fmt.Fprintf(&b, "imports = [%q]\n", c.opts.RuntimeSnippet)
+	}
 	fmt.Fprintf(&b, "disabled_plugins = [%s]\n\n", quoteList(disabled))
 	fmt.Fprintf(&b, "[grpc]\n  address = %q\n\n", c.Address)
 	fmt.Fprintf(&b, "[ttrpc]\n  address = %q\n\n", c.Address+".ttrpc")
@@ -54,7 +60,17 @@ func (c *Containerd) configTOML() string {
 		}
 	}
 	b.WriteString(c.opts.ExtraConfig)
-	return b.String()
+	if snippet && version == 2 {
+		// containerd 1.x replaces a plugin's whole table with an imported
+		// one: the snippet is merged into config.toml instead.
+		data, err := os.ReadFile(c.opts.RuntimeSnippet)
+		if err != nil {
+			return "", fmt.Errorf("runtime snippet: %w", err)
+		}
+		b.WriteString("\n")
+		b.Write(data)
+	}
+	return b.String(), nil
 }
 
 // CNIConfDir is the CRI plugin's CNI configuration directory (empty at
@@ -119,6 +135,9 @@ func (c *Containerd) criTOMLv3() string {
 func (c *Containerd) runtimesTOML(p string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[%s.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n", p)
+	if c.opts.RuntimeSnippet != "" {
+		return b.String() // kata comes from the snippet
+	}
 	fmt.Fprintf(&b, "[%s.kata]\n  runtime_type = \"io.containerd.kata.v2\"\n", p)
 	if c.opts.KataConfigPath != "" {
 		fmt.Fprintf(&b, "[%s.kata.options]\n  ConfigPath = %q\n", p, c.opts.KataConfigPath)

@@ -1,10 +1,13 @@
 package harness
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/vmpod/vmpod/internal/testbin"
 )
 
 // TestConfigTOML checks the configuration written for each containerd
@@ -40,9 +43,13 @@ func TestConfigTOML(t *testing.T) {
 	decode := func(t *testing.T, major int) map[string]any {
 		t.Helper()
 		c.Daemon = Daemon{Major: major}
+		cfg, err := c.configTOML()
+		if err != nil {
+			t.Fatal(err)
+		}
 		var doc map[string]any
-		if _, err := toml.Decode(c.configTOML(), &doc); err != nil {
-			t.Fatalf("config for containerd %d.x is not TOML: %v\n%s", major, err, c.configTOML())
+		if _, err := toml.Decode(cfg, &doc); err != nil {
+			t.Fatalf("config for containerd %d.x is not TOML: %v\n%s", major, err, cfg)
 		}
 		for k, want := range map[string]any{"root": c.Root, "state": c.State} {
 			if got := doc[k]; got != want {
@@ -116,6 +123,38 @@ func TestConfigTOML(t *testing.T) {
 			srv + "containerd":                                 nil,
 			rt + "enable_unprivileged_ports":                   nil, // containerd's default, as on nodes
 		})
+	})
+
+	// The snippets that make install ships: merged into config.toml for
+	// 1.x, imported as a drop-in by 2.x; the harness declares no kata
+	// runtime of its own then.
+	t.Run("runtime snippet", func(t *testing.T) {
+		defer func() { c.opts = opts }()
+		root := testbin.ModuleRoot()
+		c.opts = Options{CRI: true, RuntimeSnippet: filepath.Join(root, "config", "containerd-runtime.toml")}
+		doc := decode(t, 1)
+		check(t, doc, map[string]any{
+			`plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata.runtime_type`: "io.containerd.kata.v2",
+			`plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.runtime_type`: "io.containerd.runc.v2",
+		})
+		if doc["imports"] != nil {
+			t.Errorf("containerd 1.x: imports = %v, want none", doc["imports"])
+		}
+
+		v3 := filepath.Join(root, "config", "containerd-runtime-v3.toml")
+		c.opts = Options{CRI: true, RuntimeSnippet: v3}
+		doc = decode(t, 2)
+		check(t, doc, map[string]any{
+			"imports": v3,
+			`plugins."io.containerd.cri.v1.runtime".containerd.runtimes.kata`:              nil,
+			`plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.runtime_type`: "io.containerd.runc.v2",
+		})
+
+		c.opts = Options{CRI: true, RuntimeSnippet: filepath.Join(t.TempDir(), "missing.toml")}
+		c.Daemon = Daemon{Major: 1}
+		if _, err := c.configTOML(); err == nil || !strings.Contains(err.Error(), "missing.toml") {
+			t.Errorf("missing snippet: error %v, want one naming the file", err)
+		}
 	})
 
 	t.Run("no CRI", func(t *testing.T) {

@@ -69,6 +69,12 @@ type Options struct {
 	SandboxImage string
 	// KataConfigPath, if set, is the kata runtime's ConfigPath option (CRI).
 	KataConfigPath string
+	// RuntimeSnippet, if set, is a file of containerd configuration that
+	// declares the CRI kata runtime instead of the harness, as an operator
+	// installs it: imported as a drop-in by containerd 2.x (config version
+	// 3), merged into config.toml for 1.x (version 2). KataConfigPath does
+	// not apply then.
+	RuntimeSnippet string
 	// ExtraConfig is TOML appended to containerd's config.toml (written
 	// for the daemon's config version: see Containerd.Daemon).
 	ExtraConfig string
@@ -177,7 +183,11 @@ func (c *Containerd) start(opts Options) error {
 			return err
 		}
 	}
-	if err := os.WriteFile(c.ConfigFile, []byte(c.configTOML()), 0o644); err != nil {
+	cfg, err := c.configTOML()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(c.ConfigFile, []byte(cfg), 0o644); err != nil {
 		return err
 	}
 	return c.launch()
