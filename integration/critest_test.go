@@ -103,12 +103,19 @@ func TestCritest(t *testing.T) {
 			skip = append(skip, x.specs)
 		}
 	}
+	// What runc does not pass on this daemon is not counted: vmpod does
+	// not run it either (specs that wait for upstream images are slow).
+	for spec, state := range runc {
+		if state != "passed" && state != "skipped" {
+			skip = append(skip, "^"+regexp.QuoteMeta(spec)+"$")
+		}
+	}
 	kata := run("kata", strings.Join(skip, "|"))
 	passed := 0
 	for spec, state := range runc {
 		if state != "passed" {
-			if kata[spec] == "passed" {
-				t.Logf("runc %s, vmpod passed: %s", state, spec)
+			if state != "skipped" {
+				t.Logf("%s with runc, not run with vmpod: %s", state, spec)
 			}
 			continue
 		}
@@ -121,11 +128,6 @@ func TestCritest(t *testing.T) {
 			continue
 		}
 		t.Errorf("passes with runc, %s with vmpod: %s", kata[spec], spec)
-	}
-	for spec, state := range kata {
-		if state != "passed" && state != "skipped" && runc[spec] != "passed" {
-			t.Logf("%s with vmpod and %s with runc: %s", state, runc[spec], spec)
-		}
 	}
 	if passed == 0 {
 		t.Fatal("no spec passed with runc: the comparison saw nothing")
