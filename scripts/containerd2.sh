@@ -38,9 +38,10 @@ fi
 tmp=$(mktemp -d "$cache/containerd-$version.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 # Built outside any module (go install pkg@version) so that vmpod's go.mod
-# (containerd v1.7) does not take part. no_btrfs: btrfs headers are not
-# needed (the overlayfs snapshotter is what the tests use); cgo stays on
-# for the seccomp-free default build of containerd.
+# (containerd v1.7) does not take part. The no_* tags leave out the
+# btrfs, devmapper and zfs snapshotters (their headers and libraries are
+# not installed; the tests use overlayfs). cgo is Go's default (on where
+# gcc is).
 tags=no_btrfs,no_devmapper,no_zfs
 for c in "${cmds[@]}"; do
 	echo "containerd2.sh: building $c $version (tags $tags) into $dir" >&2
