@@ -170,7 +170,7 @@ func (c *counter) Write(p []byte) (int, error) {
 func (e *env) stream(id, execID string, size int64) (float64, error) {
 	ctx, cancel := ctrContext()
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ctr", "--address", e.c.Address, "--namespace", harness.Namespace,
+	cmd := exec.CommandContext(ctx, e.c.Daemon.Ctr, "--address", e.c.Address, "--namespace", harness.Namespace,
 		"task", "exec", "--exec-id", execID, id, "head", "-c", fmt.Sprint(size), "/dev/zero")
 	var out counter
 	cmd.Stdout, cmd.Stderr = &out, io.Discard

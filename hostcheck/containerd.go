@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -34,7 +35,48 @@ func checkContainerdConfig(path string) Result {
 	if err != nil {
 		return Result{Name: name, Status: Warn, Reason: err.Error(), Fix: "check containerd's configuration file"}
 	}
-	return containerdRuntimes(path, data)
+	r := containerdRuntimes(path, data)
+	if r.Status == Pass {
+		return r
+	}
+	// containerd 2.x's drop-ins (/etc/containerd/conf.d/*.toml) are files
+	// that config.toml imports.
+	for _, imp := range importedFiles(path, data) {
+		d, err := readBounded(imp, maxContainerdConfig)
+		if err != nil {
+			continue
+		}
+		if ri := containerdRuntimes(imp, d); ri.Status == Pass {
+			return ri
+		}
+	}
+	return r
+}
+
+// importedFiles lists the files that containerd's configuration at path
+// imports (`imports`, a list of paths or globs, relative ones to the file's
+// directory), as containerd resolves them; only the first level.
+func importedFiles(path string, data []byte) []string {
+	var doc struct {
+		Imports []string `toml:"imports"`
+	}
+	if _, err := toml.Decode(string(data), &doc); err != nil {
+		return nil
+	}
+	var out []string
+	for _, imp := range doc.Imports {
+		imp = filepath.Clean(imp)
+		if !filepath.IsAbs(imp) {
+			imp = filepath.Join(filepath.Dir(path), imp)
+		}
+		if !strings.Contains(imp, "*") {
+			out = append(out, imp)
+			continue
+		}
+		matches, _ := filepath.Glob(imp)
+		out = append(out, matches...)
+	}
+	return out
 }
 
 // containerdRuntimes is checkContainerdConfig on the file's contents.
@@ -52,9 +94,13 @@ func containerdRuntimes(path string, data []byte) Result {
 	var found []string
 	findRuntimes(doc, nil, &found)
 	if len(found) == 0 {
+		fix := "add to " + path + " and restart containerd:\n" + runtimeSnippet(version)
+		if version >= 3 {
+			fix += "\n(or install PREFIX/share/vmpod/containerd-v3.toml in /etc/containerd/conf.d/, which config.toml must import)"
+		}
 		return Result{Name: name, Status: Warn,
-			Reason: fmt.Sprintf("no runtime with runtime_type = %q in %s: CRI pods cannot select vmpod (ctr --runtime %s works without it)", RuntimeType, path, RuntimeType),
-			Fix:    "add to " + path + " and restart containerd:\n" + runtimeSnippet(version)}
+			Reason: fmt.Sprintf("no runtime with runtime_type = %q in %s or the files it imports: CRI pods cannot select vmpod (ctr --runtime %s works without it)", RuntimeType, path, RuntimeType),
+			Fix:    fix}
 	}
 	return Result{Name: name, Status: Pass, Reason: fmt.Sprintf("%s in %s", strings.Join(found, ", "), path)}
 }
@@ -95,8 +141,9 @@ func tomlPath(keys []string) string {
 }
 
 // runtimeSnippet is the runtime table for containerd's configuration
-// version (1 and 2: containerd 1.x; 3: containerd 2.x). make install puts
-// a commented version 2 file in PREFIX/share/vmpod/containerd.toml.
+// version (1 and 2: containerd 1.x; 3 and 4: containerd 2.x). make install
+// puts commented files in PREFIX/share/vmpod: containerd.toml (version 2)
+// and containerd-v3.toml (version 3, a drop-in).
 func runtimeSnippet(version int64) string {
 	plugin := `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata`
 	switch {

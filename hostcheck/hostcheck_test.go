@@ -206,6 +206,45 @@ func TestContainerdRuntimes(t *testing.T) {
 	}
 }
 
+// TestContainerdDropIn: with containerd 2.x the runtime may come from a
+// drop-in that config.toml imports (the shipped containerd-v3.toml in
+// conf.d); check finds it there, and only there when it is imported.
+func TestContainerdDropIn(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "config.toml")
+	confd := filepath.Join(dir, "conf.d")
+	if err := os.MkdirAll(confd, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	snippet, err := os.ReadFile("../config/containerd-runtime-v3.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(confd, "vmpod.toml"), snippet, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, main string
+		status     Status
+		want       string
+	}{
+		{"glob", "version = 4\nimports = [\"" + confd + "/*.toml\"]\n", Pass, filepath.Join(confd, "vmpod.toml")},
+		{"relative path", "version = 3\nimports = [\"conf.d/vmpod.toml\"]\n", Pass, filepath.Join(confd, "vmpod.toml")},
+		{"not imported", "version = 3\n", Warn, "conf.d/"},
+		{"glob matches nothing", "version = 3\nimports = [\"" + dir + "/none/*.toml\"]\n", Warn, "no runtime"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(conf, []byte(tc.main), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			r := checkContainerdConfig(conf)
+			if r.Status != tc.status || !strings.Contains(r.Reason+r.Fix, tc.want) {
+				t.Fatalf("got %s %q (fix %q), want %s containing %q", r.Status, r.Reason, r.Fix, tc.status, tc.want)
+			}
+		})
+	}
+}
+
 func TestKernelMagic(t *testing.T) {
 	bz := make([]byte, 0x300)
 	copy(bz[0x202:], "HdrS")

@@ -53,10 +53,13 @@ type criEnv struct {
 
 // criOptions vary newCRIEnv.
 type criOptions struct {
-	// extraConfig is appended to containerd's configuration.
-	extraConfig string
+	// registryConfigPath is the CRI plugin's registry config_path.
+	registryConfigPath string
 	// portmap adds CNI's portmap plugin (hostPort) to the network.
 	portmap bool
+	// runtimeSnippet declares the kata handler from this containerd
+	// configuration file (harness.Options.RuntimeSnippet).
+	runtimeSnippet string
 }
 
 func newCRIEnv(t *testing.T) *criEnv {
@@ -79,13 +82,14 @@ func newCRIEnvWith(t *testing.T, opts criOptions) *criEnv {
 	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"veth", cniBridge}, NetnsPrefixes: []string{"cni-"}})
 	t.Cleanup(func() { deleteLink(t, cniBridge) })
 	c := harness.StartContainerd(t, harness.Options{
-		ShimPath:     shimBin,
-		VMPODConfig:  cfg,
-		Env:          []string{"VMPOD_STATE_ROOT=" + stateRoot},
-		StateDirs:    []string{stateRoot},
-		CRI:          true,
-		SandboxImage: pauseRef,
-		ExtraConfig:  opts.extraConfig,
+		ShimPath:           shimBin,
+		VMPODConfig:        cfg,
+		Env:                []string{"VMPOD_STATE_ROOT=" + stateRoot},
+		StateDirs:          []string{stateRoot},
+		CRI:                true,
+		SandboxImage:       pauseRef,
+		RegistryConfigPath: opts.registryConfigPath,
+		RuntimeSnippet:     opts.runtimeSnippet,
 	})
 	t.Cleanup(func() { c.AssertClean(t) })
 	e := &criEnv{t: t, c: c, crictl: crictl, stateRoot: stateRoot, logDir: filepath.Join(dir, "logs")}

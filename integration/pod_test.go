@@ -343,7 +343,8 @@ func unwrapExit(err error) error {
 // TestCRIShimKilled: when a pod's shim dies, containerd's `shim delete`
 // removes the VM's processes, mounts and state and vmpod's tap and
 // redirects from the pod's network namespace (which CRI still holds);
-// the pod then stops and is removed as usual.
+// CRI sees the container exited, and the pod then stops and is removed as
+// usual.
 func TestCRIShimKilled(t *testing.T) {
 	e := newCRIEnv(t)
 	pod, podPath := e.runPod(e.podConfig("pod-k", false))
@@ -384,6 +385,11 @@ func TestCRIShimKilled(t *testing.T) {
 	if out, err := execIn(netns, "tc", "qdisc", "show", "dev", "eth0"); err != nil || strings.Contains(out, "ingress") {
 		t.Errorf("eth0 in %s keeps an ingress qdisc (%v):\n%s", netns, err, out)
 	}
+	// CRI sees the container exit, as the kubelet would before removing
+	// the pod. (containerd 2.x's first try at deleting the task can race
+	// its own cleanup of the dead shim and fail; CRI retries it a second
+	// later.)
+	e.waitState(c, "CONTAINER_EXITED", time.Minute)
 	e.must("stopp", pod)
 	e.must("rmp", pod)
 	e.assertNoPods()

@@ -178,7 +178,7 @@ type eventLog struct {
 func (e *vmpodEnv) watchEvents() *eventLog {
 	e.t.Helper()
 	l := &eventLog{done: make(chan struct{})}
-	l.cmd = exec.Command("ctr", "--address", e.c.Address, "--namespace", harness.Namespace, "events")
+	l.cmd = exec.Command(e.c.Daemon.Ctr, "--address", e.c.Address, "--namespace", harness.Namespace, "events")
 	l.cmd.Stdout = l
 	if err := l.cmd.Start(); err != nil {
 		e.t.Fatal(err)

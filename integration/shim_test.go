@@ -320,7 +320,7 @@ func TestShimTerminal(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	script := `stty size; while [ "$(stty size)" = "40 100" ]; do sleep 0.1; done; stty size`
-	cmd := exec.CommandContext(ctx, "ctr", "--address", e.c.Address, "--namespace", harness.Namespace,
+	cmd := exec.CommandContext(ctx, e.c.Daemon.Ctr, "--address", e.c.Address, "--namespace", harness.Namespace,
 		"run", "--rm", "-t", "--runtime", "io.containerd.kata.v2", e.image, "tty", "sh", "-c", script)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true, Setctty: true}

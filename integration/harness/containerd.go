@@ -5,7 +5,10 @@
 // registry), and checks that a test left no shim, VM or mount behind.
 //
 // Tests using it need root and /usr/bin/containerd and ctr; StartContainerd
-// skips the test with the reason when they are missing.
+// skips the test with the reason when they are missing. $VMPOD_CONTAINERD=2
+// runs the pinned containerd 2.x of scripts/containerd2.sh instead, with
+// its own ctr and runc shim (see SelectedDaemon); the configuration the
+// harness writes follows the daemon's version.
 package harness
 
 import (
@@ -60,11 +63,21 @@ type Options struct {
 	// CRI enables the CRI plugin with runtime handlers "runc" (default) and
 	// "kata" (io.containerd.kata.v2), restrict_oom_score_adj = true.
 	CRI bool
+	// RegistryConfigPath, if set, is the CRI plugin's registry config_path
+	// (a directory of <host>/hosts.toml).
+	RegistryConfigPath string
 	// SandboxImage is the CRI sandbox (pause) image; used when CRI is set.
 	SandboxImage string
 	// KataConfigPath, if set, is the kata runtime's ConfigPath option (CRI).
 	KataConfigPath string
-	// ExtraConfig is TOML appended to containerd's config.toml.
+	// RuntimeSnippet, if set, is a file of containerd configuration that
+	// declares the CRI kata runtime instead of the harness, as an operator
+	// installs it: imported as a drop-in by containerd 2.x (config version
+	// 3), merged into config.toml for 1.x (version 2). KataConfigPath does
+	// not apply then.
+	RuntimeSnippet string
+	// ExtraConfig is TOML appended to containerd's config.toml (written
+	// for the daemon's config version: see Containerd.Daemon).
 	ExtraConfig string
 	// StateDirs are directories of vmpod's own per-sandbox state that must
 	// hold no entries when the test ends (AssertClean).
@@ -83,6 +96,7 @@ type Containerd struct {
 	ConfigFile string // the config.toml written for it
 	LogFile    string // containerd's stdout and stderr
 	BinDir     string // first on containerd's PATH; holds the shim
+	Daemon     Daemon // the containerd build that runs (SelectedDaemon)
 
 	opts Options
 	cmd  *exec.Cmd
@@ -90,10 +104,15 @@ type Containerd struct {
 	err  error         // cmd.Wait's result, valid after done
 }
 
-// Requirements returns why containerd cannot run here, or nil.
+// Requirements returns why containerd cannot run here, or nil. A build
+// selected by the environment is not checked here: StartContainerd fails
+// the test when it cannot be had, since it was asked for.
 func Requirements() error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root to run containerd")
+	}
+	if os.Getenv(EnvContainerdBin) != "" || os.Getenv(EnvContainerd) == "2" {
+		return nil
 	}
 	for _, bin := range []string{"containerd", "ctr"} {
 		if _, err := exec.LookPath(bin); err != nil {
@@ -112,6 +131,10 @@ func StartContainerd(t testing.TB, opts Options) *Containerd {
 	if err := Requirements(); err != nil {
 		require.Missing(t, err)
 	}
+	daemon, err := SelectedDaemon()
+	if err != nil {
+		t.Fatalf("containerd: %v", err)
+	}
 	// Short and outside t.TempDir: shim and ttrpc socket paths must stay
 	// under the 108 bytes of sun_path, whatever the test's name.
 	dir, err := os.MkdirTemp("", "vmpod-ctd-")
@@ -126,6 +149,7 @@ func StartContainerd(t testing.TB, opts Options) *Containerd {
 		ConfigFile: filepath.Join(dir, "config.toml"),
 		LogFile:    filepath.Join(dir, "containerd.log"),
 		BinDir:     filepath.Join(dir, "bin"),
+		Daemon:     daemon,
 		opts:       opts,
 		done:       make(chan struct{}),
 	}
@@ -140,6 +164,7 @@ func StartContainerd(t testing.TB, opts Options) *Containerd {
 	if err := c.start(opts); err != nil {
 		t.Fatalf("starting containerd in %s: %v", dir, err)
 	}
+	t.Logf("%s in %s", daemon, dir)
 	return c
 }
 
@@ -159,7 +184,11 @@ func (c *Containerd) start(opts Options) error {
 			return err
 		}
 	}
-	if err := os.WriteFile(c.ConfigFile, []byte(c.configTOML()), 0o644); err != nil {
+	cfg, err := c.configTOML()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(c.ConfigFile, []byte(cfg), 0o644); err != nil {
 		return err
 	}
 	return c.launch()
@@ -189,7 +218,7 @@ func (c *Containerd) launch() error {
 	}
 	defer logf.Close()
 
-	cmd := exec.Command("containerd", "--config", c.ConfigFile)
+	cmd := exec.Command(c.Daemon.Containerd, "--config", c.ConfigFile)
 	cmd.Env = c.env()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = c.Dir
@@ -224,7 +253,12 @@ func (c *Containerd) env() []string {
 		}
 		env = append(env, kv)
 	}
-	env = append(env, "PATH="+c.BinDir+":"+os.Getenv("PATH"))
+	// The vmpod shim first, then the runc shim of the daemon's own build.
+	path := c.BinDir + ":"
+	if c.Daemon.BinDir != "" {
+		path += c.Daemon.BinDir + ":"
+	}
+	env = append(env, "PATH="+path+os.Getenv("PATH"))
 	if c.opts.VMPODConfig != "" {
 		env = append(env, "VMPOD_CONFIG="+c.opts.VMPODConfig)
 	}
@@ -259,9 +293,10 @@ func (c *Containerd) waitReady(timeout time.Duration) error {
 	}
 }
 
-// Ctr runs `ctr --address <sock> --namespace vmpod-test args...`. Without a
-// deadline in ctx, DefaultCtrTimeout applies. The error carries the
-// arguments and stderr.
+// Ctr runs `ctr --address <sock> --namespace vmpod-test args...` with the
+// daemon's own ctr. Without a deadline in ctx, DefaultCtrTimeout applies.
+// The error carries the arguments and stderr. (containerd 2.x's ctr warns
+// on stderr that cgroup v1 is deprecated, on hosts that have it.)
 func (c *Containerd) Ctr(ctx context.Context, args ...string) (stdout, stderr string, err error) {
 	return c.CtrStdin(ctx, nil, args...)
 }
@@ -280,7 +315,7 @@ func (c *Containerd) CtrIn(ctx context.Context, ns string, stdin io.Reader, args
 		defer cancel()
 	}
 	full := append([]string{"--address", c.Address, "--namespace", ns}, args...)
-	cmd := exec.CommandContext(ctx, "ctr", full...)
+	cmd := exec.CommandContext(ctx, c.Daemon.Ctr, full...)
 	var out, errb bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &out, &errb
 	// ctr run leaves the fifo copiers of a killed ctr holding the pipes;

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -15,67 +14,6 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
-
-// configTOML is containerd's configuration: everything under c.Dir, only
-// the plugins a test needs.
-func (c *Containerd) configTOML() string {
-	disabled := []string{
-		"io.containerd.internal.v1.opt",
-		"io.containerd.snapshotter.v1.aufs",
-		"io.containerd.snapshotter.v1.btrfs",
-		"io.containerd.snapshotter.v1.devmapper",
-		"io.containerd.snapshotter.v1.zfs",
-		"io.containerd.tracing.processor.v1.otlp",
-		"io.containerd.internal.v1.tracing",
-	}
-	if !c.opts.CRI {
-		disabled = append(disabled, "io.containerd.grpc.v1.cri")
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "version = 2\nroot = %q\nstate = %q\n", c.Root, c.State)
-	fmt.Fprintf(&b, "disabled_plugins = [%s]\n\n", quoteList(disabled))
-	fmt.Fprintf(&b, "[grpc]\n  address = %q\n\n", c.Address)
-	fmt.Fprintf(&b, "[ttrpc]\n  address = %q\n\n", c.Address+".ttrpc")
-	fmt.Fprintf(&b, "[debug]\n  level = \"debug\"\n\n")
-	if c.opts.CRI {
-		b.WriteString(c.criTOML())
-	}
-	b.WriteString(c.opts.ExtraConfig)
-	return b.String()
-}
-
-// CNIConfDir is the CRI plugin's CNI configuration directory (empty at
-// start; CRI picks up files written there later).
-func (c *Containerd) CNIConfDir() string { return filepath.Join(c.Dir, "cni") }
-
-func (c *Containerd) criTOML() string {
-	const p = `plugins."io.containerd.grpc.v1.cri"`
-	var b strings.Builder
-	fmt.Fprintf(&b, "[%s]\n", p)
-	// No CAP_SYS_RESOURCE for the sandbox's oom_score_adj here.
-	b.WriteString("  restrict_oom_score_adj = true\n")
-	b.WriteString("  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n")
-	if c.opts.SandboxImage != "" {
-		fmt.Fprintf(&b, "  sandbox_image = %q\n", c.opts.SandboxImage)
-	}
-	fmt.Fprintf(&b, "[%s.cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = %q\n", p, c.CNIConfDir())
-	fmt.Fprintf(&b, "[%s.containerd]\n  snapshotter = \"overlayfs\"\n  default_runtime_name = \"runc\"\n", p)
-	fmt.Fprintf(&b, "[%s.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n", p)
-	fmt.Fprintf(&b, "[%s.containerd.runtimes.kata]\n  runtime_type = \"io.containerd.kata.v2\"\n", p)
-	if c.opts.KataConfigPath != "" {
-		fmt.Fprintf(&b, "[%s.containerd.runtimes.kata.options]\n  ConfigPath = %q\n", p, c.opts.KataConfigPath)
-	}
-	b.WriteString("\n")
-	return b.String()
-}
-
-func quoteList(xs []string) string {
-	q := make([]string, len(xs))
-	for i, x := range xs {
-		q[i] = fmt.Sprintf("%q", x)
-	}
-	return strings.Join(q, ", ")
-}
 
 // teardown removes everything the daemon and its shims made. Leftovers that
 // the test itself should have removed (processes) are reported as errors,
