@@ -38,6 +38,9 @@ type SandboxRequest struct {
 	Config *config.Config
 	// Spec is the first container's spec, which sizes the VM.
 	Spec *specs.Spec
+	// NetNS is the pod's network namespace on the host, whose interfaces
+	// the VM gets; "" for none (the VM has only lo).
+	NetNS string
 }
 
 // SandboxFactory starts a sandbox. On error it leaves nothing running.
