@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/log"
@@ -16,6 +17,10 @@ import (
 // network namespace the shim made for a container that asked for a new one
 // without naming it (ctr, nerdctl). It goes with the directory.
 const NetnsName = "netns"
+
+// poststartKillWait bounds the wait for a container killed because its
+// poststart hook failed.
+const poststartKillWait = 10 * time.Second
 
 // takeHooks removes the host hooks from spec (the guest runs the rest) and
 // refuses those that cannot run, before anything starts.

@@ -221,6 +221,13 @@ func (s *service) start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 			if _, kerr := agent.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: r.ID, Signal: uint32(unix.SIGKILL), All: true}); kerr != nil {
 				log.G(ctx).WithError(kerr).WithField("id", r.ID).Warn("kill container after failed poststart hook")
 			}
+			// runc returns once the container is gone, so that the
+			// client's Delete that follows finds it stopped.
+			wctx, cancel := context.WithTimeout(ctx, poststartKillWait)
+			defer cancel()
+			if werr := p.wait(wctx); werr != nil {
+				log.G(ctx).WithError(werr).WithField("id", r.ID).Warn("wait for container after failed poststart hook")
+			}
 			return nil, err
 		}
 	}
