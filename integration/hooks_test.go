@@ -22,8 +22,9 @@ import (
 
 // hostHookScript records, for the hook kind in $1, the state it got, the
 // network namespace that state.pid names and its own, and the kernel it
-// runs on, into $DIR. The createRuntime hook also puts a veth into its
-// namespace, as a CNI hook would, whose address the container must see.
+// runs on, into $DIR. The createRuntime hook also puts a veth into the
+// container's namespace, as a CNI hook would, whose address the container
+// must see.
 const hostHookScript = `#!/bin/sh
 set -e
 kind=$1
@@ -34,10 +35,9 @@ readlink "/proc/$pid/ns/net" > "$DIR/$kind.pidns"
 readlink /proc/self/ns/net > "$DIR/$kind.netns"
 uname -r > "$DIR/$kind.uname"
 if [ "$kind" = createRuntime ]; then
-	ip link add eth0 type veth peer name "$PEER"
-	ip link set "$PEER" netns 1
-	ip addr add 10.254.7.2/24 dev eth0
-	ip link set eth0 up
+	ip link add "$PEER" type veth peer name eth0 netns "$pid"
+	nsenter --net="/proc/$pid/ns/net" sh -c 'ip addr add 10.254.7.2/24 dev eth0 && ip link set eth0 up'
+
 fi
 `
 
@@ -79,10 +79,10 @@ func (e *vmpodEnv) hookSpec(t *testing.T, name string, edit func(*specs.Spec)) s
 
 // TestShimHooks runs a standalone container (ctr, no CRI) with a hook of
 // every kind and checks where each ran and the state it got: the host
-// hooks on the host, in the network namespace the shim made for the
-// container (which /proc/<state.pid>/ns/net names), what createRuntime put
-// there reaching the guest; createContainer and startContainer in the
-// guest.
+// hooks on the host, in the host's namespaces, with /proc/<state.pid>/ns/net
+// naming the network namespace the shim made for the container, what
+// createRuntime put there reaching the guest; createContainer and
+// startContainer in the guest.
 func TestShimHooks(t *testing.T) {
 	const peer = "vmpodhk0"
 	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"vmpodhk"}})
@@ -154,9 +154,9 @@ func TestShimHooks(t *testing.T) {
 		return strings.TrimSpace(string(data))
 	}
 	bundle := filepath.Join(e.c.State, "io.containerd.runtime.v2.task", harness.Namespace, id)
-	podNetns := read("createRuntime.netns")
+	podNetns := read("createRuntime.pidns")
 	if podNetns == hostNetns || podNetns == "" {
-		t.Errorf("createRuntime ran in the host's network namespace %q, want the container's", podNetns)
+		t.Errorf("createRuntime's /proc/<state.pid>/ns/net is the host's network namespace %q, want the container's", podNetns)
 	}
 	for _, tc := range []struct {
 		kind, status, bundle, release string
@@ -185,8 +185,9 @@ func TestShimHooks(t *testing.T) {
 			if !tc.host {
 				return
 			}
-			if got := read(tc.kind + ".netns"); got != podNetns {
-				t.Errorf("ran in network namespace %q, want the container's %q", got, podNetns)
+			// In the runtime's namespace, as with runc.
+			if got := read(tc.kind + ".netns"); got != hostNetns {
+				t.Errorf("ran in network namespace %q, want the host's %q", got, hostNetns)
 			}
 			if got := read(tc.kind + ".pidns"); got != podNetns {
 				t.Errorf("/proc/<state.pid>/ns/net is %q, want the container's %q", got, podNetns)

@@ -81,12 +81,12 @@ func TestCreateHookFailureStartsNoSandbox(t *testing.T) {
 }
 
 // TestHostHooksLeaveTheGuestSpec checks that the host hooks run on the host
-// (in the namespace the shim made) and that the agent's spec keeps only the
-// guest's.
+// with a state whose pid names the namespace the shim made, and that the
+// agent's spec keeps only the guest's.
 func TestHostHooksLeaveTheGuestSpec(t *testing.T) {
 	e := newEnv(t)
 	dir := t.TempDir()
-	rec := hookScript(t, dir, "rec", `echo ran >> "$0.$1.count"; readlink /proc/self/ns/net > "$0.$1.netns"`)
+	rec := hookScript(t, dir, "rec", `echo ran >> "$0.$1.count"; pid=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p'); readlink /proc/$pid/ns/net > "$0.$1.netns"`)
 	hostNetns, err := os.Readlink("/proc/self/ns/net")
 	if err != nil {
 		t.Fatal(err)
@@ -114,7 +114,7 @@ func TestHostHooksLeaveTheGuestSpec(t *testing.T) {
 			continue
 		}
 		if strings.TrimSpace(string(data)) == hostNetns {
-			t.Errorf("%s ran in the host's network namespace", kind)
+			t.Errorf("%s: /proc/<state.pid>/ns/net is the host's network namespace", kind)
 		}
 		// Left in the agent's spec, libcontainer would run it again.
 		if data, _ := os.ReadFile(rec + "." + kind + ".count"); string(data) != "ran\n" {

@@ -67,7 +67,7 @@ func TestManagerStopCleansUpAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	hook := filepath.Join(root, "poststop")
-	if err := os.WriteFile(hook, []byte("#!/bin/sh\necho ran >> $0.count; cat > $0.json; readlink /proc/self/ns/net > $0.netns\n"), 0o755); err != nil {
+	if err := os.WriteFile(hook, []byte("#!/bin/sh\necho ran >> $0.count; tee $0.json | sed -n \"s/.*\\\"pid\\\":\\([0-9]*\\).*/\\1/p\" > $0.pid; readlink /proc/$(cat $0.pid)/ns/net > $0.netns\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	config := fmt.Sprintf(`{"ociVersion":"1.1.0","annotations":{"a":"b"},"hooks":{"poststop":[{"path":%q}]}}`, hook)
@@ -102,7 +102,7 @@ func TestManagerStopCleansUpAfterCrash(t *testing.T) {
 		t.Errorf("poststop hook got %+v", state)
 	}
 	if data, _ := os.ReadFile(hook + ".netns"); strings.TrimSpace(string(data)) != fmt.Sprintf("net:[%d]", nsStat.Ino) {
-		t.Errorf("poststop hook ran in %q, not the container's network namespace", data)
+		t.Errorf("poststop hook's /proc/<state.pid>/ns/net is %q, not the container's network namespace", data)
 	}
 	// A second delete (containerd's, after a shim that shut down cleanly)
 	// finds nothing left and runs no hook.

@@ -8,11 +8,12 @@
 // way (as Kata does): the host hooks come out of the spec the agent gets,
 // and the shim runs them with Run.
 //
-// A hook gets the OCI state on stdin. Network hooks configure the
-// container's network namespace through /proc/<state.pid>/ns/net (nerdctl's
-// "oci-hook createRuntime" does CNI there); the container's process is in
-// the guest, so Run reports instead the id of a host thread that entered
-// the pod's network namespace and lives until the hook exits.
+// A hook runs in the shim's namespaces (the runtime's) and gets the OCI
+// state on stdin. Network hooks configure the container's network namespace
+// through /proc/<state.pid>/ns/net (nerdctl's "oci-hook createRuntime" does
+// CNI there); the container's process is in the guest, so Run reports
+// instead the id of a host thread that entered the pod's network namespace
+// and stays there until the hooks have run.
 //
 // See docs/hooks.md.
 package hooks
@@ -127,53 +128,67 @@ func check(h specs.Hook) error {
 }
 
 // Run runs the hooks of kind in order, stopping at the first that fails.
-// Each gets state on stdin, with state.Pid set to a host thread in the
-// network namespace netns ("" for the shim's own), in which the hook runs
-// too. The error names the hook (kind, index, path) and carries its
-// output.
+// Each runs in the shim's namespaces (the runtime's, as the OCI spec says)
+// and gets state on stdin, with state.Pid set to a host thread that is in
+// the network namespace netns ("" for the shim's own) while the hooks run.
+// The error names the hook (kind, index, path) and carries its output.
 func Run(ctx context.Context, kind string, list []specs.Hook, state specs.State, netns string) error {
 	if len(list) == 0 {
 		return nil
 	}
-	return inNetns(netns, func(tid int) error {
-		state.Pid = tid
-		data, err := json.Marshal(state)
-		if err != nil {
-			return fmt.Errorf("%s hooks: encode state: %w", kind, err)
+	tid, release, err := pinThread(netns)
+	if err != nil {
+		return fmt.Errorf("%s hooks: %w", kind, err)
+	}
+	defer release()
+	state.Pid = tid
+	data, err := json.Marshal(state)
+	if err != nil {
+		return fmt.Errorf("%s hooks: encode state: %w", kind, err)
+	}
+	for i, h := range list {
+		if err := runOne(ctx, h, data); err != nil {
+			return fmt.Errorf("%s hook #%d %s: %w", kind, i, h.Path, err)
 		}
-		for i, h := range list {
-			if err := runOne(ctx, h, data); err != nil {
-				return fmt.Errorf("%s hook #%d %s: %w", kind, i, h.Path, err)
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
-// inNetns calls fn on a locked OS thread that entered the network namespace
-// at path, with that thread's id. The thread is never unlocked: one whose
-// namespace changed must not run other goroutines, and the runtime ends it
-// when this goroutine returns.
-func inNetns(path string, fn func(tid int) error) error {
-	errc := make(chan error, 1)
+// pinThread parks a locked OS thread in the network namespace at path (""
+// for the shim's) until release, and returns its id: /proc/<tid>/ns/net is
+// then that namespace. The thread is never unlocked: one whose namespace
+// changed must not run other goroutines, and the runtime ends it when its
+// goroutine returns.
+func pinThread(path string) (tid int, release func(), err error) {
+	type pinned struct {
+		tid int
+		err error
+	}
+	ready := make(chan pinned, 1)
+	done := make(chan struct{})
 	go func() {
 		runtime.LockOSThread()
 		if path != "" {
 			f, err := os.Open(path)
 			if err != nil {
-				errc <- fmt.Errorf("open network namespace: %w", err)
+				ready <- pinned{err: fmt.Errorf("open network namespace: %w", err)}
 				return
 			}
 			err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
 			f.Close()
 			if err != nil {
-				errc <- fmt.Errorf("enter network namespace %s: %w", path, err)
+				ready <- pinned{err: fmt.Errorf("enter network namespace %s: %w", path, err)}
 				return
 			}
 		}
-		errc <- fn(unix.Gettid())
+		ready <- pinned{tid: unix.Gettid()}
+		<-done
 	}()
-	return <-errc
+	p := <-ready
+	if p.err != nil {
+		return 0, nil, p.err
+	}
+	return p.tid, func() { close(done) }, nil
 }
 
 // runOne runs h with state on stdin until it exits or its timeout (or

@@ -145,8 +145,10 @@ func TestRunGivesStateArgsEnv(t *testing.T) {
 	}
 }
 
-// TestRunInNetns checks that a hook runs in the namespace given and that
-// /proc/<state.pid>/ns/net is that namespace while it runs.
+// TestRunInNetns checks that /proc/<state.pid>/ns/net is the namespace
+// given while a hook runs, and that the hook itself runs in the runtime's
+// (the shim's) namespace, as with runc: CNI plugins that a hook runs
+// create their host side (a bridge) there.
 func TestRunInNetns(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create a network namespace")
@@ -168,14 +170,15 @@ func TestRunInNetns(t *testing.T) {
 	if err := Run(context.Background(), CreateRuntime, []specs.Hook{h}, specs.State{ID: "c"}, ns); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{".state", ".self"} {
-		if got := strings.TrimSpace(string(readFile(t, out+f))); got != want {
-			t.Errorf("%s: netns %q, want %q", f, got, want)
-		}
+	if got := strings.TrimSpace(string(readFile(t, out+".state"))); got != want {
+		t.Errorf("/proc/<state.pid>/ns/net is %q, want %q", got, want)
 	}
 	self, err := os.Readlink("/proc/thread-self/ns/net")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(readFile(t, out+".self"))); got != self {
+		t.Errorf("the hook ran in network namespace %q, want the runtime's %q", got, self)
 	}
 	if self == want {
 		t.Error("the test's thread was left in the hook's namespace")
