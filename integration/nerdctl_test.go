@@ -73,6 +73,12 @@ func newNerdctlEnv(t *testing.T) *nerdctlEnv {
 		deleteLink(t, nerdctlBridge)
 		cleanCNIChains(t)
 	})
+	// host-local keeps the leases of nerdctl's network here; removed after
+	// the daemon's teardown, whose container deletions release leases.
+	leases := "/var/lib/cni/networks/bridge"
+	if _, err := os.Stat(leases); os.IsNotExist(err) {
+		t.Cleanup(func() { os.RemoveAll(leases) })
+	}
 	e := newVMPodEnv(t, "")
 	dir := t.TempDir()
 	n := &nerdctlEnv{t: t, e: e, bin: bin, global: []string{
@@ -82,11 +88,6 @@ func newNerdctlEnv(t *testing.T) *nerdctlEnv {
 		"--cni-path", "/usr/lib/cni",
 		"--cni-netconfpath", filepath.Join(dir, "cni"),
 	}}
-	// host-local keeps its leases here when the network names no dataDir.
-	leases := "/var/lib/cni/networks/bridge"
-	if _, err := os.Stat(leases); os.IsNotExist(err) {
-		t.Cleanup(func() { os.RemoveAll(leases) })
-	}
 	return n
 }
 
