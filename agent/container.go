@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -73,6 +74,10 @@ func createContainer(ctx context.Context, p containerParams) (_ *Container, retE
 	if fi, err := os.Stat(p.config.Rootfs); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("rootfs %s of container %s is not a directory: %w", p.config.Rootfs, p.id, errdefs.ErrInvalidArgument)
 	}
+	// The state that the guest's hooks (createContainer, startContainer)
+	// get names the container's directory in the guest as its bundle, as
+	// runc names the bundle: the directory that holds the rootfs.
+	p.config.Labels = append(p.config.Labels, "bundle="+filepath.Dir(p.config.Rootfs))
 	lc, err := libcontainer.Create(p.root, p.id, p.config)
 	if err != nil {
 		if errors.Is(err, libcontainer.ErrExist) {

@@ -11,7 +11,7 @@ packages=(
 	linux-image-cloud-amd64
 	containerd runc
 	busybox-static
-	iproute2 kmod
+	iproute2 kmod iptables
 	containernetworking-plugins
 	# cross-checks the tests make (CI fails on a missing tool)
 	cpio lz4

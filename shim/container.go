@@ -8,6 +8,8 @@ import (
 
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/vmpod/vmpod/shim/hooks"
 	"github.com/vmpod/vmpod/shim/rootfs"
 )
 
@@ -18,6 +20,9 @@ type container struct {
 	bundle string
 	layout rootfs.Layout
 	init   *process
+	// hooks are the container's host hooks, state the OCI state they get.
+	hooks hooks.Host
+	state specs.State
 
 	mu    sync.Mutex
 	execs map[string]*process // guarded by mu

@@ -239,19 +239,27 @@ func shimCommand(ns, id string, opts cshim.StartOpts) (*exec.Cmd, error) {
 
 // Stop cleans up after a shim that is gone: it kills the sandbox's VM
 // processes, unmounts what the shim mounted, removes its state and its taps
-// and redirects from the pod's network namespace. For a container that
-// joined a pod, only that container's part goes.
+// and redirects from the pod's network namespace (and the namespace it made
+// for a standalone container, which is in its state), and runs the
+// container's poststop hooks. For a container that joined a pod, only that
+// container's part goes.
 func (m *Manager) Stop(ctx context.Context, id string) (cshim.StopStatus, error) {
 	spec := bundleSpec()
 	sandboxID, joins := bundleSandbox(id, spec)
 	dir := filepath.Join(StateRoot, sandboxID)
+	netns := network.NamespacePath(spec)
+	if netns == "" {
+		netns = sandboxNetns(dir)
+	}
 	if joins {
+		poststopAfterCrash(ctx, id, spec, filepath.Join(dir, SharedDirName, id), netns)
 		if err := rootfs.Remove(ctx, filepath.Join(dir, SharedDirName, id)); err != nil {
 			return cshim.StopStatus{}, err
 		}
 	} else {
 		waitShimGone(ctx, sandboxID)
 		killUnder(ctx, dir)
+		poststopAfterCrash(ctx, id, spec, dir, netns)
 		if spec != nil && spec.Linux != nil && spec.Linux.CgroupsPath != "" {
 			if cg, err := hostcgroup.Open(spec.Linux.CgroupsPath); err == nil {
 				deleteCgroup(ctx, cg)

@@ -2,14 +2,19 @@ package shim
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/moby/sys/mountinfo"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/network"
 	"golang.org/x/sys/unix"
 )
 
@@ -51,7 +56,22 @@ func TestManagerStopCleansUpAfterCrash(t *testing.T) {
 	if err := os.MkdirAll(bundle, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"annotations":{}}`), 0o600); err != nil {
+	// The dead shim's network namespace for the container, and a poststop
+	// hook that records where it ran and what it got.
+	netns := filepath.Join(dir, NetnsName)
+	if err := network.NewNamespace(netns); err != nil {
+		t.Fatal(err)
+	}
+	var nsStat unix.Stat_t
+	if err := unix.Stat(netns, &nsStat); err != nil {
+		t.Fatal(err)
+	}
+	hook := filepath.Join(root, "poststop")
+	if err := os.WriteFile(hook, []byte("#!/bin/sh\necho ran >> $0.count; tee $0.json | sed -n \"s/.*\\\"pid\\\":\\([0-9]*\\).*/\\1/p\" > $0.pid; readlink /proc/$(cat $0.pid)/ns/net > $0.netns\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	config := fmt.Sprintf(`{"ociVersion":"1.1.0","annotations":{"a":"b"},"hooks":{"poststop":[{"path":%q}]}}`, hook)
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Chdir(bundle)
@@ -74,6 +94,23 @@ func TestManagerStopCleansUpAfterCrash(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("sandbox directory %s not removed: %v", dir, err)
+	}
+	var state specs.State
+	if data, err := os.ReadFile(hook + ".json"); err != nil || json.Unmarshal(data, &state) != nil {
+		t.Errorf("poststop hook did not run: %v", err)
+	} else if state.ID != "c1" || state.Status != specs.StateStopped || state.Bundle != bundle || state.Annotations["a"] != "b" {
+		t.Errorf("poststop hook got %+v", state)
+	}
+	if data, _ := os.ReadFile(hook + ".netns"); strings.TrimSpace(string(data)) != fmt.Sprintf("net:[%d]", nsStat.Ino) {
+		t.Errorf("poststop hook's /proc/<state.pid>/ns/net is %q, not the container's network namespace", data)
+	}
+	// A second delete (containerd's, after a shim that shut down cleanly)
+	// finds nothing left and runs no hook.
+	if _, err := NewManager("io.containerd.kata.v2").Stop(context.Background(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(hook + ".count"); string(data) != "ran\n" {
+		t.Errorf("poststop hook ran %d times, want once", strings.Count(string(data), "ran"))
 	}
 }
 

@@ -42,6 +42,9 @@ type SandboxRequest struct {
 	// (runc's ShimCgroup runtime option) and stays there; otherwise it
 	// joins the sandbox's cgroup with the VM.
 	KeepShimCgroup bool
+	// NetNS is the pod's network namespace on the host, whose interfaces
+	// the VM gets; "" for none (the VM has only lo).
+	NetNS string
 }
 
 // SandboxFactory starts a sandbox. On error it leaves nothing running.

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vmpod/vmpod/config"
+	"github.com/vmpod/vmpod/network"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/shim/rootfs"
 	"google.golang.org/protobuf/proto"
@@ -24,14 +25,17 @@ import (
 
 // ensureSandbox returns the shim's sandbox, starting it for the first
 // container: a container of a pod joins the sandbox its sandbox container
-// started, any other container starts one. The caller holds lifecycleMu.
-func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.Spec) (Sandbox, error) {
+// started, any other container starts one. prepare runs first, with the
+// pod's network namespace on the host: for a new sandbox before the VM
+// boots and its network is read, so that what a createRuntime hook
+// configured there reaches the guest. The caller holds lifecycleMu.
+func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.Spec, prepare func(ctx context.Context, netns string) error) (Sandbox, error) {
 	role, err := roleOf(r.ID, spec)
 	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
-	sb, sbID := s.sandbox, s.sandboxID
+	sb, sbID, netns := s.sandbox, s.sandboxID, s.netns
 	s.mu.Unlock()
 	switch {
 	case role.joins && sb == nil:
@@ -39,13 +43,13 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	case role.joins && sbID != role.sandboxID:
 		return nil, fmt.Errorf("container %s: sandbox %s is not running in this shim, which serves sandbox %s: %w", r.ID, role.sandboxID, sbID, errdefs.ErrNotFound)
 	case role.joins:
-		return sb, nil
+		return sb, prepare(ctx, netns)
 	case sb != nil && role.criSandbox:
 		return nil, fmt.Errorf("sandbox container %s: this shim already runs sandbox %s: %w", r.ID, sbID, errdefs.ErrAlreadyExists)
 	case sb != nil:
 		// A container outside CRI given this shim's address (tests of
 		// the service) shares the sandbox there is.
-		return sb, nil
+		return sb, prepare(ctx, netns)
 	}
 	path, err := configPath(r.Options)
 	if err != nil {
@@ -69,15 +73,29 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
-	sb, err = s.opts.NewSandbox(ctx, SandboxRequest{ID: id, Dir: dir, Config: cfg, Spec: spec, KeepShimCgroup: shimCgroup != ""})
-	if err != nil {
+	// Removing dir unmounts the network namespace made there, if any.
+	fail := func(err error) (Sandbox, error) {
 		if rerr := rootfs.Remove(ctx, dir); rerr != nil {
 			log.G(ctx).WithError(rerr).Warn("clean up after failed sandbox start")
 		}
-		return nil, fmt.Errorf("start sandbox %s: %w", id, err)
+		return nil, err
+	}
+	netns = network.NamespacePath(spec)
+	if netns == "" && network.WantsNewNamespace(spec) {
+		netns = sandboxNetns(dir)
+		if err := network.NewNamespace(netns); err != nil {
+			return fail(fmt.Errorf("sandbox %s: %w", id, err))
+		}
+	}
+	if err := prepare(ctx, netns); err != nil {
+		return fail(err)
+	}
+	sb, err = s.opts.NewSandbox(ctx, SandboxRequest{ID: id, Dir: dir, Config: cfg, Spec: spec, NetNS: netns, KeepShimCgroup: shimCgroup != ""})
+	if err != nil {
+		return fail(fmt.Errorf("start sandbox %s: %w", id, err))
 	}
 	s.mu.Lock()
-	s.sandbox, s.sandboxID, s.sandboxDir = sb, id, dir
+	s.sandbox, s.sandboxID, s.sandboxDir, s.netns = sb, id, dir, netns
 	s.mu.Unlock()
 	go s.watchOOM(sb)
 	go s.watchHealth(sb, healthPolicyOf(cfg))

@@ -47,9 +47,12 @@ type service struct {
 	lifecycleMu sync.Mutex
 
 	mu         sync.Mutex
-	sandbox    Sandbox               // guarded by mu; nil until the first Create
-	sandboxID  string                // guarded by mu; the pod's id (CRI), else the first container's
-	sandboxDir string                // guarded by mu
+	sandbox    Sandbox // guarded by mu; nil until the first Create
+	sandboxID  string  // guarded by mu; the pod's id (CRI), else the first container's
+	sandboxDir string  // guarded by mu
+	// netns is the pod's network namespace on the host ("" for none),
+	// where the host hooks run. guarded by mu
+	netns      string
 	containers map[string]*container // guarded by mu
 }
 

@@ -58,7 +58,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	return resp, errdefs.ToGRPC(err)
 }
 
-func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	if err := rootfs.ValidID(r.ID); err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
@@ -69,12 +69,27 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if err != nil {
 		return nil, err
 	}
+	hostHooks, state, err := takeHooks(r.ID, r.Bundle, spec)
+	if err != nil {
+		return nil, err
+	}
 	s.lifecycleMu.Lock()
 	defer s.lifecycleMu.Unlock()
 	if _, err := s.getContainer(r.ID); err == nil {
 		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
-	sb, err := s.ensureSandbox(ctx, r, spec)
+	// A create that fails once its hooks began runs the poststop hooks,
+	// as runc does, so that what createRuntime set up (CNI) is undone.
+	hooksBegan, podNetns := false, ""
+	defer func() {
+		if retErr != nil && hooksBegan {
+			runPoststop(ctx, hostHooks.Poststop, state, podNetns)
+		}
+	}()
+	sb, err := s.ensureSandbox(ctx, r, spec, func(ctx context.Context, netns string) error {
+		hooksBegan, podNetns = true, netns
+		return runCreateHooks(ctx, hostHooks, state, netns)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +97,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
-	c := &container{id: r.ID, bundle: r.Bundle, layout: layout, execs: make(map[string]*process)}
+	c := &container{id: r.ID, bundle: r.Bundle, layout: layout, hooks: hostHooks, state: state, execs: make(map[string]*process)}
 	p := newProcess(r.ID, "", r.Terminal, stdio.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal})
 	c.init = p
 	pid, err := s.createInSandbox(ctx, sb, c, r, spec)
@@ -236,6 +251,22 @@ func (s *service) start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		// TaskExecStarted; the agent keeps the exit status until asked.
 		go s.handleExit(c, p, agent)
 	}
+	if r.ExecID == "" {
+		if err := s.runPoststart(ctx, c); err != nil {
+			// As runc: a container whose poststart hook failed goes.
+			if _, kerr := agent.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: r.ID, Signal: uint32(unix.SIGKILL), All: true}); kerr != nil {
+				log.G(ctx).WithError(kerr).WithField("id", r.ID).Warn("kill container after failed poststart hook")
+			}
+			// runc returns once the container is gone, so that the
+			// client's Delete that follows finds it stopped.
+			wctx, cancel := context.WithTimeout(ctx, poststartKillWait)
+			defer cancel()
+			if werr := p.wait(wctx); werr != nil {
+				log.G(ctx).WithError(werr).WithField("id", r.ID).Warn("wait for container after failed poststart hook")
+			}
+			return nil, err
+		}
+	}
 	_, pid, _, _ := p.state()
 	return &taskAPI.StartResponse{Pid: pid}, nil
 }
@@ -376,6 +407,7 @@ func (s *service) removeContainer(ctx context.Context, sb Sandbox, c *container,
 	if err := rootfs.Remove(ctx, c.layout.HostDir); err != nil {
 		return fmt.Errorf("remove rootfs of container %s: %w", c.id, err)
 	}
+	s.runPoststop(ctx, c)
 	s.mu.Lock()
 	delete(s.containers, c.id)
 	s.mu.Unlock()

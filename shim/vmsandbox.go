@@ -67,7 +67,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 	if err := os.Mkdir(shared, 0o711); err != nil {
 		return nil, fmt.Errorf("create shared directory: %w", err)
 	}
-	nsPath := network.NamespacePath(req.Spec)
+	nsPath := req.NetNS
 	eps, err := network.Setup(ctx, nsPath)
 	if err != nil {
 		return nil, fmt.Errorf("pod network of sandbox %s: %w", req.ID, err)
