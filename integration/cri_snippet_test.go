@@ -18,7 +18,7 @@ import (
 // as a drop-in (imports) for 2.x. CRI then lists the handler next to runc,
 // and a pod run with it is a VM.
 func TestCRIRuntimeSnippet(t *testing.T) {
-	skipUnlessVMs(t)
+	harness.RequireVMs(t)
 	d, err := harness.SelectedDaemon()
 	if err != nil {
 		t.Fatalf("containerd: %v", err)

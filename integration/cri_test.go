@@ -69,7 +69,7 @@ func newCRIEnv(t *testing.T) *criEnv {
 
 func newCRIEnvWith(t *testing.T, opts criOptions) *criEnv {
 	t.Helper()
-	skipUnlessVMs(t)
+	harness.RequireVMs(t)
 	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
 		require.Missing(t, "needs the CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)")
 	}

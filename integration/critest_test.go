@@ -69,7 +69,7 @@ func TestCritest(t *testing.T) {
 	if os.Getenv("VMPOD_CRITEST") == "0" {
 		t.Skip("VMPOD_CRITEST=0")
 	}
-	skipUnlessVMs(t)
+	harness.RequireVMs(t)
 	critest := cachedGoTool(t, "critest-"+critestVersion, buildCritest)
 	registryBin := cachedGoTool(t, "registry-v3.1.2", func(dir string) error {
 		return goInstall(dir, registryModule)

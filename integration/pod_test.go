@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmpod/vmpod/integration/harness"
 )
 
 // TestCRIPod runs two pods through containerd's CRI plugin and crictl, one
@@ -50,7 +52,7 @@ func TestCRIPod(t *testing.T) {
 		if bootA == trim(string(hostBoot)) {
 			t.Errorf("the pod sees the host's boot id %q", bootA)
 		}
-		if shims := pidsWith(t, "containerd-shim-kata-v2", e.c.Address); len(shims) != 1 {
+		if shims := harness.PidsWith(t, "containerd-shim-kata-v2", e.c.Address); len(shims) != 1 {
 			t.Errorf("shims of the pod: %v, want one", shims)
 		}
 	})
@@ -147,7 +149,7 @@ func TestCRIPod(t *testing.T) {
 		if cs, _ := field(podStats[0], "linux", "containers").([]any); len(cs) < 2 {
 			t.Errorf("pod stats list %d containers, want the pod's two: %v", len(cs), podStats[0])
 		}
-		qemu := pidsWith(t, "qemu-system", pod)
+		qemu := harness.PidsWith(t, "qemu-system", pod)
 		if len(qemu) != 1 {
 			t.Fatalf("QEMU processes of pod %s: %v", pod, qemu)
 		}
@@ -158,7 +160,7 @@ func TestCRIPod(t *testing.T) {
 		}
 		// The shim too (Kata's sandbox_cgroup_only): its CPU counts
 		// with the pod's.
-		shims := pidsWith(t, "containerd-shim-kata-v2", "-id "+pod)
+		shims := harness.PidsWith(t, "containerd-shim-kata-v2", "-id "+pod)
 		if len(shims) != 1 {
 			t.Fatalf("shims of pod %s: %v", pod, shims)
 		}
@@ -212,7 +214,7 @@ func TestCRIPod(t *testing.T) {
 		if bootB == "" || bootB == bootA || bootB == trim(string(hostBoot)) {
 			t.Errorf("boot ids: pod-a %q, pod-b %q, host %q: want three", bootA, bootB, trim(string(hostBoot)))
 		}
-		if shims := pidsWith(t, "containerd-shim-kata-v2", e.c.Address); len(shims) != 2 {
+		if shims := harness.PidsWith(t, "containerd-shim-kata-v2", e.c.Address); len(shims) != 2 {
 			t.Errorf("shims for two pods: %v, want two", shims)
 		}
 		e.must("stopp", podB)
@@ -364,7 +366,7 @@ func TestCRIShimKilled(t *testing.T) {
 	if out, err := execIn(netns, "ip", "-o", "link"); err != nil || !strings.Contains(out, "tap0_vmpod") {
 		t.Fatalf("no vmpod tap in %s: %v\n%s", netns, err, out)
 	}
-	shims := pidsWith(t, "containerd-shim-kata-v2", e.c.Address)
+	shims := harness.PidsWith(t, "containerd-shim-kata-v2", e.c.Address)
 	if len(shims) != 1 {
 		t.Fatalf("shims of the pod: %v, want one", shims)
 	}
@@ -374,7 +376,7 @@ func TestCRIShimKilled(t *testing.T) {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		out, err := execIn(netns, "ip", "-o", "link")
-		if err == nil && !strings.Contains(out, "_vmpod") && len(pidsWith(t, "qemu-system", e.stateRoot)) == 0 {
+		if err == nil && !strings.Contains(out, "_vmpod") && len(harness.PidsWith(t, "qemu-system", e.stateRoot)) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -62,7 +62,7 @@ func TestReliability(t *testing.T) {
 		}
 		t.Logf("task exited %v after QEMU was killed", d)
 		// The dead sandbox is released at once, before any delete.
-		waitNoProcess(t, "virtiofsd", filepath.Join(e.stateRoot, id))
+		harness.WaitNoProcess(t, time.Minute, "virtiofsd", filepath.Join(e.stateRoot, id))
 		events.stop()
 		e.deleteAndCheck(t, id, shim)
 	})
@@ -220,7 +220,7 @@ func assertLeastPrivilege(t *testing.T, e *vmpodEnv, id string) {
 	}
 	// virtiofsd forks: the parent waits, the child serves from inside its
 	// own namespaces (sandbox=namespace).
-	vfs := pidsWith(t, "virtiofsd", dir)
+	vfs := harness.PidsWith(t, "virtiofsd", dir)
 	if len(vfs) == 0 {
 		t.Fatalf("no virtiofsd serves %s", dir)
 	}
@@ -305,7 +305,7 @@ func assertQEMUJailed(t *testing.T, pid int, jail string) {
 	if _, err := os.Stat(filepath.Join("/run/vmpod/jail", uid[0]+".lock")); err != nil {
 		t.Errorf("qemu %d runs as uid %s, but its lock file: %v", pid, uid[0], err)
 	}
-	for _, other := range pidsWith(t, "qemu-system", "-name vmpod-") {
+	for _, other := range harness.PidsWith(t, "qemu-system", "-name vmpod-") {
 		if other == pid {
 			continue
 		}
@@ -378,9 +378,9 @@ func (l *eventLog) exitOf(id string) (exitEvent, bool) {
 // configWith writes a configuration with the test's guest image and extra.
 func (e *vmpodEnv) configWith(t *testing.T, name, extra string) string {
 	t.Helper()
-	kernel, initrd := buildGuestImage(t)
+	kernel, initrd := harness.GuestImage(t)
 	path := filepath.Join(filepath.Dir(e.config), name)
-	if err := os.WriteFile(path, []byte(configTOML(kernel, initrd, extra)), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(harness.VMPODConfig(kernel, initrd, extra)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -420,7 +420,7 @@ func (e *vmpodEnv) runDetached(id string, flags []string, args ...string) {
 
 func (e *vmpodEnv) shimPid(t *testing.T, id string) int {
 	t.Helper()
-	pids := pidsWith(t, "containerd-shim-kata-v2", "-id "+id+" ")
+	pids := harness.PidsWith(t, "containerd-shim-kata-v2", "-id "+id+" ")
 	if len(pids) != 1 {
 		t.Fatalf("want one shim of %s, found pids %v", id, pids)
 	}
@@ -429,7 +429,7 @@ func (e *vmpodEnv) shimPid(t *testing.T, id string) int {
 
 func (e *vmpodEnv) qemuPid(t *testing.T, id string) int {
 	t.Helper()
-	pids := pidsWith(t, "qemu-system", filepath.Join(e.stateRoot, id)+"/")
+	pids := harness.PidsWith(t, "qemu-system", filepath.Join(e.stateRoot, id)+"/")
 	if len(pids) != 1 {
 		t.Fatalf("want one QEMU of %s, found pids %v", id, pids)
 	}
@@ -481,24 +481,6 @@ func waitGone(t *testing.T, pid int, what string) {
 		}
 		if time.Now().After(deadline) {
 			t.Errorf("%s (pid %d) still runs", what, pid)
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// waitNoProcess waits until no process's command line holds every one of
-// substrings.
-func waitNoProcess(t *testing.T, substrings ...string) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		pids := pidsWith(t, substrings...)
-		if len(pids) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("processes %v with %q still run", pids, substrings)
 			return
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -17,42 +16,9 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/ttrpc"
 
-	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/integration/harness"
-	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 )
-
-// guestImage is the kernel and initrd the shim tests boot, built once per
-// test process with the agent of this tree.
-var guestImage struct {
-	once           sync.Once
-	kernel, initrd string
-	err            error
-}
-
-func buildGuestImage(t *testing.T) (kernel, initrd string) {
-	t.Helper()
-	agent := testbin.Agent(t)
-	guestImage.once.Do(func() {
-		dir, err := os.MkdirTemp("", "vmpod-shim-image-")
-		if err != nil {
-			guestImage.err = err
-			return
-		}
-		res, err := image.BuildInitrd(image.Options{Init: agent, Output: filepath.Join(dir, image.InitrdName)})
-		if err != nil {
-			guestImage.err = err
-			return
-		}
-		guestImage.initrd = res.Path
-		guestImage.kernel, guestImage.err = image.FindKernel(res.KernelRelease)
-	})
-	if guestImage.err != nil {
-		t.Fatalf("guest image: %v", guestImage.err)
-	}
-	return guestImage.kernel, guestImage.initrd
-}
 
 // vmpodEnv is a private containerd with the shim of this tree, the busybox
 // image, and a vmpod configuration pointing at a freshly built guest.
@@ -64,44 +30,19 @@ type vmpodEnv struct {
 	config    string
 }
 
-// configTOML is the test configuration: TCG (no usable KVM here) and the
-// test's guest image; extra is appended as is.
-func configTOML(kernel, initrd, extra string) string {
-	return fmt.Sprintf(`[hypervisor.qemu]
-kernel = %q
-initrd = %q
-accel = "tcg"
-[runtime]
-debug = true
-%s`, kernel, initrd, extra)
-}
-
-func skipUnlessVMs(t *testing.T) {
-	t.Helper()
-	if err := harness.Requirements(); err != nil {
-		require.Missing(t, err)
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		require.Missing(t, "needs qemu-system-x86_64 (apt-get install qemu-system-x86)")
-	}
-	if _, err := os.Stat("/usr/lib/qemu/virtiofsd"); err != nil {
-		require.Missing(t, "needs /usr/lib/qemu/virtiofsd")
-	}
-}
-
 // testConfig writes a vmpod configuration for the test's guest image (with
 // extra appended) and makes a sandbox state root of the test's own; both go
 // when the test ends.
 func testConfig(t *testing.T, extra string) (cfg, stateRoot string) {
 	t.Helper()
-	kernel, initrd := buildGuestImage(t)
+	kernel, initrd := harness.GuestImage(t)
 	stateRoot, err := os.MkdirTemp("", "vmpod-sb-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(stateRoot) })
 	cfg = filepath.Join(t.TempDir(), "configuration.toml")
-	if err := os.WriteFile(cfg, []byte(configTOML(kernel, initrd, extra)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(harness.VMPODConfig(kernel, initrd, extra)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return cfg, stateRoot
@@ -109,7 +50,7 @@ func testConfig(t *testing.T, extra string) (cfg, stateRoot string) {
 
 func newVMPodEnv(t *testing.T, extraConfig string) *vmpodEnv {
 	t.Helper()
-	skipUnlessVMs(t)
+	harness.RequireVMs(t)
 	shimBin := testbin.Build(t, "./cmd/containerd-shim-kata-v2", false)
 	cfg, stateRoot := testConfig(t, extraConfig)
 	c := harness.StartContainerd(t, harness.Options{

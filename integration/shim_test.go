@@ -384,11 +384,11 @@ func TestShimOOM(t *testing.T) {
 func TestShimBootFailures(t *testing.T) {
 	e := newVMPodEnv(t, "")
 	dir := t.TempDir()
-	kernel, initrd := buildGuestImage(t)
+	kernel, initrd := harness.GuestImage(t)
 
 	missing := filepath.Join(dir, "no-such-vmlinuz")
 	noKernel := filepath.Join(dir, "nokernel.toml")
-	if err := os.WriteFile(noKernel, []byte(configTOML(missing, initrd, "")), 0o644); err != nil {
+	if err := os.WriteFile(noKernel, []byte(harness.VMPODConfig(missing, initrd, "")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// An initrd whose /init is busybox's init: the guest boots and never
@@ -398,7 +398,7 @@ func TestShimBootFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	silentCfg := filepath.Join(dir, "silent.toml")
-	if err := os.WriteFile(silentCfg, []byte(configTOML(kernel, silent.Path, "[agent]\ndial_timeout = \"5s\"\n")), 0o644); err != nil {
+	if err := os.WriteFile(silentCfg, []byte(harness.VMPODConfig(kernel, silent.Path, "[agent]\ndial_timeout = \"5s\"\n")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -459,7 +459,7 @@ func TestShimCrashCleanup(t *testing.T) {
 			done <- err
 		}()
 		e.waitStatus("vmdies", "RUNNING")
-		qemu := pidsWith(t, "vmpod-vmdies", e.stateRoot)
+		qemu := harness.PidsWith(t, "vmpod-vmdies", e.stateRoot)
 		if len(qemu) != 1 {
 			t.Fatalf("want one QEMU of vmdies, found pids %v", qemu)
 		}
@@ -478,11 +478,11 @@ func TestShimCrashCleanup(t *testing.T) {
 	t.Run("shim killed", func(t *testing.T) {
 		e.ctr("run", "-d", "--runtime", "io.containerd.kata.v2", e.image, "shimdies", "sleep", "1000")
 		e.waitStatus("shimdies", "RUNNING")
-		shim := pidsWith(t, "containerd-shim-kata-v2", "-id shimdies")
+		shim := harness.PidsWith(t, "containerd-shim-kata-v2", "-id shimdies")
 		if len(shim) != 1 {
 			t.Fatalf("want one shim of shimdies, found pids %v", shim)
 		}
-		qemu := pidsWith(t, "qemu-system", "shimdies")
+		qemu := harness.PidsWith(t, "qemu-system", "shimdies")
 		if len(qemu) != 1 {
 			t.Fatalf("want one QEMU of shimdies, found pids %v", qemu)
 		}
@@ -543,34 +543,4 @@ func waitFileLines(t *testing.T, path string, lines ...string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// pidsWith lists the processes whose command line holds every one of
-// substrings.
-func pidsWith(t *testing.T, substrings ...string) []int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, ent := range ents {
-		var pid int
-		if _, err := fmt.Sscanf(ent.Name(), "%d", &pid); err != nil || pid == os.Getpid() {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil || len(data) == 0 {
-			continue
-		}
-		cmdline := strings.ReplaceAll(string(data), "\x00", " ")
-		all := true
-		for _, s := range substrings {
-			all = all && strings.Contains(cmdline, s)
-		}
-		if all {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vmpod/vmpod/integration/harness"
 )
 
 // soakWidth is how many containers (VMs) each round runs at once.
@@ -131,7 +133,7 @@ func (e *vmpodEnv) footprint(t *testing.T) map[string][]string {
 	dirs := []string{e.stateRoot, e.c.State}
 	fp := map[string][]string{}
 	netns := map[string]bool{}
-	for _, pid := range append(pidsWith(t, e.stateRoot), pidsWith(t, "containerd-shim-kata-v2", e.c.Address)...) {
+	for _, pid := range append(harness.PidsWith(t, e.stateRoot), harness.PidsWith(t, "containerd-shim-kata-v2", e.c.Address)...) {
 		fp["processes"] = append(fp["processes"], itoa(pid))
 		if ns, err := os.Readlink(filepath.Join("/proc", itoa(pid), "ns", "net")); err == nil {
 			netns[ns] = true

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/runtime/v2/runc/options"
 
 	"github.com/vmpod/vmpod/hostcgroup"
+	"github.com/vmpod/vmpod/integration/harness"
 	"github.com/vmpod/vmpod/internal/require"
 )
 
@@ -95,7 +96,7 @@ func TestGoClientKillBeforeStart(t *testing.T) {
 			if runtime == kataRuntime {
 				// The shim stops the VM when containerd shuts it down
 				// after the delete.
-				waitNoProcess(t, 30*time.Second, "qemu-system", filepath.Join(e.stateRoot, id))
+				harness.WaitNoProcess(t, 30*time.Second, "qemu-system", filepath.Join(e.stateRoot, id))
 			}
 		})
 	}
@@ -262,7 +263,7 @@ func TestGoClientShimCgroup(t *testing.T) {
 			id := "shimcg-" + shortRuntime(runtime)
 			c := e.newContainerWithRuntime(t, id, runtime, &options.Options{ShimCgroup: path}, oci.WithProcessArgs("sleep", "1000"))
 			task, _ := e.newTask(t, c)
-			shims := pidsWith(t, "containerd-shim-", "-id "+id+" ")
+			shims := harness.PidsWith(t, "containerd-shim-", "-id "+id+" ")
 			if len(shims) != 1 {
 				t.Fatalf("want one shim of %s, found pids %v", id, shims)
 			}
@@ -308,54 +309,6 @@ func assertInCgroup(t *testing.T, pid int, path string) {
 		if !strings.HasSuffix(line, ":"+path) {
 			t.Errorf("shim (pid %d) is in %q, want cgroup %s", pid, line, path)
 		}
-	}
-}
-
-// pidsWith lists the processes whose command line holds every one of
-// substrings (arguments joined by spaces, with a trailing space).
-func pidsWith(t *testing.T, substrings ...string) []int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, ent := range ents {
-		var pid int
-		if _, err := fmt.Sscanf(ent.Name(), "%d", &pid); err != nil || pid == os.Getpid() {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil || len(data) == 0 {
-			continue
-		}
-		cmdline := strings.ReplaceAll(string(data), "\x00", " ")
-		all := true
-		for _, s := range substrings {
-			all = all && strings.Contains(cmdline, s)
-		}
-		if all {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// waitNoProcess waits until no process's command line holds all of
-// substrings.
-func waitNoProcess(t *testing.T, timeout time.Duration, substrings ...string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		pids := pidsWith(t, substrings...)
-		if len(pids) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("processes %v (%q) still run after %s", pids, substrings, timeout)
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
