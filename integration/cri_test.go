@@ -76,7 +76,7 @@ func newCRIEnvWith(t *testing.T, opts criOptions) *criEnv {
 	crictl := crictlBinary(t)
 	shimBin := testbin.Build(t, "./cmd/containerd-shim-kata-v2", false)
 	dir := t.TempDir()
-	cfg, stateRoot := testConfig(t, "")
+	cfg, stateRoot := harness.TestConfig(t, "")
 	// The pods' network namespaces and host veths, and the bridge, must be
 	// gone at the end (checked after the cleanups below).
 	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"veth", cniBridge}, NetnsPrefixes: []string{"cni-"}})

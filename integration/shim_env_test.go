@@ -30,29 +30,11 @@ type vmpodEnv struct {
 	config    string
 }
 
-// testConfig writes a vmpod configuration for the test's guest image (with
-// extra appended) and makes a sandbox state root of the test's own; both go
-// when the test ends.
-func testConfig(t *testing.T, extra string) (cfg, stateRoot string) {
-	t.Helper()
-	kernel, initrd := harness.GuestImage(t)
-	stateRoot, err := os.MkdirTemp("", "vmpod-sb-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(stateRoot) })
-	cfg = filepath.Join(t.TempDir(), "configuration.toml")
-	if err := os.WriteFile(cfg, []byte(harness.VMPODConfig(kernel, initrd, extra)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return cfg, stateRoot
-}
-
 func newVMPodEnv(t *testing.T, extraConfig string) *vmpodEnv {
 	t.Helper()
 	harness.RequireVMs(t)
 	shimBin := testbin.Build(t, "./cmd/containerd-shim-kata-v2", false)
-	cfg, stateRoot := testConfig(t, extraConfig)
+	cfg, stateRoot := harness.TestConfig(t, extraConfig)
 	c := harness.StartContainerd(t, harness.Options{
 		ShimPath:    shimBin,
 		VMPODConfig: cfg,

@@ -2,8 +2,6 @@ package goclient
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -28,17 +26,7 @@ func newVMPodEnv(t *testing.T, extraConfig string) *vmpodEnv {
 	t.Helper()
 	harness.RequireVMs(t)
 	shimBin := harness.Shim(t)
-	kernel, initrd := harness.GuestImage(t)
-	stateRoot, err := os.MkdirTemp("", "vmpod-sb-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(stateRoot) })
-	cfg := filepath.Join(t.TempDir(), "configuration.toml")
-	toml := harness.VMPODConfig(kernel, initrd, extraConfig)
-	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	cfg, stateRoot := harness.TestConfig(t, extraConfig)
 	c := harness.StartContainerd(t, harness.Options{
 		ShimPath:    shimBin,
 		VMPODConfig: cfg,

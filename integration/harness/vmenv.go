@@ -134,3 +134,21 @@ func WaitNoProcess(t testing.TB, timeout time.Duration, substrings ...string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestConfig writes a vmpod configuration for the tests' guest image (with
+// extra appended) and makes a sandbox state root of the test's own; both
+// go when the test ends.
+func TestConfig(t testing.TB, extra string) (cfg, stateRoot string) {
+	t.Helper()
+	kernel, initrd := GuestImage(t)
+	stateRoot, err := os.MkdirTemp("", "vmpod-sb-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(stateRoot) })
+	cfg = filepath.Join(t.TempDir(), "configuration.toml")
+	if err := os.WriteFile(cfg, []byte(VMPODConfig(kernel, initrd, extra)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, stateRoot
+}
