@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpod/vmpod/internal/require"
+
 	"github.com/vmpod/vmpod/integration/harness"
 	"github.com/vmpod/vmpod/internal/leakcheck"
 )
@@ -62,7 +64,7 @@ func newNerdctlEnv(t *testing.T) *nerdctlEnv {
 	t.Helper()
 	for _, bin := range []string{"iptables", "/usr/lib/cni/bridge", "/usr/lib/cni/portmap"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("nerdctl's bridge network needs %s (apt-get install iptables containernetworking-plugins): %v", bin, err)
+			require.Missingf(t, "nerdctl's bridge network needs %s (apt-get install iptables containernetworking-plugins): %v", bin, err)
 		}
 	}
 	bin := nerdctlBinary(t)
@@ -162,7 +164,7 @@ func (n *nerdctlEnv) nerdctl(stdin io.Reader, args ...string) result {
 func (n *nerdctlEnv) inTerminal(args ...string) result {
 	n.t.Helper()
 	if _, err := exec.LookPath("script"); err != nil {
-		n.t.Skipf("needs script (util-linux) for a terminal: %v", err)
+		require.Missingf(n.t, "needs script (util-linux) for a terminal: %v", err)
 	}
 	quoted := make([]string, 0, len(n.global)+len(args)+1)
 	for _, a := range append(append([]string{n.bin}, n.global...), args...) {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpod/vmpod/internal/require"
+
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
 	"github.com/containerd/typeurl/v2"
@@ -60,12 +62,12 @@ func TestShimCgroupOption(t *testing.T) {
 // when that cgroup does not exist, and ignores unreadable options.
 func TestJoinShimCgroup(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create cgroups")
+		require.Missing(t, "needs root to create cgroups")
 	}
 	path := fmt.Sprintf("%s-shimcg", testCgroupParent)
 	cg, err := hostcgroup.Create(path)
 	if err != nil {
-		t.Skipf("cannot create cgroup %s: %v", path, err)
+		require.Missingf(t, "cannot create cgroup %s: %v", path, err)
 	}
 	cmd := exec.Command("sleep", "60")
 	if err := cmd.Start(); err != nil {

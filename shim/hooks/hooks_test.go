@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpod/vmpod/internal/require"
+
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vmpod/vmpod/network"
 	"golang.org/x/sys/unix"
@@ -151,7 +153,7 @@ func TestRunGivesStateArgsEnv(t *testing.T) {
 // create their host side (a bridge) there.
 func TestRunInNetns(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
+		require.Missing(t, "needs root to create a network namespace")
 	}
 	dir := t.TempDir()
 	ns := filepath.Join(dir, "netns")
