@@ -51,8 +51,7 @@ var critestExceptions = []struct {
 	{`support HostPID|HostIpc is true|HostNetwork is true|portforward in host network`, "a pod in a VM cannot join the host's PID, IPC or network namespace", 0},
 	{`support portforward \[`, "containerd (1.6 and 2.x alike) forwards from the pod's network namespace on the host, where localhost does not reach the VM", 0},
 	{`mount with 'rshared'|mount with 'rslave'`, "mounts made on the host after the pod started do not cross virtio-fs into the VM, nor the VM's out", 0},
-	{`non-recursive readonly mounts`, "the container sees the writable submount as runc gives it, but the spec then removes the submount's directory on the host while the pod runs: the shim's bind of the host path (for virtiofsd, in the host's mount namespace) still has the submount there, so rmdir says EBUSY", 0},
-	{`recursive readonly mount`, "containerd 2.x asks a shim for its runtime's features (`containerd-shim-kata-v2 -info`), which containerd 1.7's shim package that vmpod builds on does not answer: CRI then reports no recursive read-only mounts for the kata handler, and critest skips these specs", 2},
+	{`support non-recursive readonly mounts|support recursive readonly mounts`, "the container sees the submount as runc gives it (writable through \"ro\", read-only through containerd 2.x's \"rro\"), but the spec then removes the submount's directory on the host while the pod runs: the shim's bind of the host path (for virtiofsd, in the host's mount namespace, here with private propagation) still has the submount there, so rmdir says EBUSY", 0},
 }
 
 // TestCritest runs cri-tools' conformance suite (critest v1.34) against

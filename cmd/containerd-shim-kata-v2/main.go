@@ -5,9 +5,14 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 
 	cshim "github.com/containerd/containerd/runtime/v2/shim"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/vmpod/vmpod/shim"
 )
@@ -19,6 +24,13 @@ const RuntimeName = "io.containerd.kata.v2"
 const stateRootEnv = "VMPOD_STATE_ROOT"
 
 func main() {
+	if infoRequested(os.Args[1:]) {
+		if err := writeInfo(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "%s -info: %v\n", filepath.Base(os.Args[0]), err)
+			os.Exit(1)
+		}
+		return
+	}
 	if root := os.Getenv(stateRootEnv); root != "" {
 		shim.StateRoot = root
 	}
@@ -31,4 +43,33 @@ func main() {
 		c.NoReaper = true
 		c.NoSubreaper = true
 	})
+}
+
+// infoRequested reports whether containerd 2.x asks for the runtime's
+// features (`-info`, runtime options on stdin). It is looked for before
+// containerd 1.7's shim package parses the flags, which has no -info and
+// would reject it; containerd 1.6/1.7 never pass it.
+func infoRequested(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "-info", "--info", "-info=true", "--info=true":
+			return true
+		}
+	}
+	return false
+}
+
+// writeInfo prints the protobuf RuntimeInfo containerd 2.x reads from
+// stdout. Nothing is started, and nothing but stdin is read.
+func writeInfo(stdin io.Reader, stdout io.Writer) error {
+	info, err := shim.Info(RuntimeName, stdin)
+	if err != nil {
+		return err
+	}
+	b, err := proto.Marshal(info)
+	if err != nil {
+		return fmt.Errorf("marshal runtime info: %w", err)
+	}
+	_, err = stdout.Write(b)
+	return err
 }

@@ -214,13 +214,15 @@ func bindInto(m specs.Mount, target string) error {
 		return err
 	}
 	flags := uintptr(unix.MS_BIND)
-	ro := false
+	ro, rro := false, false
 	for _, o := range m.Options {
 		switch o {
 		case "rbind":
 			flags |= unix.MS_REC
 		case "ro":
 			ro = true
+		case "rro":
+			rro = true
 		}
 	}
 	if err := unix.Mount(m.Source, target, "", flags, ""); err != nil {
@@ -230,6 +232,17 @@ func bindInto(m specs.Mount, target string) error {
 		if err := unix.Mount("", target, "", flags|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
 			_ = unix.Unmount(target, unix.MNT_DETACH)
 			return fmt.Errorf("remount read-only: %w", err)
+		}
+	}
+	// "rro" (containerd 2.x's recursive read-only mounts) is applied by
+	// the guest's libcontainer with mount_setattr; the host side of the
+	// share is made recursively read-only too, so that the guest cannot
+	// write through virtio-fs into any of its submounts either.
+	if rro {
+		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+		if err := unix.MountSetattr(-1, target, unix.AT_RECURSIVE, &attr); err != nil {
+			_ = unix.Unmount(target, unix.MNT_DETACH)
+			return fmt.Errorf("make recursively read-only (mount_setattr): %w", err)
 		}
 	}
 	return nil

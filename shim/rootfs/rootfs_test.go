@@ -176,3 +176,53 @@ func TestReadOnlyBindKeepsSubmounts(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRecursiveReadOnlyBind: an "rro" bind (containerd 2.x's recursive
+// read-only mounts) is read-only on the host side of the share down to its
+// writable submount, gets no per-submount binds, and keeps "rro" for the
+// guest's libcontainer.
+func TestRecursiveReadOnlyBind(t *testing.T) {
+	if os.Geteuid() != 0 {
+		require.Missing(t, "needs root to mount")
+	}
+	root := t.TempDir()
+	leakcheck.Check(t, leakcheck.Options{Roots: []string{root}})
+	src := filepath.Join(root, "src")
+	if err := os.MkdirAll(filepath.Join(src, "rw"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", filepath.Join(src, "rw"), "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(filepath.Join(src, "rw"), unix.MNT_DETACH)
+	l, err := NewLayout(filepath.Join(root, "shared"), "/run/vmpod/shared", "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := &specs.Spec{Mounts: []specs.Mount{
+		{Destination: "/mnt", Type: "bind", Source: src, Options: []string{"rbind", "rprivate", "rro"}},
+	}}
+	ctx := context.Background()
+	if err := l.BindMounts(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	defer Remove(ctx, l.HostDir)
+	want := []specs.Mount{
+		{Destination: "/mnt", Type: "bind", Source: "/run/vmpod/shared/c1/mounts/0", Options: []string{"rbind", "rprivate", "rro"}},
+	}
+	if !reflect.DeepEqual(spec.Mounts, want) {
+		t.Errorf("mounts:\n%+v\nwant\n%+v", spec.Mounts, want)
+	}
+	for _, f := range []string{"mounts/0/f", "mounts/0/rw/f"} {
+		if err := os.WriteFile(filepath.Join(l.HostDir, f), []byte("x"), 0o644); err == nil {
+			t.Errorf("write to %s through the recursively read-only bind succeeded", f)
+		}
+	}
+	// The source's own submount stays writable.
+	if err := os.WriteFile(filepath.Join(src, "rw/f"), []byte("x"), 0o644); err != nil {
+		t.Errorf("write to the source's submount: %v", err)
+	}
+	if err := Remove(ctx, l.HostDir); err != nil {
+		t.Fatal(err)
+	}
+}
