@@ -19,7 +19,7 @@ import (
 // virtio-fs. A recursively read-only hostPath mount is then read-only in
 // the pod's VM down to the submount below it.
 func TestCRIHandlerFeatures(t *testing.T) {
-	skipUnlessVMs(t)
+	harness.RequireVMs(t)
 	d, err := harness.SelectedDaemon()
 	if err != nil {
 		t.Fatalf("containerd: %v", err)
