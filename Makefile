@@ -114,11 +114,11 @@ no-binaries:
 	@bad=$$(git ls-files -z | xargs -0 -r sh -c 'for f; do [ -f "$$f" ] && [ "$$(head -c 4 "$$f" | od -An -c | tr -d " \n")" = "177ELF" ] && echo "$$f"; done; true' sh); \
 		if [ -n "$$bad" ]; then echo "tracked executable binaries (git rm them):"; echo "$$bad"; exit 1; fi
 
-# The ctr, nerdctl, CRI and critest integration tests (and the harness's own) once
+# The ctr, CRI and critest integration tests (and the harness's own) once
 # more, on the pinned containerd 2.x that scripts/containerd2.sh builds
 # from the Go module proxy and caches outside the checkout; unit-test ran
 # them on the system's containerd (Debian's 1.6). Needs root.
-CONTAINERD2_TESTS := ^(TestShim|TestCRI|TestCritest|TestNerdctl|TestRuncContainer)
+CONTAINERD2_TESTS := ^(TestShim|TestCRI|TestCritest|TestRuncContainer)
 TEST2_JSON := $(CURDIR)/out/test-containerd2.json
 integration-containerd2:
 	@mkdir -p $(dir $(TEST2_JSON))
