@@ -45,10 +45,20 @@ func TestManagerStopCleansUpAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A stand-in for QEMU: its command line names a socket in the sandbox.
-	leftover := exec.Command("sh", "-c", "sleep 1000", "vmpod-qemu", filepath.Join(dir, "vm", "qmp.sock"))
+	// It waits in the shell's own read, on a pipe nobody writes to: a
+	// child (sleep) would outlive the shell when the delete action kills
+	// it, holding whatever the test process had open.
+	stdin, stdinW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdinW.Close()
+	leftover := exec.Command("sh", "-c", "read line", "vmpod-qemu", filepath.Join(dir, "vm", "qmp.sock"))
+	leftover.Stdin = stdin
 	if err := leftover.Start(); err != nil {
 		t.Fatal(err)
 	}
+	stdin.Close()
 	exited := make(chan struct{})
 	go func() { leftover.Wait(); close(exited) }()
 
