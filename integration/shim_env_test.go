@@ -17,7 +17,6 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/vmpod/vmpod/integration/harness"
-	"github.com/vmpod/vmpod/internal/testbin"
 )
 
 // vmpodEnv is a private containerd with the shim of this tree, the busybox
@@ -32,17 +31,8 @@ type vmpodEnv struct {
 
 func newVMPodEnv(t *testing.T, extraConfig string) *vmpodEnv {
 	t.Helper()
-	harness.RequireVMs(t)
-	shimBin := testbin.Build(t, "./cmd/containerd-shim-kata-v2", false)
-	cfg, stateRoot := harness.TestConfig(t, extraConfig)
-	c := harness.StartContainerd(t, harness.Options{
-		ShimPath:    shimBin,
-		VMPODConfig: cfg,
-		Env:         []string{"VMPOD_STATE_ROOT=" + stateRoot},
-		StateDirs:   []string{stateRoot},
-	})
-	t.Cleanup(func() { c.AssertClean(t) })
-	return &vmpodEnv{t: t, c: c, image: harness.ImportBusybox(t, c), stateRoot: stateRoot, config: cfg}
+	c, image, stateRoot, cfg := harness.StartVMPod(t, extraConfig)
+	return &vmpodEnv{t: t, c: c, image: image, stateRoot: stateRoot, config: cfg}
 }
 
 // ctr runs ctr with a deadline and fails the test on error.

@@ -24,17 +24,8 @@ type vmpodEnv struct {
 // configuration (TOML). When the test ends, nothing may be left.
 func newVMPodEnv(t *testing.T, extraConfig string) *vmpodEnv {
 	t.Helper()
-	harness.RequireVMs(t)
-	shimBin := harness.Shim(t)
-	cfg, stateRoot := harness.TestConfig(t, extraConfig)
-	c := harness.StartContainerd(t, harness.Options{
-		ShimPath:    shimBin,
-		VMPODConfig: cfg,
-		Env:         []string{"VMPOD_STATE_ROOT=" + stateRoot},
-		StateDirs:   []string{stateRoot},
-	})
-	t.Cleanup(func() { c.AssertClean(t) })
-	return &vmpodEnv{t: t, c: c, image: harness.ImportBusybox(t, c), stateRoot: stateRoot, config: cfg}
+	c, image, stateRoot, cfg := harness.StartVMPod(t, extraConfig)
+	return &vmpodEnv{t: t, c: c, image: image, stateRoot: stateRoot, config: cfg}
 }
 
 // ctx is a context in the harness's namespace with a deadline.

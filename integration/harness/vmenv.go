@@ -152,3 +152,22 @@ func TestConfig(t testing.TB, extra string) (cfg, stateRoot string) {
 	}
 	return cfg, stateRoot
 }
+
+// StartVMPod starts a private containerd whose kata runtime is the shim of
+// this tree, with a vmpod configuration (extra appended) and a state root
+// of the test's own, and imports busybox. When the test ends, nothing may
+// be left (AssertClean).
+func StartVMPod(t testing.TB, extra string) (c *Containerd, image, stateRoot, cfg string) {
+	t.Helper()
+	RequireVMs(t)
+	shimBin := Shim(t)
+	cfg, stateRoot = TestConfig(t, extra)
+	c = StartContainerd(t, Options{
+		ShimPath:    shimBin,
+		VMPODConfig: cfg,
+		Env:         []string{"VMPOD_STATE_ROOT=" + stateRoot},
+		StateDirs:   []string{stateRoot},
+	})
+	t.Cleanup(func() { c.AssertClean(t) })
+	return c, ImportBusybox(t, c), stateRoot, cfg
+}
