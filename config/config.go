@@ -76,6 +76,10 @@ type QEMU struct {
 	Jail         bool   `toml:"jail"`
 	JailUIDStart uint32 `toml:"jail_uid_start"` // > 0
 	JailUIDCount uint32 `toml:"jail_uid_count"` // > 0, start+count <= MaxJailUIDEnd
+	// EnableAnnotations lists the io.katacontainers.config.hypervisor.*
+	// annotations a pod may set, by name relative to that prefix; each
+	// entry is a regular expression, as in Kata (see package podconfig).
+	EnableAnnotations []string `toml:"enable_annotations"`
 }
 
 // Agent is [agent].
@@ -93,6 +97,27 @@ type Runtime struct {
 	Debug        bool   `toml:"debug"`         // guest console + shim debug logs in containerd's log
 	NetworkModel string `toml:"network_model"` // tcfilter | none
 	DebugConsole bool   `toml:"debug_console"` // allows a debug console into the guest
+	// ResourceManagement says how a VM gets the pod's CPU and memory:
+	// ResourceStatic, ResourceHotplug or ResourceBoth.
+	ResourceManagement string `toml:"resource_management"`
+}
+
+// Values of [runtime] resource_management.
+const (
+	// ResourceStatic sizes the VM at creation from the pod's sandbox
+	// annotations (containerd 1.7+), and never changes it.
+	ResourceStatic = "static"
+	// ResourceHotplug starts the VM at the defaults and grows it as
+	// containers are created or updated.
+	ResourceHotplug = "hotplug"
+	// ResourceBoth sizes at creation and grows the VM past that.
+	ResourceBoth = "both"
+)
+
+// SizesAtCreation reports whether mode sizes a VM at creation from the
+// pod's sandbox annotations.
+func SizesAtCreation(mode string) bool {
+	return mode == ResourceStatic || mode == ResourceBoth
 }
 
 // Duration is a time.Duration written in a file as Go duration text ("30s").

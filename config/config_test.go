@@ -46,9 +46,11 @@ func defaults() Config {
 			Jail:          true,
 			JailUIDStart:  1879048192,
 			JailUIDCount:  65536,
+
+			EnableAnnotations: []string{},
 		}},
 		Agent:   Agent{DialTimeout: Duration{30 * time.Second}, HealthCheckInterval: Duration{5 * time.Second}, HealthCheckTimeout: Duration{10 * time.Second}},
-		Runtime: Runtime{NetworkModel: "tcfilter"},
+		Runtime: Runtime{NetworkModel: "tcfilter", ResourceManagement: ResourceBoth},
 		Source:  DefaultSource,
 	}
 }
@@ -171,6 +173,27 @@ func TestKernelParamsReplaced(t *testing.T) {
 	}
 }
 
+func TestSizingKeys(t *testing.T) {
+	isolate(t)
+	p := writeFile(t, filepath.Join(t.TempDir(), "sizing.toml"),
+		"[hypervisor.qemu]\nenable_annotations = [\"^default_(vcpus|memory)$\", \"kernel_params\"]\n[runtime]\nresource_management = \"static\"\n")
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"^default_(vcpus|memory)$", "kernel_params"}; !reflect.DeepEqual(cfg.Hypervisor.QEMU.EnableAnnotations, want) {
+		t.Errorf("enable_annotations = %q, want %q", cfg.Hypervisor.QEMU.EnableAnnotations, want)
+	}
+	if cfg.Runtime.ResourceManagement != ResourceStatic {
+		t.Errorf("resource_management = %q, want %q", cfg.Runtime.ResourceManagement, ResourceStatic)
+	}
+	for mode, want := range map[string]bool{ResourceStatic: true, ResourceBoth: true, ResourceHotplug: false} {
+		if got := SizesAtCreation(mode); got != want {
+			t.Errorf("SizesAtCreation(%q) = %v, want %v", mode, got, want)
+		}
+	}
+}
+
 func TestBadFiles(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -210,6 +233,10 @@ func TestBadFiles(t *testing.T) {
 		{"zero jail uid count", "[hypervisor.qemu]\njail_uid_count = 0\n", []string{"hypervisor.qemu.jail_uid_count", "outside 1.."}},
 		{"jail range past the last uid", "[hypervisor.qemu]\njail_uid_start = 4294967000\njail_uid_count = 296\n", []string{"hypervisor.qemu.jail_uid_count in ", "4294967000 + jail_uid_count 296 = 4294967296", "not a uid"}},
 		{"jail not a bool", "[hypervisor.qemu]\njail = 1\n", []string{"hypervisor.qemu.jail"}},
+		{"bad resource management", "[runtime]\nresource_management = \"dynamic\"\n", []string{"runtime.resource_management in ", `"dynamic" is not one of static, hotplug, both`}},
+		{"bad annotation pattern", "[hypervisor.qemu]\nenable_annotations = [\"default_(vcpus\"]\n", []string{"hypervisor.qemu.enable_annotations in ", `entry 0 ("default_(vcpus") is not a regular expression`}},
+		{"empty annotation pattern", "[hypervisor.qemu]\nenable_annotations = [\"kernel_params\", \" \"]\n", []string{"hypervisor.qemu.enable_annotations in ", "entry 1 is empty"}},
+		{"annotation pattern not a list", "[hypervisor.qemu]\nenable_annotations = \"default_vcpus\"\n", []string{"hypervisor.qemu.enable_annotations"}},
 		{"syntax", "[hypervisor.qemu\n", []string{"bad.toml:2: ", "table name"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/BurntSushi/toml"
@@ -9,7 +10,7 @@ import (
 // TestContainerdSnippet checks the containerd configurations that
 // `make install` ships, one per configuration version: valid TOML of that
 // version declaring the kata runtime type where that version's CRI plugin
-// reads it, with an options table.
+// reads it, passing Kata's pod annotations, with an options table.
 func TestContainerdSnippet(t *testing.T) {
 	for _, tc := range []struct {
 		file    string
@@ -25,8 +26,9 @@ func TestContainerdSnippet(t *testing.T) {
 				Plugins map[string]struct {
 					Containerd struct {
 						Runtimes map[string]struct {
-							RuntimeType string         `toml:"runtime_type"`
-							Options     map[string]any `toml:"options"`
+							RuntimeType    string         `toml:"runtime_type"`
+							PodAnnotations []string       `toml:"pod_annotations"`
+							Options        map[string]any `toml:"options"`
 						} `toml:"runtimes"`
 					} `toml:"containerd"`
 				} `toml:"plugins"`
@@ -47,6 +49,11 @@ func TestContainerdSnippet(t *testing.T) {
 			kata := c.Plugins[tc.plugin].Containerd.Runtimes["kata"]
 			if kata.RuntimeType != "io.containerd.kata.v2" {
 				t.Errorf("plugins.%q...kata.runtime_type = %q, want io.containerd.kata.v2", tc.plugin, kata.RuntimeType)
+			}
+			// Kata's per-pod annotations reach the shim only through
+			// this list (podconfig).
+			if want := []string{"io.katacontainers.*"}; !slices.Equal(kata.PodAnnotations, want) {
+				t.Errorf("plugins.%q...kata.pod_annotations = %q, want %q", tc.plugin, kata.PodAnnotations, want)
 			}
 			if !md.IsDefined("plugins", tc.plugin, "containerd", "runtimes", "kata", "options") {
 				t.Error("no options table for the kata runtime")

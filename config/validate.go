@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 )
@@ -33,6 +34,8 @@ type rawQEMU struct {
 	Jail          bool     `toml:"jail"`
 	JailUIDStart  int64    `toml:"jail_uid_start"`
 	JailUIDCount  int64    `toml:"jail_uid_count"`
+	// EnableAnnotations: see QEMU.
+	EnableAnnotations []string `toml:"enable_annotations"`
 }
 
 // Allowed values of the enumerated keys.
@@ -42,6 +45,8 @@ var (
 	SharedFSTypes = []string{"virtio-fs"}
 	VsockModes    = []string{"auto", "vhost", "vhost-user"}
 	NetworkModels = []string{"tcfilter", "none"}
+	// ResourceManagements are the values of [runtime] resource_management.
+	ResourceManagements = []string{ResourceStatic, ResourceHotplug, ResourceBoth}
 )
 
 // validator collects the first error, naming the key and the file the
@@ -125,6 +130,13 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 	if end := q.JailUIDStart + q.JailUIDCount; v.err == nil && end > MaxJailUIDEnd {
 		v.failf(s+"jail_uid_count", "jail_uid_start %d + jail_uid_count %d = %d passes %d, which is not a uid", q.JailUIDStart, q.JailUIDCount, end, int64(MaxJailUIDEnd))
 	}
+	for i, a := range q.EnableAnnotations {
+		if strings.TrimSpace(a) == "" {
+			v.failf(s+"enable_annotations", "entry %d is empty (it would allow every annotation; write \".*\" for that)", i)
+		} else if _, err := regexp.Compile(a); err != nil {
+			v.failf(s+"enable_annotations", "entry %d (%q) is not a regular expression: %v", i, a, err)
+		}
+	}
 	if d := r.Agent.DialTimeout.Duration; d <= 0 || d > MaxDialTimeout {
 		v.failf("agent.dial_timeout", "%s is not more than 0 and at most %s", d, MaxDialTimeout)
 	}
@@ -140,6 +152,7 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 		}
 	}
 	v.oneOf("runtime.network_model", r.Runtime.NetworkModel, NetworkModels)
+	v.oneOf("runtime.resource_management", r.Runtime.ResourceManagement, ResourceManagements)
 	if v.err != nil {
 		return nil, v.err
 	}
@@ -159,6 +172,8 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 			Jail:          q.Jail,
 			JailUIDStart:  uint32(q.JailUIDStart),
 			JailUIDCount:  uint32(q.JailUIDCount),
+
+			EnableAnnotations: slices.Clone(q.EnableAnnotations),
 		}},
 		Agent:   r.Agent,
 		Runtime: r.Runtime,

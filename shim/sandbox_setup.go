@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
-	"runtime"
 	"strings"
 	"time"
 
@@ -15,8 +13,8 @@ import (
 	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"github.com/vmpod/vmpod/config"
 	"github.com/vmpod/vmpod/network"
+	"github.com/vmpod/vmpod/podconfig"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/shim/rootfs"
 	"google.golang.org/protobuf/proto"
@@ -58,6 +56,10 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	cfg, err := s.opts.LoadConfig(path)
 	if err != nil {
 		return nil, fmt.Errorf("load vmpod configuration: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	// The pod's Kata annotations, where enable_annotations allows them.
+	if cfg, err = podconfig.Apply(ctx, cfg, spec.Annotations); err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w: %w", role.sandboxID, err, errdefs.ErrInvalidArgument)
 	}
 	// A pod's sandbox container, or a container with no pod, gets a
 	// sandbox named after it.
@@ -114,34 +116,6 @@ func configPath(opts *anypb.Any) (string, error) {
 		return "", fmt.Errorf("decode runtime options %s: %w: %w", opts.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
 	}
 	return o.ConfigPath, nil
-}
-
-// VMSize is the number of vCPUs and MiB of memory of a sandbox's VM.
-type VMSize struct {
-	VCPUs     uint32
-	MemoryMiB uint32
-}
-
-// SizeFor sizes a VM as Kata does: the configured defaults, plus the
-// container's CPU quota (rounded up to whole CPUs) and memory limit.
-func SizeFor(q config.QEMU, spec *specs.Spec) VMSize {
-	size := VMSize{VCPUs: q.DefaultVCPUs, MemoryMiB: q.DefaultMemory}
-	if spec == nil || spec.Linux == nil || spec.Linux.Resources == nil {
-		return size
-	}
-	res := spec.Linux.Resources
-	if c := res.CPU; c != nil && c.Quota != nil && *c.Quota > 0 && c.Period != nil && *c.Period > 0 {
-		cpus := (uint64(*c.Quota) + *c.Period - 1) / *c.Period
-		// More vCPUs than the host has only slow the guest down.
-		limit := uint64(max(runtime.NumCPU(), 1))
-		size.VCPUs = uint32(min(uint64(size.VCPUs)+cpus, limit, config.MaxVCPUs))
-		size.VCPUs = max(size.VCPUs, q.DefaultVCPUs)
-	}
-	if m := res.Memory; m != nil && m.Limit != nil && *m.Limit > 0 {
-		mib := (uint64(*m.Limit) + (1<<20 - 1)) >> 20
-		size.MemoryMiB = uint32(min(uint64(size.MemoryMiB)+mib, config.MaxMemoryMiB, math.MaxUint32))
-	}
-	return size
 }
 
 // watchOOM's bounds against an agent that answers GetOOMEvent at once with

@@ -2,49 +2,14 @@ package shim
 
 import (
 	"context"
-	"runtime"
 	"testing"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"github.com/vmpod/vmpod/config"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
-
-func TestSizeFor(t *testing.T) {
-	q := config.QEMU{DefaultVCPUs: 1, DefaultMemory: 512}
-	i64 := func(v int64) *int64 { return &v }
-	u64 := func(v uint64) *uint64 { return &v }
-	withRes := func(r *specs.LinuxResources) *specs.Spec { return &specs.Spec{Linux: &specs.Linux{Resources: r}} }
-	hostCPUs := uint32(runtime.NumCPU())
-	for _, tc := range []struct {
-		name string
-		spec *specs.Spec
-		want VMSize
-	}{
-		{"no spec", nil, VMSize{1, 512}},
-		{"no resources", &specs.Spec{}, VMSize{1, 512}},
-		{"memory rounds up to MiB", withRes(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(128<<20 + 1)}}), VMSize{1, 512 + 129}},
-		{"cpu quota rounds up", withRes(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(50000), Period: u64(100000)}}), VMSize{min(2, max(hostCPUs, 1)), 512}},
-		{"unlimited quota", withRes(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(-1), Period: u64(100000)}}), VMSize{1, 512}},
-		{"zero period ignored", withRes(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(1000), Period: u64(0)}}), VMSize{1, 512}},
-		{"huge memory capped", withRes(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(1 << 62)}}), VMSize{1, config.MaxMemoryMiB}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := SizeFor(q, tc.spec); got != tc.want {
-				t.Errorf("SizeFor = %+v, want %+v", got, tc.want)
-			}
-		})
-	}
-	// Many CPUs asked: no more vCPUs than the host has.
-	big := withRes(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(64 * 100000), Period: u64(100000)}})
-	if got := SizeFor(q, big).VCPUs; got > max(hostCPUs, q.DefaultVCPUs) {
-		t.Errorf("%d vCPUs on a %d-CPU host", got, hostCPUs)
-	}
-}
 
 func TestConfigPathOption(t *testing.T) {
 	if p, err := configPath(nil); p != "" || err != nil {

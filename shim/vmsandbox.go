@@ -18,6 +18,7 @@ import (
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/network"
+	"github.com/vmpod/vmpod/sizing"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/vm"
 )
@@ -58,6 +59,10 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
+	size, err := sizing.For(q, cfg.Runtime.ResourceManagement, req.Spec)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w: %w", req.ID, err, errdefs.ErrInvalidArgument)
+	}
 	if cfg.Runtime.Debug {
 		// The hypervisor logs the guest console, and the agent's logs with
 		// it, at debug level, tagged with the sandbox (ctx carries it).
@@ -94,8 +99,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 			leaveCgroup()
 		}
 	}()
-	size := SizeFor(q, req.Spec)
-	log.G(ctx).WithFields(log.Fields{"vcpus": size.VCPUs, "memory_mib": size.MemoryMiB, "config": cfg.Source, "netns": nsPath, "nics": len(eps.List)}).Debug("starting VM")
+	log.G(ctx).WithFields(log.Fields{"vcpus": size.VCPUs, "memory_mib": size.MemoryMiB, "resource_management": cfg.Runtime.ResourceManagement, "machine": q.MachineType, "config": cfg.Source, "netns": nsPath, "nics": len(eps.List)}).Debug("starting VM")
 	hcfg := hypervisor.Config{
 		Path:         paths.QEMU,
 		Kernel:       paths.Kernel,
