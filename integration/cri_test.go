@@ -60,6 +60,11 @@ type criOptions struct {
 	// runtimeSnippet declares the kata handler from this containerd
 	// configuration file (harness.Options.RuntimeSnippet).
 	runtimeSnippet string
+	// podAnnotations is the kata handler's pod_annotations.
+	podAnnotations []string
+	// qemuConfig holds keys added to [hypervisor.qemu] of the test's
+	// vmpod configuration.
+	qemuConfig string
 }
 
 func newCRIEnv(t *testing.T) *criEnv {
@@ -77,6 +82,21 @@ func newCRIEnvWith(t *testing.T, opts criOptions) *criEnv {
 	shimBin := testbin.Build(t, "./cmd/containerd-shim-kata-v2", false)
 	dir := t.TempDir()
 	cfg, stateRoot := harness.TestConfig(t, "")
+	if opts.qemuConfig != "" {
+		// Into the one [hypervisor.qemu] table: TOML refuses a second.
+		data, err := os.ReadFile(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const table = "[hypervisor.qemu]\n"
+		if !bytes.Contains(data, []byte(table)) {
+			t.Fatalf("vmpod test configuration %s has no %q", cfg, table)
+		}
+		data = bytes.Replace(data, []byte(table), []byte(table+opts.qemuConfig+"\n"), 1)
+		if err := os.WriteFile(cfg, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// The pods' network namespaces and host veths, and the bridge, must be
 	// gone at the end (checked after the cleanups below).
 	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"veth", cniBridge}, NetnsPrefixes: []string{"cni-"}})
@@ -90,6 +110,7 @@ func newCRIEnvWith(t *testing.T, opts criOptions) *criEnv {
 		SandboxImage:       pauseRef,
 		RegistryConfigPath: opts.registryConfigPath,
 		RuntimeSnippet:     opts.runtimeSnippet,
+		KataPodAnnotations: opts.podAnnotations,
 	})
 	t.Cleanup(func() { c.AssertClean(t) })
 	e := &criEnv{t: t, c: c, crictl: crictl, stateRoot: stateRoot, logDir: filepath.Join(dir, "logs")}

@@ -139,6 +139,9 @@ func (c *Containerd) runtimesTOML(p string) string {
 		return b.String() // kata comes from the snippet
 	}
 	fmt.Fprintf(&b, "[%s.kata]\n  runtime_type = \"io.containerd.kata.v2\"\n", p)
+	if len(c.opts.KataPodAnnotations) > 0 {
+		fmt.Fprintf(&b, "  pod_annotations = [%s]\n", quoteList(c.opts.KataPodAnnotations))
+	}
 	if c.opts.KataConfigPath != "" {
 		fmt.Fprintf(&b, "[%s.kata.options]\n  ConfigPath = %q\n", p, c.opts.KataConfigPath)
 	}

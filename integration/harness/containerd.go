@@ -70,6 +70,9 @@ type Options struct {
 	SandboxImage string
 	// KataConfigPath, if set, is the kata runtime's ConfigPath option (CRI).
 	KataConfigPath string
+	// KataPodAnnotations, if set, is the kata runtime's pod_annotations
+	// (CRI): the patterns of pod annotations CRI passes to the shim.
+	KataPodAnnotations []string
 	// RuntimeSnippet, if set, is a file of containerd configuration that
 	// declares the CRI kata runtime instead of the harness, as an operator
 	// installs it: imported as a drop-in by containerd 2.x (config version
