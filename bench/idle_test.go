@@ -36,7 +36,8 @@ func BenchmarkRunningContainer(b *testing.B) {
 		})
 	}
 	time.Sleep(settle)
-	measureIdleMemory(b, e)
+	pss := measureIdleMemory(b, e)
+	results.setOverhead(recommendOverhead(pss, measureIdleCPU(b, e, "idle"), *memoryMiB, *vcpus))
 	var execV, execR samples
 	for i := 0; i < *runsFlag; i++ {
 		for _, m := range []struct {
@@ -131,8 +132,9 @@ func podShim(b *testing.B, e *env, id string) int {
 
 // measureIdleMemory samples the idle pods -runs times, a second apart:
 // PSS of the vmpod pod (shim, QEMU, virtiofsd) against the runc pod (shim
-// and sleep), and the shim's RSS against runc's shim.
-func measureIdleMemory(b *testing.B, e *env) {
+// and sleep), and the shim's RSS against runc's shim. It returns the idle
+// vmpod pod's PSS.
+func measureIdleMemory(b *testing.B, e *env) summary {
 	var pod, podRunc, shim, shimRunc, qemuPSS, virtiofsd, shimPSS samples
 	for i := 0; i < *runsFlag; i++ {
 		if i > 0 {
@@ -174,6 +176,26 @@ func measureIdleMemory(b *testing.B, e *env) {
 	}{{"QEMU", qemuPSS}, {"virtiofsd (all its processes)", virtiofsd}, {"shim", shimPSS}} {
 		results.add(row{section: "memory", name: "idle pod PSS: " + part.name, unit: mib, value: part.s.summary()})
 	}
+	return pod.summary()
+}
+
+// idleCPUWindow is how long each run watches the idle pod's CPU use.
+const idleCPUWindow = 3 * time.Second
+
+// measureIdleCPU reads, -runs times, the CPU the idle pod of container id
+// (shim, QEMU, virtiofsd) uses over idleCPUWindow, in cores.
+func measureIdleCPU(b *testing.B, e *env, id string) summary {
+	var cores samples
+	for i := 0; i < *runsFlag; i++ {
+		used := cpuMeter(b, e, id)
+		start := time.Now()
+		time.Sleep(idleCPUWindow)
+		u := used()
+		cores.add((u[0] + u[1]) / time.Since(start).Seconds())
+	}
+	s := cores.summary()
+	results.add(row{section: "memory", name: "idle pod CPU use (shim + QEMU + virtiofsd)", unit: cpus, value: s})
+	return s
 }
 
 // rss is p's RSS in MiB.

@@ -96,6 +96,9 @@ type report struct {
 	rows   []row
 	phases []row
 	notes  []string
+	// overhead is the RuntimeClass overhead to declare, when the idle pod
+	// was measured.
+	overhead *overhead
 }
 
 func (r *report) fact(key, value string) {
@@ -114,6 +117,13 @@ func (r *report) addPhase(rw row) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.phases = append(r.phases, rw)
+}
+
+// setOverhead records the RuntimeClass overhead the run recommends.
+func (r *report) setOverhead(o *overhead) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.overhead = o
 }
 
 // note records something the reader must know: a figure not measured and
@@ -157,7 +167,13 @@ func (r *report) writeText(w io.Writer) error {
 	for _, n := range r.notes {
 		fmt.Fprintf(tw, "note: %s\n", n)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if o := r.overhead; o != nil {
+		fmt.Fprintf(w, "\nRuntimeClass overhead for deploy/runtimeclass.yaml, from %s:\n%s", o.basis(), o.yaml())
+	}
+	return nil
 }
 
 // writeMarkdown writes docs/benchmarks.md.
@@ -185,6 +201,11 @@ func (r *report) writeMarkdown(w io.Writer) error {
 		for _, p := range r.phases {
 			fmt.Fprintf(&b, "| %s | %s | %s |\n", mdEscape(p.name), mdEscape(p.unit.formatSummary(p.value)), mdEscape(p.what))
 		}
+	}
+	if o := r.overhead; o != nil {
+		b.WriteString("\n## RuntimeClass overhead\n\n")
+		fmt.Fprintf(&b, "What deploy/runtimeclass.yaml should declare, from %s (see docs/kubernetes.md):\n\n", o.basis())
+		fmt.Fprintf(&b, "```yaml\n%s```\n", o.yaml())
 	}
 	if len(r.notes) > 0 {
 		b.WriteString("\n## Notes\n\n")

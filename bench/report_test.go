@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -70,5 +71,48 @@ func TestWriteMarkdown(t *testing.T) {
 func TestFormatSummaryEqualEnds(t *testing.T) {
 	if got := mib.formatSummary(summarize([]float64{281.91, 281.93})); got != "281.9 MiB" {
 		t.Errorf("got %q: equal ends at the shown precision should show one value", got)
+	}
+}
+
+func TestRecommendOverhead(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		pss, cpu        []float64
+		wantMem, wantMC int
+	}{
+		{"rounds up", []float64{266.8, 266.7}, []float64{0.031, 0.042}, 270, 50},
+		{"highest sample counts", []float64{250, 271}, []float64{0.02, 0.26}, 280, 300},
+		{"exact steps stay", []float64{270}, []float64{0.1}, 270, 100},
+		{"idle CPU of nothing is still a step", []float64{9}, []float64{0}, 10, 50},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := recommendOverhead(summarize(tc.pss), summarize(tc.cpu), 512, 1)
+			if o == nil || o.memoryMiB != tc.wantMem || o.milliCPU != tc.wantMC {
+				t.Fatalf("recommendOverhead = %+v, want %d MiB and %dm", o, tc.wantMem, tc.wantMC)
+			}
+			want := fmt.Sprintf("overhead:\n  podFixed:\n    memory: \"%dMi\"\n    cpu: \"%dm\"\n", tc.wantMem, tc.wantMC)
+			if o.yaml() != want {
+				t.Errorf("yaml %q, want %q", o.yaml(), want)
+			}
+		})
+	}
+	if o := recommendOverhead(summary{}, summarize([]float64{0.1}), 512, 1); o != nil {
+		t.Errorf("no PSS measured, yet %+v", o)
+	}
+	r := &report{}
+	r.setOverhead(recommendOverhead(summarize([]float64{266.8}), summarize([]float64{0.04}), 512, 1))
+	var md, txt strings.Builder
+	if err := r.writeMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.writeText(&txt); err != nil {
+		t.Fatal(err)
+	}
+	for _, out := range []string{md.String(), txt.String()} {
+		for _, want := range []string{"memory: \"270Mi\"", "cpu: \"50m\"", "1 vCPU and 512 MiB", "266.8 MiB"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("report lacks %q:\n%s", want, out)
+			}
+		}
 	}
 }

@@ -34,6 +34,7 @@ const (
 	seconds unit = iota
 	mib
 	mibPerSec
+	cpus // CPU time per wall-clock time: 1 is one core busy
 )
 
 func (u unit) format(v float64) string {
@@ -48,6 +49,8 @@ func (u unit) format(v float64) string {
 		return fmt.Sprintf("%.1f MiB", v)
 	case mibPerSec:
 		return fmt.Sprintf("%.1f MiB/s", v)
+	case cpus:
+		return fmt.Sprintf("%.0f mCPU", v*1000)
 	}
 	return fmt.Sprint(v)
 }

@@ -61,7 +61,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 	}
 	size, err := sizing.For(q, cfg.Runtime.ResourceManagement, req.Spec)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox %s: %w: %w", req.ID, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	if cfg.Runtime.Debug {
 		// The hypervisor logs the guest console, and the agent's logs with
