@@ -18,8 +18,8 @@ import (
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/network"
-	"github.com/vmpod/vmpod/sizing"
 	agentpb "github.com/vmpod/vmpod/proto"
+	"github.com/vmpod/vmpod/sizing"
 	"github.com/vmpod/vmpod/vm"
 )
 
