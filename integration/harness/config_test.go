@@ -20,6 +20,7 @@ func TestConfigTOML(t *testing.T) {
 		SandboxImage:       "registry.k8s.io/pause:test",
 		KataConfigPath:     "/etc/vmpod/test.toml",
 		RegistryConfigPath: "/tmp/hosts",
+		KataPodAnnotations: []string{"io.katacontainers.*"},
 	}
 	c := &Containerd{Dir: "/tmp/d", Root: "/tmp/d/root", State: "/tmp/d/state", Address: "/tmp/d/containerd.sock", opts: opts}
 
@@ -93,6 +94,7 @@ func TestConfigTOML(t *testing.T) {
 			p + "containerd.runtimes.runc.runtime_type":         "io.containerd.runc.v2",
 			p + "containerd.runtimes.kata.runtime_type":         "io.containerd.kata.v2",
 			p + "containerd.runtimes.kata.options.ConfigPath":   opts.KataConfigPath,
+			p + "containerd.runtimes.kata.pod_annotations":      "io.katacontainers.*",
 			`plugins."io.containerd.cri.v1.runtime".containerd`: nil,
 		})
 	})
@@ -118,6 +120,7 @@ func TestConfigTOML(t *testing.T) {
 			rt + "containerd.runtimes.runc.runtime_type":       "io.containerd.runc.v2",
 			rt + "containerd.runtimes.kata.runtime_type":       "io.containerd.kata.v2",
 			rt + "containerd.runtimes.kata.options.ConfigPath": opts.KataConfigPath,
+			rt + "containerd.runtimes.kata.pod_annotations":    "io.katacontainers.*",
 			srv + "stream_server_address":                      "127.0.0.1",
 			srv + "sandbox_image":                              nil, // 1.x's key, gone in 2.x
 			srv + "containerd":                                 nil,
