@@ -53,7 +53,8 @@ var _ Sandbox = (*vmSandbox)(nil)
 // interfaces and routes configured.
 func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr error) {
 	cfg := req.Config
-	q := cfg.Hypervisor.QEMU
+	// The configured driver's table ([hypervisor.qemu] or .clh).
+	q := cfg.Hypervisor.Selected()
 	paths, err := cfg.Resolve()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
@@ -97,7 +98,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 	size := SizeFor(q, req.Spec)
 	log.G(ctx).WithFields(log.Fields{"vcpus": size.VCPUs, "memory_mib": size.MemoryMiB, "config": cfg.Source, "netns": nsPath, "nics": len(eps.List)}).Debug("starting VM")
 	hcfg := hypervisor.Config{
-		Path:         paths.QEMU,
+		Path:         paths.VMM,
 		Kernel:       paths.Kernel,
 		Initrd:       paths.Initrd,
 		KernelParams: q.KernelParams,
@@ -121,6 +122,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		DebugConsole:  cfg.Runtime.DebugConsole,
 		Jail:          jailRange(q),
 		Cgroup:        cg,
+		Driver:        cfg.Hypervisor.Type,
 	})
 	if err != nil {
 		return nil, err
