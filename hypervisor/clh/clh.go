@@ -50,9 +50,10 @@ const (
 	// quitGrace is how long Stop waits for CH to quit before SIGKILL when
 	// the caller's context has no deadline.
 	quitGrace = 5 * time.Second
-	// consoleDrain is how long the console reader gets, after CH exited,
-	// to read what is left in the FIFO.
-	consoleDrain = 500 * time.Millisecond
+	// consoleDrain bounds the console reader's drain of the FIFO after CH
+	// exited (it ends sooner, at the FIFO's end, unless something else
+	// still holds it open for writing).
+	consoleDrain = time.Second
 )
 
 // hostInfo is hypervisor.HostInfo; tests replace it.
@@ -96,7 +97,8 @@ type CLH struct {
 	pid     atomic.Int64
 	stderr  *tail.Buffer
 	console *console.Log
-	fifo    *os.File
+	fifo    *os.File // the console FIFO's read end
+	fifoW   *os.File // a write end held until CH exited
 	done    chan struct{}
 	exitErr error // set before done is closed
 }
@@ -172,6 +174,7 @@ func (c *CLH) Start(ctx context.Context) error {
 	waited, err := lockedfork.Start(cmd)
 	if err != nil {
 		c.fifo.Close()
+		c.fifoW.Close()
 		return fmt.Errorf("clh %s: starting %s: %w", c.cfg.ID, c.cfg.Path, err)
 	}
 	c.cmd, c.waited = cmd, waited
@@ -210,10 +213,17 @@ func (c *CLH) prepare() error {
 	if err := unix.Mkfifo(fifo, 0o600); err != nil {
 		return fmt.Errorf("console fifo %s: %w", fifo, err)
 	}
-	// Read-write: the open does not wait for CH, and reads wait for
-	// output instead of ending while CH has not opened it yet.
-	f, err := os.OpenFile(fifo, os.O_RDWR, 0)
+	// The read end opens without waiting for a writer; the driver's own
+	// write end keeps reads waiting for output, not ending, until CH has
+	// opened it, and is closed once CH exited so that the reader drains
+	// the FIFO to its end.
+	f, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
+		return fmt.Errorf("console fifo %s: %w", fifo, err)
+	}
+	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		f.Close()
 		return fmt.Errorf("console fifo %s: %w", fifo, err)
 	}
 	if j := c.jail; j != nil {
@@ -224,11 +234,12 @@ func (c *CLH) prepare() error {
 		for _, p := range paths {
 			if err := os.Chown(p, int(j.UID), int(j.GID)); err != nil {
 				f.Close()
+				w.Close()
 				return fmt.Errorf("jail: %w", err)
 			}
 		}
 	}
-	c.fifo = f
+	c.fifo, c.fifoW = f, w
 	return nil
 }
 
@@ -299,6 +310,7 @@ func (c *CLH) waitAPI(ctx context.Context) error {
 // CH exited.
 func (c *CLH) wait(consoleDone <-chan struct{}) {
 	err := <-c.waited
+	c.fifoW.Close()
 	c.fifo.SetReadDeadline(time.Now().Add(consoleDrain))
 	select {
 	case <-consoleDone:
