@@ -53,7 +53,6 @@ func defaults() Config {
 				DefaultVCPUs:  1,
 				DefaultMemory: 512,
 				VirtiofsdPath: "/usr/lib/qemu/virtiofsd",
-				Jail:          true,
 				JailUIDStart:  1879048192,
 				JailUIDCount:  65536,
 			},
@@ -284,13 +283,13 @@ func TestOversizedFile(t *testing.T) {
 // ones the shim reads, and file lookups name clh's keys.
 func TestCLHSelected(t *testing.T) {
 	dir := isolate(t)
-	p := writeFile(t, filepath.Join(dir, "clh.toml"), "[hypervisor]\ntype = \"clh\"\n[hypervisor.clh]\npath = \"/opt/ch/cloud-hypervisor\"\ndefault_vcpus = 3\ndefault_memory = 768\nkernel_params = [\"a=1\"]\njail = false\nkernel = \"/nonexistent/vmlinux\"\n")
+	p := writeFile(t, filepath.Join(dir, "clh.toml"), "[hypervisor]\ntype = \"clh\"\n[hypervisor.clh]\npath = \"/opt/ch/cloud-hypervisor\"\ndefault_vcpus = 3\ndefault_memory = 768\nkernel_params = [\"a=1\"]\njail = true\nkernel = \"/nonexistent/vmlinux\"\n")
 	cfg, err := Load(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sel := cfg.Hypervisor.Selected()
-	if sel.Path != "/opt/ch/cloud-hypervisor" || sel.DefaultVCPUs != 3 || sel.DefaultMemory != 768 || sel.Jail || !reflect.DeepEqual(sel.KernelParams, []string{"a=1"}) {
+	if sel.Path != "/opt/ch/cloud-hypervisor" || sel.DefaultVCPUs != 3 || sel.DefaultMemory != 768 || !sel.Jail || !reflect.DeepEqual(sel.KernelParams, []string{"a=1"}) {
 		t.Errorf("Selected() = %+v: not [hypervisor.clh]'s values", sel)
 	}
 	if q := cfg.Hypervisor.QEMU; q.DefaultVCPUs != 1 || q.Path != "qemu-system-x86_64" {

@@ -227,6 +227,11 @@ func (c *CLH) prepare() error {
 		return fmt.Errorf("console fifo %s: %w", fifo, err)
 	}
 	if j := c.jail; j != nil {
+		if err := searchable(filepath.Dir(c.cfg.StateDir), *j); err != nil {
+			f.Close()
+			w.Close()
+			return fmt.Errorf("jail: %w", err)
+		}
 		paths := []string{c.cfg.StateDir, fifo}
 		if fs := c.cfg.SharedFS; fs != nil {
 			paths = append(paths, fs.Socket)
@@ -461,4 +466,28 @@ func (c *CLH) running() error {
 	default:
 	}
 	return nil
+}
+
+// searchable checks that j's uid can reach dir: CH, jailed, opens its
+// sockets and FIFO in the state directory by path, and unlike QEMU it does
+// not chroot as root first. Every directory from / to dir must grant it
+// search (x) permission.
+func searchable(dir string, j Jail) error {
+	for d := dir; ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		sys := st.Sys().(*syscall.Stat_t)
+		mode := st.Mode().Perm()
+		ok := mode&0o001 != 0 ||
+			(sys.Gid == j.GID && mode&0o010 != 0) ||
+			(sys.Uid == j.UID && mode&0o100 != 0)
+		if !ok {
+			return fmt.Errorf("uid %d cannot reach the state directory: %s (mode %04o, %d:%d) is not searchable by it; make it searchable (chmod o+x), or run cloud-hypervisor unjailed (hypervisor.clh.jail = false)", j.UID, d, mode, sys.Uid, sys.Gid)
+		}
+		if d == "/" || d == "." {
+			return nil
+		}
+	}
 }
