@@ -77,6 +77,9 @@ func TestDriverBodiesMatchDocument(t *testing.T) {
 	if info.State != StateCreated || s.State() != StateCreated {
 		t.Errorf("state %q", info.State)
 	}
+	if got, want := strings.Join(s.Requests(), ", "), "PUT vm.create, PUT vm.add-net, GET vm.info"; got != want {
+		t.Errorf("the double saw %s, want %s", got, want)
+	}
 }
 
 // TestDoubleHoldsToDocument checks that the double refuses what CH's
