@@ -29,14 +29,24 @@ type Paths struct {
 	Kernel    string
 	Initrd    string
 	Virtiofsd string
+	// VMM is the configured type's binary: QEMU's or cloud-hypervisor's.
+	VMM string
 }
 
-// Resolve finds every file the configuration names or implies.
+// Resolve finds every file the configuration names or implies, for the
+// configured hypervisor type.
 func (c *Config) Resolve() (Paths, error) {
 	var p Paths
 	var err error
-	if p.QEMU, err = c.QEMUBinary(); err != nil {
-		return Paths{}, err
+	if c.Hypervisor.Type == TypeCLH {
+		if p.VMM, err = c.CLHBinary(); err != nil {
+			return Paths{}, err
+		}
+	} else {
+		if p.QEMU, err = c.QEMUBinary(); err != nil {
+			return Paths{}, err
+		}
+		p.VMM = p.QEMU
 	}
 	if p.Kernel, err = c.KernelPath(); err != nil {
 		return Paths{}, err
@@ -50,16 +60,22 @@ func (c *Config) Resolve() (Paths, error) {
 	return p, nil
 }
 
-// KernelPath is hypervisor.qemu.kernel, which must exist when set, or else
-// the first vmpod-kernel found in AssetDirs.
+// KernelPath is the configured type's kernel key (hypervisor.qemu.kernel
+// or hypervisor.clh.kernel), which must exist when set, or else the first
+// vmpod-kernel found in AssetDirs.
 func (c *Config) KernelPath() (string, error) {
-	return c.asset("hypervisor.qemu.kernel", c.Hypervisor.QEMU.Kernel, KernelName)
+	return c.asset(c.Hypervisor.Section()+".kernel", c.Hypervisor.Selected().Kernel, KernelName)
 }
 
-// InitrdPath is hypervisor.qemu.initrd, which must exist when set, or else
-// the first vmpod-initrd.img found in AssetDirs.
+// InitrdPath is the configured type's initrd key, which must exist when
+// set, or else the first vmpod-initrd.img found in AssetDirs.
 func (c *Config) InitrdPath() (string, error) {
-	return c.asset("hypervisor.qemu.initrd", c.Hypervisor.QEMU.Initrd, InitrdName)
+	return c.asset(c.Hypervisor.Section()+".initrd", c.Hypervisor.Selected().Initrd, InitrdName)
+}
+
+// CLHBinary is hypervisor.clh.path, looked up on PATH if it is a name.
+func (c *Config) CLHBinary() (string, error) {
+	return c.program("hypervisor.clh.path", c.Hypervisor.CLH.Path)
 }
 
 // QEMUBinary is hypervisor.qemu.path, looked up on PATH if it is a name.
@@ -67,10 +83,10 @@ func (c *Config) QEMUBinary() (string, error) {
 	return c.program("hypervisor.qemu.path", c.Hypervisor.QEMU.Path)
 }
 
-// VirtiofsdBinary is hypervisor.qemu.virtiofsd_path, looked up on PATH if it
-// is a name.
+// VirtiofsdBinary is the configured type's virtiofsd_path, looked up on
+// PATH if it is a name.
 func (c *Config) VirtiofsdBinary() (string, error) {
-	return c.program("hypervisor.qemu.virtiofsd_path", c.Hypervisor.QEMU.VirtiofsdPath)
+	return c.program(c.Hypervisor.Section()+".virtiofsd_path", c.Hypervisor.Selected().VirtiofsdPath)
 }
 
 func (c *Config) asset(key, configured, name string) (string, error) {

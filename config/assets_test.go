@@ -112,7 +112,7 @@ func TestPrograms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Paths{QEMU: qemu, Kernel: filepath.Join(share, KernelName), Initrd: filepath.Join(share, InitrdName), Virtiofsd: virtiofsd}); p != want {
+	if want := (Paths{QEMU: qemu, Kernel: filepath.Join(share, KernelName), Initrd: filepath.Join(share, InitrdName), Virtiofsd: virtiofsd, VMM: qemu}); p != want {
 		t.Errorf("Resolve = %+v, want %+v", p, want)
 	}
 

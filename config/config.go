@@ -52,9 +52,62 @@ type Config struct {
 	Source     string     `toml:"-"` // the file it came from, or DefaultSource
 }
 
-// Hypervisor holds one section per virtual machine monitor.
+// Hypervisor holds one section per virtual machine monitor and which one
+// runs the VMs.
 type Hypervisor struct {
 	QEMU QEMU `toml:"qemu"`
+	CLH  CLH  `toml:"clh"`
+	// Type picks the driver: TypeQEMU or TypeCLH.
+	Type string `toml:"type"`
+}
+
+// Hypervisor types ([hypervisor] type).
+const (
+	TypeQEMU = "qemu"
+	TypeCLH  = "clh"
+)
+
+// CLH is [hypervisor.clh]: Cloud Hypervisor, experimental (not run in CI
+// on a real CH).
+type CLH struct {
+	Path          string   `toml:"path"`           // cloud-hypervisor, v40 or later
+	Kernel        string   `toml:"kernel"`         // an ELF vmlinux; "" = search as for QEMU
+	Initrd        string   `toml:"initrd"`         // ditto
+	KernelParams  []string `toml:"kernel_params"`  // appended to vmpod's own
+	DefaultVCPUs  uint32   `toml:"default_vcpus"`  // 1..MaxVCPUs
+	DefaultMemory uint32   `toml:"default_memory"` // MiB, MinMemoryMiB..MaxMemoryMiB
+	VirtiofsdPath string   `toml:"virtiofsd_path"` // absolute, or looked up on PATH
+	// Jail runs each CH as a uid of its own from
+	// [JailUIDStart, JailUIDStart+JailUIDCount) (no chroot: CH has none).
+	Jail         bool   `toml:"jail"`
+	JailUIDStart uint32 `toml:"jail_uid_start"`
+	JailUIDCount uint32 `toml:"jail_uid_count"`
+}
+
+// Selected is the settings both drivers share, taken from the table of the
+// configured type, in [hypervisor.qemu]'s shape: the shim sizes and jails
+// a VM from it whichever driver runs it. For clh, the QEMU-only keys
+// (machine_type, accel, shared_fs, vsock_mode) keep [hypervisor.qemu]'s
+// values, which the CH driver does not read.
+func (h Hypervisor) Selected() QEMU {
+	if h.Type != TypeCLH {
+		return h.QEMU
+	}
+	q := h.QEMU
+	c := h.CLH
+	q.Path, q.Kernel, q.Initrd, q.KernelParams = c.Path, c.Kernel, c.Initrd, c.KernelParams
+	q.DefaultVCPUs, q.DefaultMemory, q.VirtiofsdPath = c.DefaultVCPUs, c.DefaultMemory, c.VirtiofsdPath
+	q.Jail, q.JailUIDStart, q.JailUIDCount = c.Jail, c.JailUIDStart, c.JailUIDCount
+	return q
+}
+
+// Section is the table of the configured type's keys, "hypervisor.qemu"
+// or "hypervisor.clh", for messages that name a key.
+func (h Hypervisor) Section() string {
+	if h.Type == TypeCLH {
+		return "hypervisor.clh"
+	}
+	return "hypervisor.qemu"
 }
 
 // QEMU is [hypervisor.qemu].

@@ -48,7 +48,18 @@ func defaults() Config {
 			JailUIDCount:  65536,
 
 			EnableAnnotations: []string{},
-		}},
+		},
+			CLH: CLH{
+				Path:          "cloud-hypervisor",
+				KernelParams:  []string{},
+				DefaultVCPUs:  1,
+				DefaultMemory: 512,
+				VirtiofsdPath: "/usr/lib/qemu/virtiofsd",
+				JailUIDStart:  1879048192,
+				JailUIDCount:  65536,
+			},
+			Type: TypeQEMU,
+		},
 		Agent:   Agent{DialTimeout: Duration{30 * time.Second}, HealthCheckInterval: Duration{5 * time.Second}, HealthCheckTimeout: Duration{10 * time.Second}},
 		Runtime: Runtime{NetworkModel: "tcfilter", ResourceManagement: ResourceBoth},
 		Source:  DefaultSource,
@@ -237,6 +248,19 @@ func TestBadFiles(t *testing.T) {
 		{"bad annotation pattern", "[hypervisor.qemu]\nenable_annotations = [\"default_(vcpus\"]\n", []string{"hypervisor.qemu.enable_annotations in ", `entry 0 ("default_(vcpus") is not a regular expression`}},
 		{"empty annotation pattern", "[hypervisor.qemu]\nenable_annotations = [\"kernel_params\", \" \"]\n", []string{"hypervisor.qemu.enable_annotations in ", "entry 1 is empty"}},
 		{"annotation pattern not a list", "[hypervisor.qemu]\nenable_annotations = \"default_vcpus\"\n", []string{"hypervisor.qemu.enable_annotations"}},
+		{"bad hypervisor type", "[hypervisor]\ntype = \"firecracker\"\n", []string{"hypervisor.type in ", `"firecracker" is not one of qemu, clh`}},
+		{"hypervisor type not a string", "[hypervisor]\ntype = 1\n", []string{"hypervisor.type"}},
+		{"unknown clh key", "[hypervisor.clh]\nmachine_type = \"q35\"\n", []string{"unknown key hypervisor.clh.machine_type in "}},
+		{"empty clh path", "[hypervisor.clh]\npath = \"\"\n", []string{"hypervisor.clh.path", "empty"}},
+		{"relative clh path", "[hypervisor.clh]\npath = \"bin/cloud-hypervisor\"\n", []string{"hypervisor.clh.path"}},
+		{"relative clh kernel", "[hypervisor.clh]\nkernel = \"vmlinux\"\n", []string{"hypervisor.clh.kernel", "not an absolute path"}},
+		{"relative clh initrd", "[hypervisor.clh]\ninitrd = \"initrd\"\n", []string{"hypervisor.clh.initrd", "not an absolute path"}},
+		{"empty clh kernel param", "[hypervisor.clh]\nkernel_params = [\" \"]\n", []string{"hypervisor.clh.kernel_params"}},
+		{"zero clh vcpus", "[hypervisor.clh]\ndefault_vcpus = 0\n", []string{"hypervisor.clh.default_vcpus", "outside 1..256"}},
+		{"little clh memory", "[hypervisor.clh]\ndefault_memory = 32\n", []string{"hypervisor.clh.default_memory", "outside 64.."}},
+		{"empty clh virtiofsd", "[hypervisor.clh]\nvirtiofsd_path = \"\"\n", []string{"hypervisor.clh.virtiofsd_path", "empty"}},
+		{"clh jail not a bool", "[hypervisor.clh]\njail = \"yes\"\n", []string{"hypervisor.clh.jail"}},
+		{"clh jail range past the last uid", "[hypervisor.clh]\njail_uid_start = 4294967295\n", []string{"hypervisor.clh.jail_uid_start in ", "outside"}},
 		{"syntax", "[hypervisor.qemu\n", []string{"bad.toml:2: ", "table name"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -279,5 +303,36 @@ func TestOversizedFile(t *testing.T) {
 	p := writeFile(t, filepath.Join(dir, "big.toml"), "# "+strings.Repeat("x", maxConfigFileLen)+"\n")
 	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Errorf("oversized file: err = %v", err)
+	}
+}
+
+// TestCLHSelected: type = "clh" makes [hypervisor.clh]'s shared keys the
+// ones the shim reads, and file lookups name clh's keys.
+func TestCLHSelected(t *testing.T) {
+	dir := isolate(t)
+	p := writeFile(t, filepath.Join(dir, "clh.toml"), "[hypervisor]\ntype = \"clh\"\n[hypervisor.clh]\npath = \"/opt/ch/cloud-hypervisor\"\ndefault_vcpus = 3\ndefault_memory = 768\nkernel_params = [\"a=1\"]\njail = true\nkernel = \"/nonexistent/vmlinux\"\n")
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := cfg.Hypervisor.Selected()
+	if sel.Path != "/opt/ch/cloud-hypervisor" || sel.DefaultVCPUs != 3 || sel.DefaultMemory != 768 || !sel.Jail || !reflect.DeepEqual(sel.KernelParams, []string{"a=1"}) {
+		t.Errorf("Selected() = %+v: not [hypervisor.clh]'s values", sel)
+	}
+	if q := cfg.Hypervisor.QEMU; q.DefaultVCPUs != 1 || q.Path != "qemu-system-x86_64" {
+		t.Errorf("[hypervisor.qemu] changed: %+v", q)
+	}
+	if _, err := cfg.KernelPath(); err == nil || !strings.Contains(err.Error(), "hypervisor.clh.kernel in "+p) {
+		t.Errorf("KernelPath: %v; want an error naming hypervisor.clh.kernel and %s", err, p)
+	}
+	if _, err := cfg.Resolve(); err == nil || !strings.Contains(err.Error(), "hypervisor.clh.path") {
+		t.Errorf("Resolve: %v; want an error naming hypervisor.clh.path", err)
+	}
+	def, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def.Hypervisor.Type != TypeQEMU || !reflect.DeepEqual(def.Hypervisor.Selected(), def.Hypervisor.QEMU) {
+		t.Errorf("the default type is %q, Selected %+v", def.Hypervisor.Type, def.Hypervisor.Selected())
 	}
 }

@@ -14,6 +14,8 @@ import (
 type raw struct {
 	Hypervisor struct {
 		QEMU rawQEMU `toml:"qemu"`
+		CLH  rawCLH  `toml:"clh"`
+		Type string  `toml:"type"`
 	} `toml:"hypervisor"`
 	Agent   Agent   `toml:"agent"`
 	Runtime Runtime `toml:"runtime"`
@@ -38,13 +40,27 @@ type rawQEMU struct {
 	EnableAnnotations []string `toml:"enable_annotations"`
 }
 
+type rawCLH struct {
+	Path          string   `toml:"path"`
+	Kernel        string   `toml:"kernel"`
+	Initrd        string   `toml:"initrd"`
+	KernelParams  []string `toml:"kernel_params"`
+	DefaultVCPUs  int64    `toml:"default_vcpus"`
+	DefaultMemory int64    `toml:"default_memory"`
+	VirtiofsdPath string   `toml:"virtiofsd_path"`
+	Jail          bool     `toml:"jail"`
+	JailUIDStart  int64    `toml:"jail_uid_start"`
+	JailUIDCount  int64    `toml:"jail_uid_count"`
+}
+
 // Allowed values of the enumerated keys.
 var (
-	MachineTypes  = []string{"q35", "microvm"}
-	Accels        = []string{"auto", "kvm", "tcg"}
-	SharedFSTypes = []string{"virtio-fs"}
-	VsockModes    = []string{"auto", "vhost", "vhost-user"}
-	NetworkModels = []string{"tcfilter", "none"}
+	HypervisorTypes = []string{TypeQEMU, TypeCLH}
+	MachineTypes    = []string{"q35", "microvm"}
+	Accels          = []string{"auto", "kvm", "tcg"}
+	SharedFSTypes   = []string{"virtio-fs"}
+	VsockModes      = []string{"auto", "vhost", "vhost-user"}
+	NetworkModels   = []string{"tcfilter", "none"}
 	// ResourceManagements are the values of [runtime] resource_management.
 	ResourceManagements = []string{ResourceStatic, ResourceHotplug, ResourceBoth}
 )
@@ -137,6 +153,25 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 			v.failf(s+"enable_annotations", "entry %d (%q) is not a regular expression: %v", i, a, err)
 		}
 	}
+	c := &r.Hypervisor.CLH
+	const cs = "hypervisor.clh."
+	v.program(cs+"path", c.Path)
+	v.file(cs+"kernel", c.Kernel)
+	v.file(cs+"initrd", c.Initrd)
+	for i, p := range c.KernelParams {
+		if strings.TrimSpace(p) == "" || strings.ContainsAny(p, "\x00\n") {
+			v.failf(cs+"kernel_params", "entry %d (%q) is empty or contains a NUL or newline", i, p)
+		}
+	}
+	v.intRange(cs+"default_vcpus", c.DefaultVCPUs, 1, MaxVCPUs)
+	v.intRange(cs+"default_memory", c.DefaultMemory, MinMemoryMiB, MaxMemoryMiB)
+	v.program(cs+"virtiofsd_path", c.VirtiofsdPath)
+	v.intRange(cs+"jail_uid_start", c.JailUIDStart, 1, MaxJailUIDEnd-1)
+	v.intRange(cs+"jail_uid_count", c.JailUIDCount, 1, MaxJailUIDEnd-1)
+	if end := c.JailUIDStart + c.JailUIDCount; v.err == nil && end > MaxJailUIDEnd {
+		v.failf(cs+"jail_uid_count", "jail_uid_start %d + jail_uid_count %d = %d passes %d, which is not a uid", c.JailUIDStart, c.JailUIDCount, end, int64(MaxJailUIDEnd))
+	}
+	v.oneOf("hypervisor.type", r.Hypervisor.Type, HypervisorTypes)
 	if d := r.Agent.DialTimeout.Duration; d <= 0 || d > MaxDialTimeout {
 		v.failf("agent.dial_timeout", "%s is not more than 0 and at most %s", d, MaxDialTimeout)
 	}
@@ -174,7 +209,21 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 			JailUIDCount:  uint32(q.JailUIDCount),
 
 			EnableAnnotations: slices.Clone(q.EnableAnnotations),
-		}},
+		},
+			CLH: CLH{
+				Path:          c.Path,
+				Kernel:        c.Kernel,
+				Initrd:        c.Initrd,
+				KernelParams:  slices.Clone(c.KernelParams),
+				DefaultVCPUs:  uint32(c.DefaultVCPUs),
+				DefaultMemory: uint32(c.DefaultMemory),
+				VirtiofsdPath: c.VirtiofsdPath,
+				Jail:          c.Jail,
+				JailUIDStart:  uint32(c.JailUIDStart),
+				JailUIDCount:  uint32(c.JailUIDCount),
+			},
+			Type: r.Hypervisor.Type,
+		},
 		Agent:   r.Agent,
 		Runtime: r.Runtime,
 	}, nil

@@ -157,3 +157,20 @@ func TestWriteFileGone(t *testing.T) {
 		t.Fatalf("got %v, want an error naming %s", err, path)
 	}
 }
+
+// TestWriteShowsHypervisorType: [hypervisor] type and [hypervisor.clh]
+// appear with their sources.
+func TestWriteShowsHypervisorType(t *testing.T) {
+	cfg, path := load(t, "[hypervisor]\ntype = \"clh\"\n[hypervisor.clh]\ndefault_memory = 1024\n")
+	lines := keyLines(render(t, cfg))
+	for key, want := range map[string]string{
+		"hypervisor.type":                `"clh"  # ` + path,
+		"hypervisor.clh.default_memory":  "1024  # " + path,
+		"hypervisor.clh.path":            `"cloud-hypervisor"  # default`,
+		"hypervisor.qemu.default_memory": "512  # default",
+	} {
+		if lines[key] != want {
+			t.Errorf("%s = %q, want %q", key, lines[key], want)
+		}
+	}
+}

@@ -64,19 +64,24 @@ func Run(ctx context.Context, opts Options) []Result {
 	}
 	accel, vsockMode, netModel := hypervisor.AccelAuto, "auto", "tcfilter"
 	qemu := ""
-	if cfg != nil {
-		q := cfg.Hypervisor.QEMU
-		accel, vsockMode, netModel = q.Accel, q.VsockMode, cfg.Runtime.NetworkModel
-		var r Result
-		qemu, r = checkQEMU(ctx, cfg)
-		rs = append(rs, r,
-			checkAsset(cfg, "kernel", "hypervisor.qemu.kernel", cfg.Hypervisor.QEMU.Kernel, cfg.KernelPath, kernelFormat),
-			checkAsset(cfg, "initrd", "hypervisor.qemu.initrd", cfg.Hypervisor.QEMU.Initrd, cfg.InitrdPath, initrdFormat),
-			checkVirtiofsd(cfg))
+	if cfg != nil && cfg.Hypervisor.Type == config.TypeCLH {
+		netModel = cfg.Runtime.NetworkModel
+		rs = append(rs, clhChecks(ctx, cfg, hypervisor.HostInfo())...)
+	} else {
+		if cfg != nil {
+			q := cfg.Hypervisor.QEMU
+			accel, vsockMode, netModel = q.Accel, q.VsockMode, cfg.Runtime.NetworkModel
+			var r Result
+			qemu, r = checkQEMU(ctx, cfg)
+			rs = append(rs, r,
+				checkAsset(cfg, "kernel", "hypervisor.qemu.kernel", cfg.Hypervisor.QEMU.Kernel, cfg.KernelPath, kernelFormat),
+				checkAsset(cfg, "initrd", "hypervisor.qemu.initrd", cfg.Hypervisor.QEMU.Initrd, cfg.InitrdPath, initrdFormat),
+				checkVirtiofsd(cfg))
+		}
+		rs = append(rs, checkAccel(accel, hypervisor.HostInfo()))
+		machine := machineOf(cfg)
+		rs = append(rs, checkVsock(vsockMode, machine, vhostVsockPresent(), qemuDevices(ctx, qemu, machine)))
 	}
-	rs = append(rs, checkAccel(accel, hypervisor.HostInfo()))
-	machine := machineOf(cfg)
-	rs = append(rs, checkVsock(vsockMode, machine, vhostVsockPresent(), qemuDevices(ctx, qemu, machine)))
 	rs = append(rs, checkCgroups(readMountinfo()))
 	rs = append(rs, checkTun(netModel, tunDevice))
 	rs = append(rs, checkTC(netModel))

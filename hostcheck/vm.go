@@ -149,7 +149,7 @@ func checkVirtiofsd(cfg *config.Config) Result {
 	p, err := cfg.VirtiofsdBinary()
 	if err != nil {
 		return Result{Name: "virtiofsd", Status: Fail, Reason: err.Error(),
-			Fix: "install virtiofsd (Debian: qemu-system-common ships /usr/lib/qemu/virtiofsd) or set hypervisor.qemu.virtiofsd_path in " + settingIn(cfg)}
+			Fix: "install virtiofsd (Debian: qemu-system-common ships /usr/lib/qemu/virtiofsd) or set " + cfg.Hypervisor.Section() + ".virtiofsd_path in " + settingIn(cfg)}
 	}
 	return Result{Name: "virtiofsd", Status: Pass, Reason: p}
 }

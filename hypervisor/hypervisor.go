@@ -56,9 +56,9 @@ type Config struct {
 	ExtraArgs []string
 }
 
-// Vsock is the guest's vsock device: either vmpod's vhost-user backend
-// listening on VhostUserSocket, or (when that is empty) the host kernel's
-// vhost-vsock with GuestCID.
+// Vsock is the guest's vsock device: vmpod's vhost-user backend listening
+// on VhostUserSocket, or the host kernel's vhost-vsock with GuestCID, or
+// (Cloud Hypervisor) the VMM's own hybrid vsock on HybridSocket.
 type Vsock struct {
 	VhostUserSocket string
 	GuestCID        uint32
@@ -66,6 +66,10 @@ type Vsock struct {
 	// GuestCID is already claimed (vsock.AllocateCID), so that two VMs
 	// cannot race for one CID. The VMM inherits it.
 	VhostFD *os.File
+	// HybridSocket is where a VMM with hybrid vsock (Cloud Hypervisor)
+	// listens for "CONNECT <port>" (vsock.DialHybrid); GuestCID is then the
+	// guest's CID as that VMM knows it.
+	HybridSocket string
 }
 
 // NetDevice is a virtio-net NIC backed by a tap the caller opened
@@ -73,6 +77,9 @@ type Vsock struct {
 // caller may close its copy once Start returned.
 type NetDevice struct {
 	Tap *os.File
+	// TapName, for a driver that can open a tap itself (Cloud Hypervisor),
+	// names the tap when Tap is nil.
+	TapName string
 	// MAC is the guest NIC's address.
 	MAC net.HardwareAddr
 	// MTU, when set, is offered to the guest driver (virtio host_mtu).
@@ -128,7 +135,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("hypervisor %s: shared fs needs a socket and a tag", c.ID)
 	}
 	for i, n := range c.Net {
-		if n.Tap == nil {
+		if n.Tap == nil && n.TapName == "" {
 			return fmt.Errorf("hypervisor %s: NIC %d has no tap", c.ID, i)
 		}
 		if len(n.MAC) != 6 {
@@ -137,6 +144,9 @@ func (c Config) Validate() error {
 		if n.MTU < 0 || n.MTU > 65535 {
 			return fmt.Errorf("hypervisor %s: NIC %d: MTU %d out of range", c.ID, i, n.MTU)
 		}
+	}
+	if c.Vsock != nil && c.Vsock.VhostUserSocket != "" && c.Vsock.HybridSocket != "" {
+		return fmt.Errorf("hypervisor %s: vsock has both a vhost-user and a hybrid socket", c.ID)
 	}
 	if c.Vsock != nil && c.Vsock.VhostUserSocket == "" && c.Vsock.GuestCID < 3 {
 		return fmt.Errorf("hypervisor %s: guest CID %d is reserved (want 3 or more)", c.ID, c.Vsock.GuestCID)

@@ -54,7 +54,8 @@ var _ Sandbox = (*vmSandbox)(nil)
 // interfaces and routes configured.
 func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr error) {
 	cfg := req.Config
-	q := cfg.Hypervisor.QEMU
+	// The configured driver's table ([hypervisor.qemu] or .clh).
+	q := cfg.Hypervisor.Selected()
 	paths, err := cfg.Resolve()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
@@ -101,7 +102,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 	}()
 	log.G(ctx).WithFields(log.Fields{"vcpus": size.VCPUs, "memory_mib": size.MemoryMiB, "resource_management": cfg.Runtime.ResourceManagement, "machine": q.MachineType, "config": cfg.Source, "netns": nsPath, "nics": len(eps.List)}).Debug("starting VM")
 	hcfg := hypervisor.Config{
-		Path:         paths.QEMU,
+		Path:         paths.VMM,
 		Kernel:       paths.Kernel,
 		Initrd:       paths.Initrd,
 		KernelParams: q.KernelParams,
@@ -125,6 +126,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		DebugConsole:  cfg.Runtime.DebugConsole,
 		Jail:          jailRange(q),
 		Cgroup:        cg,
+		Driver:        cfg.Hypervisor.Type,
 	})
 	if err != nil {
 		return nil, err

@@ -23,11 +23,18 @@ import (
 
 	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/hypervisor/clh"
 	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/hypervisor/qemu"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/virtiofs"
 	"github.com/vmpod/vmpod/vsock"
+)
+
+// Drivers: which VMM runs the guest (config's [hypervisor] type).
+const (
+	DriverQEMU = "qemu"
+	DriverCLH  = "clh" // Cloud Hypervisor: experimental
 )
 
 // Vsock modes.
@@ -93,17 +100,28 @@ type Config struct {
 	// they start (the pod's, from the sandbox's spec); nil leaves them in
 	// the caller's.
 	Cgroup *hostcgroup.Group
+	// Driver is DriverQEMU (default) or DriverCLH. With CLH the vsock is
+	// CH's hybrid vsock and VsockMode does not apply; a jail is a uid of
+	// its own without a chroot (package clh).
+	Driver string
+}
+
+// driver is what VM needs of a hypervisor driver.
+type driver interface {
+	hypervisor.Hypervisor
+	ConsoleTail() string
 }
 
 // VM is a running guest with its agent connection.
 type VM struct {
 	cfg     Config
-	hv      *qemu.QEMU
+	hv      driver
 	fs      *virtiofs.Daemon
 	backend *vsock.Backend
 	served  chan error // the backend's Serve result
 	cid     uint32
 	vhostFD *os.File
+	hybrid  string // CH's hybrid vsock socket, "" with QEMU
 	client  *ttrpc.Client
 	agent   agentpb.AgentService
 	jailID  *jail.ID // nil when unjailed
@@ -125,6 +143,9 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 	}
 	if cfg.Hypervisor.Path == "" {
 		cfg.Hypervisor.Path = qemu.DefaultPath
+		if cfg.Driver == DriverCLH {
+			cfg.Hypervisor.Path = clh.DefaultPath
+		}
 	}
 	cfg.Hypervisor.ID = cfg.ID
 	if err := cfg.Hypervisor.CheckFiles(); err != nil {
@@ -178,11 +199,7 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 	if testHookBeforeHypervisor != nil {
 		testHookBeforeHypervisor(cfg.StateDir)
 	}
-	opts, err := v.qemuOptions(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
-	}
-	hv, err := qemu.New(hcfg, opts...)
+	hv, err := v.newDriver(ctx, hcfg)
 	if err != nil {
 		return nil, err
 	}
@@ -208,6 +225,13 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 func (c *Config) fill() error {
 	if c.ID == "" || c.StateDir == "" {
 		return errors.New("vm: ID and StateDir are required")
+	}
+	switch c.Driver {
+	case "":
+		c.Driver = DriverQEMU
+	case DriverQEMU, DriverCLH:
+	default:
+		return fmt.Errorf("vm %s: unknown driver %q (want %s or %s)", c.ID, c.Driver, DriverQEMU, DriverCLH)
 	}
 	if c.VsockMode == "" {
 		c.VsockMode = VsockAuto
@@ -239,6 +263,31 @@ func (c *Config) fill() error {
 		return fmt.Errorf("vm %s: socket path %s is longer than 107 bytes; choose a shorter state directory", c.ID, p)
 	}
 	return nil
+}
+
+// newDriver makes the configured driver for hcfg, in the pod's cgroup and
+// jailed, as configured.
+func (v *VM) newDriver(ctx context.Context, hcfg hypervisor.Config) (driver, error) {
+	if v.cfg.Driver != DriverCLH {
+		opts, err := v.qemuOptions(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w", v.cfg.ID, err)
+		}
+		return qemu.New(hcfg, opts...)
+	}
+	var opts []clh.Option
+	if v.cfg.Cgroup != nil {
+		opts = append(opts, clh.WithCgroup(v.cfg.Cgroup))
+	}
+	if v.cfg.Jail != nil {
+		id, err := v.cfg.Jail.Allocate(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w", v.cfg.ID, err)
+		}
+		v.jailID = id
+		opts = append(opts, clh.WithJail(clh.Jail{UID: id.UID, GID: id.GID}))
+	}
+	return clh.New(hcfg, opts...)
 }
 
 // qemuOptions places QEMU in the pod's cgroup and jails it, as configured.
@@ -277,8 +326,13 @@ func (v *VM) makeJail(ctx context.Context) (qemu.Jail, error) {
 
 func (v *VM) jailDir() string { return filepath.Join(v.cfg.StateDir, jailDirName) }
 
-// startVsock sets up the vsock device for QEMU.
+// startVsock sets up the vsock device for the VMM.
 func (v *VM) startVsock(ctx context.Context) (*hypervisor.Vsock, error) {
+	if v.cfg.Driver == DriverCLH {
+		// CH serves the socket itself; the CID is private to it.
+		v.hybrid = filepath.Join(v.cfg.StateDir, "vsock.sock")
+		return &hypervisor.Vsock{GuestCID: vhostUserCID, HybridSocket: v.hybrid}, nil
+	}
 	if v.cfg.VsockMode == VsockVhost {
 		cid, f, err := vsock.AllocateCID(minKernelCID, maxKernelCID)
 		if err != nil {
@@ -303,7 +357,7 @@ func (v *VM) startVsock(ctx context.Context) (*hypervisor.Vsock, error) {
 // or ln fails. Only the vhost-user backend can serve it.
 func (v *VM) ServeDebug(ctx context.Context, ln net.Listener) error {
 	if v.backend == nil {
-		return fmt.Errorf("vm %s: the debug console needs vsock_mode = \"vhost-user\"", v.cfg.ID)
+		return fmt.Errorf("vm %s: the debug console needs hypervisor type \"qemu\" with vsock_mode = \"vhost-user\"", v.cfg.ID)
 	}
 	return v.backend.ServeHybrid(ctx, ln, AgentPort)
 }
@@ -316,6 +370,9 @@ func (v *VM) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 			return nil, fmt.Errorf("vm %s: vsock port %d: %w", v.cfg.ID, port, err)
 		}
 		return c, nil
+	}
+	if v.hybrid != "" {
+		return vsock.DialHybrid(ctx, v.hybrid, port)
 	}
 	return vsock.DialKernel(ctx, v.cid, port)
 }

@@ -448,6 +448,7 @@ func TestConfigErrors(t *testing.T) {
 		{Config{ID: "x", StateDir: dir}, "already exists"},
 		{Config{ID: "x", StateDir: "/run/" + strings.Repeat("d", 100)}, "longer than 107"},
 		{Config{ID: "x", StateDir: dir + "/s", Jail: &jail.Range{Start: 0, Count: 1}}, "start 0"},
+		{Config{ID: "x", StateDir: dir + "/s", Driver: "firecracker"}, `unknown driver "firecracker"`},
 	}
 	k := filepath.Join(dir, "kernel")
 	os.WriteFile(k, nil, 0o644)
@@ -459,6 +460,34 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); err != nil {
 		t.Errorf("an existing state directory was removed: %v", err)
+	}
+}
+
+// TestCLHDriverChosen: Driver = clh starts the Cloud Hypervisor driver
+// (here a binary that is not CH and exits at once), and a failed start
+// leaves nothing behind.
+func TestCLHDriverChosen(t *testing.T) {
+	dir := t.TempDir()
+	k := filepath.Join(dir, "kernel")
+	os.WriteFile(k, []byte("x"), 0o644)
+	notCH := filepath.Join(dir, "not-ch")
+	if err := os.WriteFile(notCH, []byte("#!/bin/sh\necho this is not cloud-hypervisor >&2\nexit 7\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "s")
+	leakcheck.Check(t, leakcheck.Options{Roots: []string{state}})
+	_, err := Start(ctxFor(t, 30*time.Second), Config{
+		ID: "x", StateDir: state, Driver: DriverCLH,
+		Hypervisor: hypervisor.Config{Path: notCH, Kernel: k, Initrd: k},
+	})
+	if err == nil || !strings.Contains(err.Error(), "clh x") {
+		t.Fatalf("error %v does not come from the clh driver", err)
+	}
+	if hypervisor.HostInfo().KVMUsable && !strings.Contains(err.Error(), "this is not cloud-hypervisor") {
+		t.Errorf("error %v lacks the binary's output", err)
+	}
+	if _, err := os.Stat(state); err == nil {
+		t.Errorf("state directory %s left after a failed start", state)
 	}
 }
 

@@ -174,3 +174,19 @@ func TestJailValidation(t *testing.T) {
 		t.Errorf("valid jail refused: %v", err)
 	}
 }
+
+// TestNewRefusesCHOnlyDevices: a tap by name and hybrid vsock are Cloud
+// Hypervisor's; QEMU needs descriptors and has no hybrid vsock.
+func TestNewRefusesCHOnlyDevices(t *testing.T) {
+	base := hypervisor.Config{ID: "x", StateDir: "/run/x"}
+	byName := base
+	byName.Net = []hypervisor.NetDevice{{TapName: "tap0", MAC: make(net.HardwareAddr, 6)}}
+	if _, err := New(byName); err == nil || !strings.Contains(err.Error(), "descriptor") {
+		t.Errorf("tap by name: %v", err)
+	}
+	hybrid := base
+	hybrid.Vsock = &hypervisor.Vsock{GuestCID: 3, HybridSocket: "/run/x/v.sock"}
+	if _, err := New(hybrid); err == nil || !strings.Contains(err.Error(), "hybrid") {
+		t.Errorf("hybrid vsock: %v", err)
+	}
+}

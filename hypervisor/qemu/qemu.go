@@ -20,6 +20,7 @@ import (
 
 	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/hypervisor/console"
 )
 
 // DefaultPath is Debian's QEMU for x86-64 guests.
@@ -83,7 +84,7 @@ type QEMU struct {
 
 	pid     atomic.Int64
 	stderr  *tail.Buffer
-	console *consoleLog
+	console *console.Log
 	done    chan struct{}
 	exitErr error // set before done is closed
 }
@@ -99,7 +100,15 @@ func New(cfg hypervisor.Config, opts ...Option) (*QEMU, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	q := &QEMU{cfg: cfg, stderr: tail.New(maxStderr), console: &consoleLog{out: cfg.Console}, done: make(chan struct{})}
+	for i, n := range cfg.Net {
+		if n.Tap == nil {
+			return nil, fmt.Errorf("qemu %s: NIC %d: QEMU needs the tap as a descriptor, not by name (%q)", cfg.ID, i, n.TapName)
+		}
+	}
+	if v := cfg.Vsock; v != nil && v.HybridSocket != "" {
+		return nil, fmt.Errorf("qemu %s: QEMU has no hybrid vsock", cfg.ID)
+	}
+	q := &QEMU{cfg: cfg, stderr: tail.New(maxStderr), console: &console.Log{Out: cfg.Console}, done: make(chan struct{})}
 	for _, o := range opts {
 		o(q)
 	}
@@ -171,12 +180,12 @@ func (q *QEMU) Start(ctx context.Context) error {
 	}
 	q.cmd, q.waited = cmd, waited
 	q.pid.Store(int64(cmd.Process.Pid))
-	q.console.entry = logger.WithField("console", true)
+	q.console.Entry = logger.WithField("console", true)
 	consoleDone := make(chan struct{})
 	go func() {
 		defer close(consoleDone)
 		defer consoleR.Close()
-		q.console.run(consoleR)
+		q.console.Run(consoleR)
 	}()
 	go q.wait(consoleDone)
 	if q.cgroup != nil {

@@ -1,4 +1,4 @@
-package qemu
+package console
 
 import (
 	"bytes"
@@ -14,14 +14,14 @@ func TestConsoleLog(t *testing.T) {
 	var logged bytes.Buffer
 	logger.SetOutput(&logged)
 	var raw bytes.Buffer
-	c := &consoleLog{entry: logrus.NewEntry(logger), out: &raw}
-	long := strings.Repeat("x", maxConsoleLine*2+10)
+	c := &Log{Entry: logrus.NewEntry(logger), Out: &raw}
+	long := strings.Repeat("x", maxLine*2+10)
 	in := "\x1b[2Jfirst\r\n" + long + "\n"
-	for i := 0; i < consoleTailRows+5; i++ {
+	for i := 0; i < tailRows+5; i++ {
 		in += "line\n"
 	}
 	in += "last without newline"
-	c.run(strings.NewReader(in))
+	c.Run(strings.NewReader(in))
 	if raw.String() != in {
 		t.Error("console writer did not get the raw output")
 	}
@@ -29,12 +29,12 @@ func TestConsoleLog(t *testing.T) {
 		t.Errorf("escape characters not dropped from the log: %q", logged.String()[:40])
 	}
 	tail := strings.Split(c.Tail(), "\n")
-	if len(tail) != consoleTailRows || tail[len(tail)-1] != "last without newline" {
+	if len(tail) != tailRows || tail[len(tail)-1] != "last without newline" {
 		t.Errorf("tail has %d rows ending %q", len(tail), tail[len(tail)-1])
 	}
 	for _, l := range strings.Split(logged.String(), "\n") {
-		if len(l) > maxConsoleLine+200 {
-			t.Errorf("logged line of %d bytes: lines must be cut at %d", len(l), maxConsoleLine)
+		if len(l) > maxLine+200 {
+			t.Errorf("logged line of %d bytes: lines must be cut at %d", len(l), maxLine)
 		}
 	}
 }
