@@ -76,6 +76,21 @@ type QEMU struct {
 	Jail         bool   `toml:"jail"`
 	JailUIDStart uint32 `toml:"jail_uid_start"` // > 0
 	JailUIDCount uint32 `toml:"jail_uid_count"` // > 0, start+count <= MaxJailUIDEnd
+	// MaxVCPUs and MaxMemory are how far a VM may grow by hot-plug:
+	// MaxVCPUs 0 means the host's CPUs (at most MaxVCPUs, the constant);
+	// MaxMemory is in MiB. Neither is below its default_ key.
+	MaxVCPUs  uint32 `toml:"max_vcpus"`
+	MaxMemory uint32 `toml:"max_memory"`
+}
+
+// EffectiveMaxVCPUs is max_vcpus with 0 resolved to hostCPUs, capped at
+// MaxVCPUs and never below default_vcpus.
+func (q QEMU) EffectiveMaxVCPUs(hostCPUs int) uint32 {
+	m := q.MaxVCPUs
+	if m == 0 {
+		m = uint32(min(max(hostCPUs, 1), MaxVCPUs))
+	}
+	return max(m, q.DefaultVCPUs)
 }
 
 // Agent is [agent].
@@ -93,6 +108,26 @@ type Runtime struct {
 	Debug        bool   `toml:"debug"`         // guest console + shim debug logs in containerd's log
 	NetworkModel string `toml:"network_model"` // tcfilter | none
 	DebugConsole bool   `toml:"debug_console"` // allows a debug console into the guest
+	// ResourceManagement is how a pod's VM gets its CPUs and memory:
+	// ResourceStatic, ResourceHotplug or ResourceBoth.
+	// (Stand-in from the hotplug branch; the sizing branch defines the
+	// same key, and the two are merged into one.)
+	ResourceManagement string `toml:"resource_management"`
+}
+
+// Values of [runtime] resource_management.
+const (
+	// ResourceStatic sizes the VM once, at boot; it never grows.
+	ResourceStatic = "static"
+	// ResourceHotplug grows a running VM when its containers ask for more.
+	ResourceHotplug = "hotplug"
+	// ResourceBoth does both (the default).
+	ResourceBoth = "both"
+)
+
+// Hotplug says whether resource_management lets a running VM grow.
+func (r Runtime) Hotplug() bool {
+	return r.ResourceManagement == ResourceHotplug || r.ResourceManagement == ResourceBoth || r.ResourceManagement == ""
 }
 
 // Duration is a time.Duration written in a file as Go duration text ("30s").

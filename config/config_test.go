@@ -46,9 +46,10 @@ func defaults() Config {
 			Jail:          true,
 			JailUIDStart:  1879048192,
 			JailUIDCount:  65536,
+			MaxMemory:     4096,
 		}},
 		Agent:   Agent{DialTimeout: Duration{30 * time.Second}, HealthCheckInterval: Duration{5 * time.Second}, HealthCheckTimeout: Duration{10 * time.Second}},
-		Runtime: Runtime{NetworkModel: "tcfilter"},
+		Runtime: Runtime{NetworkModel: "tcfilter", ResourceManagement: ResourceBoth},
 		Source:  DefaultSource,
 	}
 }
@@ -159,6 +160,38 @@ func TestJailKeys(t *testing.T) {
 	}
 }
 
+// A file that raises default_memory past the default max_memory keeps
+// loading: the VM then has no room for memory hot-plug.
+func TestDefaultMemoryAboveDefaultMax(t *testing.T) {
+	dir := isolate(t)
+	p := writeFile(t, filepath.Join(dir, "c.toml"), "[hypervisor.qemu]\ndefault_memory = 8192\n")
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := cfg.Hypervisor.QEMU; q.MaxMemory != 8192 {
+		t.Errorf("max_memory %d, want default_memory's 8192", q.MaxMemory)
+	}
+}
+
+func TestEffectiveMaxVCPUs(t *testing.T) {
+	for _, tc := range []struct {
+		max, def uint32
+		host     int
+		want     uint32
+	}{
+		{0, 1, 2, 2},      // the host's CPUs
+		{0, 1, 0, 1},      // an unknown host counts as one
+		{0, 1, 1000, 256}, // capped at MaxVCPUs
+		{0, 4, 2, 4},      // never below default_vcpus
+		{8, 1, 2, 8},      // an explicit maximum is kept
+	} {
+		if got := (QEMU{MaxVCPUs: tc.max, DefaultVCPUs: tc.def}).EffectiveMaxVCPUs(tc.host); got != tc.want {
+			t.Errorf("max_vcpus %d default %d host %d: %d, want %d", tc.max, tc.def, tc.host, got, tc.want)
+		}
+	}
+}
+
 func TestKernelParamsReplaced(t *testing.T) {
 	dir := isolate(t)
 	p := writeFile(t, filepath.Join(dir, "c.toml"), "[hypervisor.qemu]\nkernel_params = [\"quiet\", \"tsc_early_khz=2000000\"]\n")
@@ -210,6 +243,12 @@ func TestBadFiles(t *testing.T) {
 		{"zero jail uid count", "[hypervisor.qemu]\njail_uid_count = 0\n", []string{"hypervisor.qemu.jail_uid_count", "outside 1.."}},
 		{"jail range past the last uid", "[hypervisor.qemu]\njail_uid_start = 4294967000\njail_uid_count = 296\n", []string{"hypervisor.qemu.jail_uid_count in ", "4294967000 + jail_uid_count 296 = 4294967296", "not a uid"}},
 		{"jail not a bool", "[hypervisor.qemu]\njail = 1\n", []string{"hypervisor.qemu.jail"}},
+		{"negative max vcpus", "[hypervisor.qemu]\nmax_vcpus = -1\n", []string{"hypervisor.qemu.max_vcpus in ", "negative"}},
+		{"too many max vcpus", "[hypervisor.qemu]\nmax_vcpus = 257\n", []string{"hypervisor.qemu.max_vcpus in ", "outside 0..256"}},
+		{"max vcpus below default", "[hypervisor.qemu]\ndefault_vcpus = 4\nmax_vcpus = 2\n", []string{"hypervisor.qemu.max_vcpus in ", "2 is below default_vcpus 4"}},
+		{"max memory below default", "[hypervisor.qemu]\ndefault_memory = 2048\nmax_memory = 1024\n", []string{"hypervisor.qemu.max_memory in ", "1024 MiB is below default_memory 2048 MiB"}},
+		{"huge max memory", "[hypervisor.qemu]\nmax_memory = 300000\n", []string{"hypervisor.qemu.max_memory in ", "outside 64..262144"}},
+		{"bad resource management", "[runtime]\nresource_management = \"dynamic\"\n", []string{"runtime.resource_management in ", `"dynamic" is not one of static, hotplug, both`}},
 		{"syntax", "[hypervisor.qemu\n", []string{"bad.toml:2: ", "table name"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

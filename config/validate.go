@@ -33,6 +33,8 @@ type rawQEMU struct {
 	Jail          bool     `toml:"jail"`
 	JailUIDStart  int64    `toml:"jail_uid_start"`
 	JailUIDCount  int64    `toml:"jail_uid_count"`
+	MaxVCPUs      int64    `toml:"max_vcpus"`
+	MaxMemory     int64    `toml:"max_memory"`
 }
 
 // Allowed values of the enumerated keys.
@@ -42,6 +44,8 @@ var (
 	SharedFSTypes = []string{"virtio-fs"}
 	VsockModes    = []string{"auto", "vhost", "vhost-user"}
 	NetworkModels = []string{"tcfilter", "none"}
+	// ResourceManagements are the values of runtime.resource_management.
+	ResourceManagements = []string{ResourceStatic, ResourceHotplug, ResourceBoth}
 )
 
 // validator collects the first error, naming the key and the file the
@@ -125,6 +129,20 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 	if end := q.JailUIDStart + q.JailUIDCount; v.err == nil && end > MaxJailUIDEnd {
 		v.failf(s+"jail_uid_count", "jail_uid_start %d + jail_uid_count %d = %d passes %d, which is not a uid", q.JailUIDStart, q.JailUIDCount, end, int64(MaxJailUIDEnd))
 	}
+	v.intRange(s+"max_vcpus", q.MaxVCPUs, 0, MaxVCPUs)
+	if v.err == nil && q.MaxVCPUs != 0 && q.MaxVCPUs < q.DefaultVCPUs {
+		v.failf(s+"max_vcpus", "%d is below default_vcpus %d (0 means the host's CPUs)", q.MaxVCPUs, q.DefaultVCPUs)
+	}
+	v.intRange(s+"max_memory", q.MaxMemory, MinMemoryMiB, MaxMemoryMiB)
+	if v.err == nil && q.MaxMemory < q.DefaultMemory {
+		// A file that raises default_memory alone keeps working, with no
+		// room for memory hot-plug; one that sets both wrongly is told.
+		if from(s+"max_memory") == DefaultSource {
+			q.MaxMemory = q.DefaultMemory
+		} else {
+			v.failf(s+"max_memory", "%d MiB is below default_memory %d MiB", q.MaxMemory, q.DefaultMemory)
+		}
+	}
 	if d := r.Agent.DialTimeout.Duration; d <= 0 || d > MaxDialTimeout {
 		v.failf("agent.dial_timeout", "%s is not more than 0 and at most %s", d, MaxDialTimeout)
 	}
@@ -140,6 +158,7 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 		}
 	}
 	v.oneOf("runtime.network_model", r.Runtime.NetworkModel, NetworkModels)
+	v.oneOf("runtime.resource_management", r.Runtime.ResourceManagement, ResourceManagements)
 	if v.err != nil {
 		return nil, v.err
 	}
@@ -159,6 +178,8 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 			Jail:          q.Jail,
 			JailUIDStart:  uint32(q.JailUIDStart),
 			JailUIDCount:  uint32(q.JailUIDCount),
+			MaxVCPUs:      uint32(q.MaxVCPUs),
+			MaxMemory:     uint32(q.MaxMemory),
 		}},
 		Agent:   r.Agent,
 		Runtime: r.Runtime,
