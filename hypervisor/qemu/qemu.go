@@ -81,6 +81,7 @@ type QEMU struct {
 	qmp     *qmpClient
 	stopped bool
 
+	hp      *hotplug
 	pid     atomic.Int64
 	stderr  *tail.Buffer
 	console *consoleLog
@@ -99,7 +100,7 @@ func New(cfg hypervisor.Config, opts ...Option) (*QEMU, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	q := &QEMU{cfg: cfg, stderr: tail.New(maxStderr), console: &consoleLog{out: cfg.Console}, done: make(chan struct{})}
+	q := &QEMU{cfg: cfg, hp: newHotplug(cfg), stderr: tail.New(maxStderr), console: &consoleLog{out: cfg.Console}, done: make(chan struct{})}
 	for _, o := range opts {
 		o(q)
 	}
