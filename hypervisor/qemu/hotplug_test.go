@@ -49,6 +49,15 @@ func TestDIMMSlotsReachMax(t *testing.T) {
 	}
 }
 
+func TestDIMMSlots(t *testing.T) {
+	if got := dimmSlots(512); got != 7 {
+		t.Errorf("slots at 512 MiB: %d, want 7", got)
+	}
+	if got := dimmSlots(4096); got != 6 {
+		t.Errorf("slots at 4096 MiB (RAM above 4 GiB too): %d, want 6", got)
+	}
+}
+
 func TestCommandLineHotplug(t *testing.T) {
 	base := hypervisor.Config{ID: "t", Kernel: "/k", Initrd: "/i", StateDir: "/s", VCPUs: 1, MemoryMiB: 512}
 	shared := base
@@ -62,10 +71,10 @@ func TestCommandLineHotplug(t *testing.T) {
 		m, smp    string
 	}{
 		{"no room", base, 0, 0, "q35", "512M", "1"},
-		{"room", base, 2, 4096, "q35", "512M,slots=6,maxmem=4096M", "1,maxcpus=2"},
+		{"room", base, 2, 4096, "q35", "512M,slots=7,maxmem=4096M", "1,maxcpus=2"},
 		{"less than a block of room", base, 1, 600, "q35", "512M", "1"},
 		{"microvm cannot grow", base, 4, 4096, "microvm", "512M", "1"},
-		{"shared", shared, 2, 2048, "q35", "512M,slots=6,maxmem=2048M", "1,maxcpus=2"},
+		{"shared", shared, 2, 2048, "q35", "512M,slots=7,maxmem=2048M", "1,maxcpus=2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := tc.cfg
@@ -131,7 +140,7 @@ func TestGrow(t *testing.T) {
 		{"capped at max", hypervisor.Resources{VCPUs: 9, MemoryMiB: 512}, ok,
 			[]string{"query-hotpluggable-cpus", "device_add", "device_add", "device_add"}, hypervisor.Resources{VCPUs: 4, MemoryMiB: 512}, ""},
 		{"memory", hypervisor.Resources{VCPUs: 1, MemoryMiB: 768}, ok,
-			[]string{"object-add", "device_add"}, hypervisor.Resources{VCPUs: 1, MemoryMiB: 512 + 640}, ""},
+			[]string{"object-add", "device_add"}, hypervisor.Resources{VCPUs: 1, MemoryMiB: 512 + 512}, ""},
 		{"DIMM refused: backend removed", hypervisor.Resources{VCPUs: 1, MemoryMiB: 768}, func(cmd string, a any) (string, error) {
 			if cmd == "device_add" {
 				return "", errors.New("QMP device_add: GenericError: a used vhost backend has no free memory slots left")
@@ -180,8 +189,8 @@ func TestGrowCommandArguments(t *testing.T) {
 		nil,
 		// The lowest free core first.
 		map[string]any{"driver": "qemu64-x86_64-cpu", "id": "vcpu1", "core-id": int64(1), "thread-id": int64(0), "node-id": int64(0), "socket-id": int64(0)},
-		// The need (256 MiB) is above the room's share of the 6 slots
-		// (86 MiB), and whole blocks.
+		// The need (256 MiB) is above the room's share of the 7 slots
+		// (74 MiB), and whole blocks.
 		map[string]any{"qom-type": "memory-backend-memfd", "id": "dimm2-mem", "size": uint64(256 << 20), "share": true},
 		map[string]any{"driver": "pc-dimm", "id": "dimm2", "memdev": "dimm2-mem"},
 	}
