@@ -123,7 +123,8 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 }
 
 func (s *service) update(ctx context.Context, r *taskAPI.UpdateTaskRequest) error {
-	if _, err := s.getContainer(r.ID); err != nil {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
 		return err
 	}
 	if r.Resources == nil {
@@ -142,9 +143,22 @@ func (s *service) update(ctx context.Context, r *taskAPI.UpdateTaskRequest) erro
 	if err != nil {
 		return err
 	}
+	// More CPU or memory than the VM has: grow it first, so that the
+	// guest can honour the new limits. A lower update shrinks nothing.
+	s.mu.Lock()
+	demand := mergeDemand(c.demand, &res)
+	s.mu.Unlock()
+	if !c.podSandbox {
+		if err := s.growFor(ctx, sb, r.ID, demand); err != nil {
+			return err
+		}
+	}
 	if _, err := sb.Agent().UpdateContainer(ctx, &agentpb.UpdateContainerRequest{ContainerId: r.ID, Resources: data}); err != nil {
 		return fromAgent(err, "update resources of container %s", r.ID)
 	}
+	s.mu.Lock()
+	c.demand = demand
+	s.mu.Unlock()
 	return nil
 }
 

@@ -96,6 +96,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	}
 	s.mu.Lock()
 	s.sandbox, s.sandboxID, s.sandboxDir, s.netns = sb, id, dir, netns
+	s.defaults = VMSize{VCPUs: cfg.Hypervisor.QEMU.DefaultVCPUs, MemoryMiB: cfg.Hypervisor.QEMU.DefaultMemory}
 	s.mu.Unlock()
 	go s.watchOOM(sb)
 	go s.watchHealth(sb, healthPolicyOf(cfg))
