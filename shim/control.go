@@ -135,6 +135,10 @@ func (s *service) update(ctx context.Context, r *taskAPI.UpdateTaskRequest) erro
 	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
 		return fmt.Errorf("update container %s: decode resources of type %s: %w: %w", r.ID, r.Resources.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
 	}
+	// CRI sends the container's whole resources, its device rules
+	// included, unchanged: like runc update, leave the device cgroup as
+	// it was created (the agent refuses device updates).
+	res.Devices = nil
 	data, err := json.Marshal(&res)
 	if err != nil {
 		return err
