@@ -93,8 +93,10 @@ func newHotplug(cfg hypervisor.Config) *hotplug {
 		return h
 	}
 	h.max.VCPUs = max(cfg.MaxVCPUs, cfg.VCPUs)
-	if cfg.MaxMemoryMiB >= cfg.MemoryMiB+memoryBlockMiB {
-		h.max.MemoryMiB = cfg.MaxMemoryMiB
+	// DIMMs come in whole blocks: the maximum is the boot size plus the
+	// whole blocks that fit below the configured one.
+	if room := cfg.MaxMemoryMiB - cfg.MemoryMiB; room >= memoryBlockMiB {
+		h.max.MemoryMiB = cfg.MemoryMiB + room - room%memoryBlockMiB
 		h.slots = dimmSlots(cfg.MemoryMiB)
 	}
 	return h

@@ -73,6 +73,7 @@ func TestCommandLineHotplug(t *testing.T) {
 		{"no room", base, 0, 0, "q35", "512M", "1"},
 		{"room", base, 2, 4096, "q35", "512M,slots=7,maxmem=4096M", "1,maxcpus=2"},
 		{"less than a block of room", base, 1, 600, "q35", "512M", "1"},
+		{"room not whole blocks", base, 1, 1000, "q35", "512M,slots=7,maxmem=896M", "1"},
 		{"microvm cannot grow", base, 4, 4096, "microvm", "512M", "1"},
 		{"shared", shared, 2, 2048, "q35", "512M,slots=7,maxmem=2048M", "1,maxcpus=2"},
 	} {
