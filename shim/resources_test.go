@@ -62,6 +62,10 @@ func TestMergeDemand(t *testing.T) {
 	}
 }
 
+func res(vcpus, mib int) hypervisor.Resources {
+	return hypervisor.Resources{VCPUs: vcpus, MemoryMiB: mib}
+}
+
 func TestPodDemandAndGrowTarget(t *testing.T) {
 	defaults := VMSize{VCPUs: 1, MemoryMiB: 512}
 	limit := hypervisor.Resources{VCPUs: 2, MemoryMiB: 4096}
@@ -72,17 +76,17 @@ func TestPodDemandAndGrowTarget(t *testing.T) {
 		want       hypervisor.Resources
 		grow       bool
 	}{
-		{"no containers", hypervisor.Resources{1, 512}, nil, hypervisor.Resources{1, 512}, false},
-		{"containers without limits", hypervisor.Resources{1, 512}, []VMSize{{}, {}}, hypervisor.Resources{1, 512}, false},
-		{"memory", hypervisor.Resources{1, 512}, []VMSize{{0, 768}}, hypervisor.Resources{1, 1280}, true},
-		{"sum of containers", hypervisor.Resources{1, 512}, []VMSize{{0, 256}, {1, 256}}, hypervisor.Resources{2, 1024}, true},
-		{"capped at the maximum", hypervisor.Resources{1, 512}, []VMSize{{4, 8192}}, hypervisor.Resources{2, 4096}, true},
+		{"no containers", res(1, 512), nil, res(1, 512), false},
+		{"containers without limits", res(1, 512), []VMSize{{}, {}}, res(1, 512), false},
+		{"memory", res(1, 512), []VMSize{{0, 768}}, res(1, 1280), true},
+		{"sum of containers", res(1, 512), []VMSize{{0, 256}, {1, 256}}, res(2, 1024), true},
+		{"capped at the maximum", res(1, 512), []VMSize{{4, 8192}}, res(2, 4096), true},
 		// Sized statically for the pod's total (1+1 vCPUs, 512+1024 MiB):
 		// containers within it add nothing.
-		{"static size covers the pod", hypervisor.Resources{2, 1536}, []VMSize{{1, 512}, {0, 512}}, hypervisor.Resources{2, 1536}, false},
-		{"never shrinks", hypervisor.Resources{2, 2048}, []VMSize{{0, 128}}, hypervisor.Resources{2, 2048}, false},
-		{"one dimension grows, the other stays", hypervisor.Resources{2, 512}, []VMSize{{0, 256}}, hypervisor.Resources{2, 768}, true},
-		{"no room", hypervisor.Resources{2, 4096}, []VMSize{{3, 9000}}, hypervisor.Resources{2, 4096}, false},
+		{"static size covers the pod", res(2, 1536), []VMSize{{1, 512}, {0, 512}}, res(2, 1536), false},
+		{"never shrinks", res(2, 2048), []VMSize{{0, 128}}, res(2, 2048), false},
+		{"one dimension grows, the other stays", res(2, 512), []VMSize{{0, 256}}, res(2, 768), true},
+		{"no room", res(2, 4096), []VMSize{{3, 9000}}, res(2, 4096), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, grow := growTarget(tc.cur, limit, podDemand(defaults, tc.containers))
@@ -116,12 +120,12 @@ func TestGrowFor(t *testing.T) {
 		"pause": {id: "pause", podSandbox: true, demand: VMSize{8, 8192}}, // left out
 		"c1":    {id: "c1", demand: VMSize{1, 256}},
 	}, defaults: VMSize{1, 512}}
-	sb := &resizerSandbox{cur: hypervisor.Resources{1, 512}, max: hypervisor.Resources{4, 4096}}
+	sb := &resizerSandbox{cur: res(1, 512), max: res(4, 4096)}
 	// c2 is new: the pod needs 1+1+1 vCPUs and 512+256+512 MiB.
 	if err := s.growFor(context.Background(), sb, "c2", VMSize{1, 512}); err != nil {
 		t.Fatal(err)
 	}
-	if len(sb.grows) != 1 || sb.grows[0] != (hypervisor.Resources{3, 1280}) {
+	if len(sb.grows) != 1 || sb.grows[0] != (res(3, 1280)) {
 		t.Fatalf("grows %+v, want one to 3 vCPUs and 1280 MiB", sb.grows)
 	}
 	// An update of c1 to less: nothing shrinks, nothing grows.
