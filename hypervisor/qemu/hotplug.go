@@ -16,10 +16,13 @@ import (
 
 // Memory hot-plug is done with DIMMs (pc-dimm), each backed by a memory
 // backend object of its own, shared like the boot RAM when vhost-user
-// devices read guest memory. virtio-mem would need the virtio_mem module in
-// the initrd and, on QEMU 7.2, maps its whole maximum as one vhost-user
-// region (memslots grow only from QEMU 8.2); DIMMs work with the guest
-// kernel's built-in ACPI memory hot-plug and need nothing in the image.
+// devices read guest memory. virtio-mem would take a single vhost-user
+// region for all of it, and QEMU 7.2 accepts a virtio-mem-pci beside
+// vhost-user devices (tried, with virtiofsd); but Debian's cloud kernel has
+// virtio_mem as a module, which the initrd would have to carry and load
+// before the first grow, and the guest driver then decides when the memory
+// arrives. DIMMs use the guest kernel's built-in ACPI memory hot-plug and
+// need nothing in the image; their cost is a vhost-user region each.
 //
 // Every DIMM is one more region in the vhost-user memory table, which holds
 // vhostUserMaxRegions without VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS (which
