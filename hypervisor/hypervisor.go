@@ -17,6 +17,9 @@ const (
 	MachineMicrovm = "microvm"
 )
 
+// MaxVCPUs is the most vCPUs a guest may have (x86 xAPIC ids).
+const MaxVCPUs = 255
+
 // Accelerators.
 const (
 	AccelAuto = "auto"
@@ -120,14 +123,14 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("hypervisor %s: unknown accelerator %q (want auto, kvm or tcg)", c.ID, c.Accel)
 	}
-	if c.VCPUs < 1 || c.VCPUs > 255 {
-		return fmt.Errorf("hypervisor %s: vcpus %d out of range 1-255", c.ID, c.VCPUs)
+	if c.VCPUs < 1 || c.VCPUs > MaxVCPUs {
+		return fmt.Errorf("hypervisor %s: vcpus %d out of range 1-%d", c.ID, c.VCPUs, MaxVCPUs)
 	}
 	if c.MemoryMiB < 64 {
 		return fmt.Errorf("hypervisor %s: memory %d MiB is below 64 MiB", c.ID, c.MemoryMiB)
 	}
-	if c.MaxVCPUs > 255 {
-		return fmt.Errorf("hypervisor %s: max vcpus %d out of range 1-255", c.ID, c.MaxVCPUs)
+	if c.MaxVCPUs > MaxVCPUs {
+		return fmt.Errorf("hypervisor %s: max vcpus %d out of range 1-%d", c.ID, c.MaxVCPUs, MaxVCPUs)
 	}
 	if c.MaxMemoryMiB < 0 {
 		return fmt.Errorf("hypervisor %s: negative max memory %d MiB", c.ID, c.MaxMemoryMiB)

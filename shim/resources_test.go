@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/vmpod/vmpod/config"
 	"github.com/vmpod/vmpod/hypervisor"
 )
 
@@ -141,5 +142,22 @@ func TestGrowFor(t *testing.T) {
 	// A sandbox that cannot grow is left alone.
 	if err := s.growFor(context.Background(), struct{ Sandbox }{}, "c4", VMSize{9, 9999}); err != nil {
 		t.Errorf("sandbox without hot-plug: %v", err)
+	}
+}
+
+func TestHotplugAllowed(t *testing.T) {
+	for _, tc := range []struct {
+		machine, mode string
+		want          bool
+	}{
+		{"q35", config.ResourceBoth, true},
+		{"q35", config.ResourceHotplug, true},
+		{"q35", config.ResourceStatic, false},
+		{"microvm", config.ResourceBoth, false}, // falls back to static, logged
+	} {
+		cfg := &config.Config{Hypervisor: config.Hypervisor{QEMU: config.QEMU{MachineType: tc.machine}}, Runtime: config.Runtime{ResourceManagement: tc.mode}}
+		if got := hotplugAllowed(context.Background(), cfg); got != tc.want {
+			t.Errorf("%s, %s: hot-plug %v, want %v", tc.machine, tc.mode, got, tc.want)
+		}
 	}
 }

@@ -116,7 +116,8 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 	}
 	hotplug := hotplugAllowed(ctx, cfg)
 	if hotplug {
-		hcfg.MaxVCPUs = int(q.EffectiveMaxVCPUs(runtime.NumCPU()))
+		// config allows 256 vCPUs; a guest has at most 255.
+		hcfg.MaxVCPUs = min(int(q.EffectiveMaxVCPUs(runtime.NumCPU())), hypervisor.MaxVCPUs)
 		hcfg.MaxMemoryMiB = int(q.MaxMemory)
 	}
 	for _, ep := range eps.List {
