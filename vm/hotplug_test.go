@@ -55,10 +55,13 @@ func TestHotplug(t *testing.T) {
 		t.Fatalf("resources %+v, max %+v; want 1/512 and %+v", cur, max, want)
 	}
 
+	start := time.Now()
 	got, err := v.Grow(ctxFor(t, 2*time.Minute), hypervisor.Resources{VCPUs: 2, MemoryMiB: 768})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Reported, not asserted (docs/performance.md).
+	t.Logf("grew by 1 vCPU and 256 MiB, onlined in the guest, in %v", time.Since(start).Round(time.Millisecond))
 	if got != (hypervisor.Resources{VCPUs: 2, MemoryMiB: 768}) {
 		t.Fatalf("grew to %+v, want 2 vCPUs and 768 MiB", got)
 	}
@@ -92,7 +95,9 @@ func TestHotplug(t *testing.T) {
 	}
 
 	for want := 768 + 128; want <= 1536; want += 128 {
+		start := time.Now()
 		got, err := v.Grow(ctxFor(t, time.Minute), hypervisor.Resources{VCPUs: 2, MemoryMiB: want})
+		t.Logf("grew by 128 MiB to %d MiB in %v", want, time.Since(start).Round(time.Millisecond))
 		if err != nil {
 			t.Fatalf("grow to %d MiB: %v", want, err)
 		}
