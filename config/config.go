@@ -133,6 +133,21 @@ type QEMU struct {
 	// annotations a pod may set, by name relative to that prefix; each
 	// entry is a regular expression, as in Kata (see package podconfig).
 	EnableAnnotations []string `toml:"enable_annotations"`
+	// MaxVCPUs and MaxMemory are how far a VM may grow by hot-plug:
+	// MaxVCPUs 0 means the host's CPUs (at most MaxVCPUs, the constant);
+	// MaxMemory is in MiB. Neither is below its default_ key.
+	MaxVCPUs  uint32 `toml:"max_vcpus"`
+	MaxMemory uint32 `toml:"max_memory"`
+}
+
+// EffectiveMaxVCPUs is max_vcpus with 0 resolved to hostCPUs, capped at
+// MaxVCPUs and never below default_vcpus.
+func (q QEMU) EffectiveMaxVCPUs(hostCPUs int) uint32 {
+	m := q.MaxVCPUs
+	if m == 0 {
+		m = uint32(min(max(hostCPUs, 1), MaxVCPUs))
+	}
+	return max(m, q.DefaultVCPUs)
 }
 
 // Agent is [agent].
@@ -171,6 +186,11 @@ const (
 // pod's sandbox annotations.
 func SizesAtCreation(mode string) bool {
 	return mode == ResourceStatic || mode == ResourceBoth
+}
+
+// Hotplug says whether resource_management lets a running VM grow.
+func (r Runtime) Hotplug() bool {
+	return r.ResourceManagement == ResourceHotplug || r.ResourceManagement == ResourceBoth || r.ResourceManagement == ""
 }
 
 // Duration is a time.Duration written in a file as Go duration text ("30s").

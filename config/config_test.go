@@ -48,6 +48,7 @@ func defaults() Config {
 			JailUIDCount:  65536,
 
 			EnableAnnotations: []string{},
+			MaxMemory:         4096,
 		},
 			CLH: CLH{
 				Path:          "cloud-hypervisor",
@@ -172,6 +173,38 @@ func TestJailKeys(t *testing.T) {
 	}
 }
 
+// A file that raises default_memory past the default max_memory keeps
+// loading: the VM then has no room for memory hot-plug.
+func TestDefaultMemoryAboveDefaultMax(t *testing.T) {
+	dir := isolate(t)
+	p := writeFile(t, filepath.Join(dir, "c.toml"), "[hypervisor.qemu]\ndefault_memory = 8192\n")
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := cfg.Hypervisor.QEMU; q.MaxMemory != 8192 {
+		t.Errorf("max_memory %d, want default_memory's 8192", q.MaxMemory)
+	}
+}
+
+func TestEffectiveMaxVCPUs(t *testing.T) {
+	for _, tc := range []struct {
+		max, def uint32
+		host     int
+		want     uint32
+	}{
+		{0, 1, 2, 2},      // the host's CPUs
+		{0, 1, 0, 1},      // an unknown host counts as one
+		{0, 1, 1000, 256}, // capped at MaxVCPUs
+		{0, 4, 2, 4},      // never below default_vcpus
+		{8, 1, 2, 8},      // an explicit maximum is kept
+	} {
+		if got := (QEMU{MaxVCPUs: tc.max, DefaultVCPUs: tc.def}).EffectiveMaxVCPUs(tc.host); got != tc.want {
+			t.Errorf("max_vcpus %d default %d host %d: %d, want %d", tc.max, tc.def, tc.host, got, tc.want)
+		}
+	}
+}
+
 func TestKernelParamsReplaced(t *testing.T) {
 	dir := isolate(t)
 	p := writeFile(t, filepath.Join(dir, "c.toml"), "[hypervisor.qemu]\nkernel_params = [\"quiet\", \"tsc_early_khz=2000000\"]\n")
@@ -261,6 +294,11 @@ func TestBadFiles(t *testing.T) {
 		{"empty clh virtiofsd", "[hypervisor.clh]\nvirtiofsd_path = \"\"\n", []string{"hypervisor.clh.virtiofsd_path", "empty"}},
 		{"clh jail not a bool", "[hypervisor.clh]\njail = \"yes\"\n", []string{"hypervisor.clh.jail"}},
 		{"clh jail range past the last uid", "[hypervisor.clh]\njail_uid_start = 4294967295\n", []string{"hypervisor.clh.jail_uid_start in ", "outside"}},
+		{"negative max vcpus", "[hypervisor.qemu]\nmax_vcpus = -1\n", []string{"hypervisor.qemu.max_vcpus in ", "negative"}},
+		{"too many max vcpus", "[hypervisor.qemu]\nmax_vcpus = 257\n", []string{"hypervisor.qemu.max_vcpus in ", "outside 0..256"}},
+		{"max vcpus below default", "[hypervisor.qemu]\ndefault_vcpus = 4\nmax_vcpus = 2\n", []string{"hypervisor.qemu.max_vcpus in ", "2 is below default_vcpus 4"}},
+		{"max memory below default", "[hypervisor.qemu]\ndefault_memory = 2048\nmax_memory = 1024\n", []string{"hypervisor.qemu.max_memory in ", "1024 MiB is below default_memory 2048 MiB"}},
+		{"huge max memory", "[hypervisor.qemu]\nmax_memory = 300000\n", []string{"hypervisor.qemu.max_memory in ", "outside 64..262144"}},
 		{"syntax", "[hypervisor.qemu\n", []string{"bad.toml:2: ", "table name"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -38,6 +38,8 @@ type rawQEMU struct {
 	JailUIDCount  int64    `toml:"jail_uid_count"`
 	// EnableAnnotations: see QEMU.
 	EnableAnnotations []string `toml:"enable_annotations"`
+	MaxVCPUs          int64    `toml:"max_vcpus"`
+	MaxMemory         int64    `toml:"max_memory"`
 }
 
 type rawCLH struct {
@@ -172,6 +174,20 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 		v.failf(cs+"jail_uid_count", "jail_uid_start %d + jail_uid_count %d = %d passes %d, which is not a uid", c.JailUIDStart, c.JailUIDCount, end, int64(MaxJailUIDEnd))
 	}
 	v.oneOf("hypervisor.type", r.Hypervisor.Type, HypervisorTypes)
+	v.intRange(s+"max_vcpus", q.MaxVCPUs, 0, MaxVCPUs)
+	if v.err == nil && q.MaxVCPUs != 0 && q.MaxVCPUs < q.DefaultVCPUs {
+		v.failf(s+"max_vcpus", "%d is below default_vcpus %d (0 means the host's CPUs)", q.MaxVCPUs, q.DefaultVCPUs)
+	}
+	v.intRange(s+"max_memory", q.MaxMemory, MinMemoryMiB, MaxMemoryMiB)
+	if v.err == nil && q.MaxMemory < q.DefaultMemory {
+		// A file that raises default_memory alone keeps working, with no
+		// room for memory hot-plug; one that sets both wrongly is told.
+		if from(s+"max_memory") == DefaultSource {
+			q.MaxMemory = q.DefaultMemory
+		} else {
+			v.failf(s+"max_memory", "%d MiB is below default_memory %d MiB", q.MaxMemory, q.DefaultMemory)
+		}
+	}
 	if d := r.Agent.DialTimeout.Duration; d <= 0 || d > MaxDialTimeout {
 		v.failf("agent.dial_timeout", "%s is not more than 0 and at most %s", d, MaxDialTimeout)
 	}
@@ -209,6 +225,8 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 			JailUIDCount:  uint32(q.JailUIDCount),
 
 			EnableAnnotations: slices.Clone(q.EnableAnnotations),
+			MaxVCPUs:          uint32(q.MaxVCPUs),
+			MaxMemory:         uint32(q.MaxMemory),
 		},
 			CLH: CLH{
 				Path:          c.Path,

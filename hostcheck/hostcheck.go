@@ -76,7 +76,8 @@ func Run(ctx context.Context, opts Options) []Result {
 			rs = append(rs, r,
 				checkAsset(cfg, "kernel", "hypervisor.qemu.kernel", cfg.Hypervisor.QEMU.Kernel, cfg.KernelPath, kernelFormat),
 				checkAsset(cfg, "initrd", "hypervisor.qemu.initrd", cfg.Hypervisor.QEMU.Initrd, cfg.InitrdPath, initrdFormat),
-				checkVirtiofsd(cfg))
+				checkVirtiofsd(cfg),
+				checkHotplug(cfg))
 		}
 		rs = append(rs, checkAccel(accel, hypervisor.HostInfo()))
 		machine := machineOf(cfg)

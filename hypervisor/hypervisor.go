@@ -17,6 +17,9 @@ const (
 	MachineMicrovm = "microvm"
 )
 
+// MaxVCPUs is the most vCPUs a guest may have (x86 xAPIC ids).
+const MaxVCPUs = 255
+
 // Accelerators.
 const (
 	AccelAuto = "auto"
@@ -41,6 +44,11 @@ type Config struct {
 	// VCPUs (default 1) and MemoryMiB (default 512) size the guest.
 	VCPUs     int
 	MemoryMiB int
+	// MaxVCPUs and MaxMemoryMiB leave the guest room to grow while it
+	// runs (Hotplugger). Values not above VCPUs and MemoryMiB leave none;
+	// a machine that cannot hot-plug (HotplugSupport) ignores them.
+	MaxVCPUs     int
+	MaxMemoryMiB int
 	// Vsock, when set, gives the guest a vsock device.
 	Vsock *Vsock
 	// SharedFS, when set, gives the guest a virtio-fs device.
@@ -122,11 +130,17 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("hypervisor %s: unknown accelerator %q (want auto, kvm or tcg)", c.ID, c.Accel)
 	}
-	if c.VCPUs < 1 || c.VCPUs > 255 {
-		return fmt.Errorf("hypervisor %s: vcpus %d out of range 1-255", c.ID, c.VCPUs)
+	if c.VCPUs < 1 || c.VCPUs > MaxVCPUs {
+		return fmt.Errorf("hypervisor %s: vcpus %d out of range 1-%d", c.ID, c.VCPUs, MaxVCPUs)
 	}
 	if c.MemoryMiB < 64 {
 		return fmt.Errorf("hypervisor %s: memory %d MiB is below 64 MiB", c.ID, c.MemoryMiB)
+	}
+	if c.MaxVCPUs > MaxVCPUs {
+		return fmt.Errorf("hypervisor %s: max vcpus %d out of range 1-%d", c.ID, c.MaxVCPUs, MaxVCPUs)
+	}
+	if c.MaxMemoryMiB < 0 {
+		return fmt.Errorf("hypervisor %s: negative max memory %d MiB", c.ID, c.MaxMemoryMiB)
 	}
 	if c.StateDir == "" {
 		return fmt.Errorf("hypervisor %s: no state directory", c.ID)
@@ -191,4 +205,42 @@ type Hypervisor interface {
 	// Pause and Resume stop and continue the guest's vCPUs.
 	Pause(ctx context.Context) error
 	Resume(ctx context.Context) error
+}
+
+// Resources are a guest's vCPUs and memory.
+type Resources struct {
+	VCPUs     int
+	MemoryMiB int
+}
+
+// HotplugSupport says why a machine type cannot add vCPUs and memory to a
+// running guest, or nil when it can: q35 has ACPI CPU and memory hot-plug;
+// microvm has no ACPI hot-plug controller (nor PCI), so a microvm guest is
+// sized once, at boot.
+func HotplugSupport(machine string) error {
+	switch machine {
+	case MachineQ35, "":
+		return nil
+	case MachineMicrovm:
+		return fmt.Errorf("machine type %s cannot hot-plug CPUs or memory (no ACPI hot-plug); VMs are sized at boot only", machine)
+	}
+	return fmt.Errorf("machine type %q: hot-plug unknown", machine)
+}
+
+// Hotplugger is implemented by a driver that can add vCPUs and memory to
+// the running guest. Nothing is ever taken away: a guest keeps what it was
+// given until it stops.
+type Hotplugger interface {
+	// Resources is what the guest has now: its boot size plus what was
+	// added.
+	Resources() Resources
+	// MaxResources is the most Grow can reach; equal to Resources when
+	// the guest cannot grow.
+	MaxResources() Resources
+	// Grow adds vCPUs and memory until the guest has at least want (each
+	// capped at MaxResources) and returns what it has then, also when it
+	// fails part way. Memory may grow by more than asked: it is added in
+	// chunks so that the hot-plug slots last up to the maximum. The guest
+	// still has to online what was added.
+	Grow(ctx context.Context, want Resources) (Resources, error)
 }

@@ -107,7 +107,7 @@ func apply(ctx context.Context, q *config.QEMU, key, val string) error {
 		}
 		n := math.Ceil(f)
 		if n < 1 || n > float64(limits.VCPUs) {
-			return fmt.Errorf("pod annotation %s=%q: outside 1..%d (the host's CPUs and vmpod's maximum)", key, val, limits.VCPUs)
+			return fmt.Errorf("pod annotation %s=%q: outside 1..%d (the host's CPUs and max_vcpus)", key, val, limits.VCPUs)
 		}
 		q.DefaultVCPUs = uint32(n)
 	case DefaultMemory:

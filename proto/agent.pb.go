@@ -2655,6 +2655,121 @@ func (x *DebugExecResponse) GetTruncated() bool {
 	return false
 }
 
+type OnlineCPUMemRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vcpus         uint32                 `protobuf:"varint,1,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
+	MemoryMib     uint64                 `protobuf:"varint,2,opt,name=memory_mib,json=memoryMib,proto3" json:"memory_mib,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OnlineCPUMemRequest) Reset() {
+	*x = OnlineCPUMemRequest{}
+	mi := &file_agent_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OnlineCPUMemRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OnlineCPUMemRequest) ProtoMessage() {}
+
+func (x *OnlineCPUMemRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OnlineCPUMemRequest.ProtoReflect.Descriptor instead.
+func (*OnlineCPUMemRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *OnlineCPUMemRequest) GetVcpus() uint32 {
+	if x != nil {
+		return x.Vcpus
+	}
+	return 0
+}
+
+func (x *OnlineCPUMemRequest) GetMemoryMib() uint64 {
+	if x != nil {
+		return x.MemoryMib
+	}
+	return 0
+}
+
+type OnlineCPUMemResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// CPUs online.
+	Vcpus uint32 `protobuf:"varint,1,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
+	// MiB of memory in online memory blocks.
+	MemoryMib uint64 `protobuf:"varint,2,opt,name=memory_mib,json=memoryMib,proto3" json:"memory_mib,omitempty"`
+	// MemTotal of /proc/meminfo, in KiB.
+	MemTotalKib   uint64 `protobuf:"varint,3,opt,name=mem_total_kib,json=memTotalKib,proto3" json:"mem_total_kib,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OnlineCPUMemResponse) Reset() {
+	*x = OnlineCPUMemResponse{}
+	mi := &file_agent_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OnlineCPUMemResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OnlineCPUMemResponse) ProtoMessage() {}
+
+func (x *OnlineCPUMemResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OnlineCPUMemResponse.ProtoReflect.Descriptor instead.
+func (*OnlineCPUMemResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *OnlineCPUMemResponse) GetVcpus() uint32 {
+	if x != nil {
+		return x.Vcpus
+	}
+	return 0
+}
+
+func (x *OnlineCPUMemResponse) GetMemoryMib() uint64 {
+	if x != nil {
+		return x.MemoryMib
+	}
+	return 0
+}
+
+func (x *OnlineCPUMemResponse) GetMemTotalKib() uint64 {
+	if x != nil {
+		return x.MemTotalKib
+	}
+	return 0
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -2837,7 +2952,16 @@ const file_agent_proto_rawDesc = "" +
 	"\x06stdout\x18\x01 \x01(\fR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x02 \x01(\fR\x06stderr\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x1c\n" +
-	"\ttruncated\x18\x04 \x01(\bR\ttruncated2\xce\x11\n" +
+	"\ttruncated\x18\x04 \x01(\bR\ttruncated\"J\n" +
+	"\x13OnlineCPUMemRequest\x12\x14\n" +
+	"\x05vcpus\x18\x01 \x01(\rR\x05vcpus\x12\x1d\n" +
+	"\n" +
+	"memory_mib\x18\x02 \x01(\x04R\tmemoryMib\"o\n" +
+	"\x14OnlineCPUMemResponse\x12\x14\n" +
+	"\x05vcpus\x18\x01 \x01(\rR\x05vcpus\x12\x1d\n" +
+	"\n" +
+	"memory_mib\x18\x02 \x01(\x04R\tmemoryMib\x12\"\n" +
+	"\rmem_total_kib\x18\x03 \x01(\x04R\vmemTotalKib2\xa9\x12\n" +
 	"\x05Agent\x12D\n" +
 	"\x05Check\x12\x1c.vmpod.agent.v1.CheckRequest\x1a\x1d.vmpod.agent.v1.CheckResponse\x12L\n" +
 	"\rCreateSandbox\x12$.vmpod.agent.v1.CreateSandboxRequest\x1a\x15.vmpod.agent.v1.Empty\x12N\n" +
@@ -2871,7 +2995,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x0eListInterfaces\x12%.vmpod.agent.v1.ListInterfacesRequest\x1a\x1a.vmpod.agent.v1.Interfaces\x12G\n" +
 	"\n" +
 	"ListRoutes\x12!.vmpod.agent.v1.ListRoutesRequest\x1a\x16.vmpod.agent.v1.Routes\x12P\n" +
-	"\tDebugExec\x12 .vmpod.agent.v1.DebugExecRequest\x1a!.vmpod.agent.v1.DebugExecResponseB&Z$github.com/vmpod/vmpod/proto;agentpbb\x06proto3"
+	"\tDebugExec\x12 .vmpod.agent.v1.DebugExecRequest\x1a!.vmpod.agent.v1.DebugExecResponse\x12Y\n" +
+	"\fOnlineCPUMem\x12#.vmpod.agent.v1.OnlineCPUMemRequest\x1a$.vmpod.agent.v1.OnlineCPUMemResponseB&Z$github.com/vmpod/vmpod/proto;agentpbb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -2885,7 +3010,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: vmpod.agent.v1.Empty
 	(*CheckRequest)(nil),            // 1: vmpod.agent.v1.CheckRequest
@@ -2934,6 +3059,8 @@ var file_agent_proto_goTypes = []any{
 	(*Routes)(nil),                  // 44: vmpod.agent.v1.Routes
 	(*DebugExecRequest)(nil),        // 45: vmpod.agent.v1.DebugExecRequest
 	(*DebugExecResponse)(nil),       // 46: vmpod.agent.v1.DebugExecResponse
+	(*OnlineCPUMemRequest)(nil),     // 47: vmpod.agent.v1.OnlineCPUMemRequest
+	(*OnlineCPUMemResponse)(nil),    // 48: vmpod.agent.v1.OnlineCPUMemResponse
 }
 var file_agent_proto_depIdxs = []int32{
 	7,  // 0: vmpod.agent.v1.CreateSandboxRequest.dns:type_name -> vmpod.agent.v1.DNS
@@ -2981,36 +3108,38 @@ var file_agent_proto_depIdxs = []int32{
 	39, // 42: vmpod.agent.v1.Agent.ListInterfaces:input_type -> vmpod.agent.v1.ListInterfacesRequest
 	43, // 43: vmpod.agent.v1.Agent.ListRoutes:input_type -> vmpod.agent.v1.ListRoutesRequest
 	45, // 44: vmpod.agent.v1.Agent.DebugExec:input_type -> vmpod.agent.v1.DebugExecRequest
-	2,  // 45: vmpod.agent.v1.Agent.Check:output_type -> vmpod.agent.v1.CheckResponse
-	0,  // 46: vmpod.agent.v1.Agent.CreateSandbox:output_type -> vmpod.agent.v1.Empty
-	0,  // 47: vmpod.agent.v1.Agent.DestroySandbox:output_type -> vmpod.agent.v1.Empty
-	0,  // 48: vmpod.agent.v1.Agent.SetHostname:output_type -> vmpod.agent.v1.Empty
-	0,  // 49: vmpod.agent.v1.Agent.SetDNS:output_type -> vmpod.agent.v1.Empty
-	10, // 50: vmpod.agent.v1.Agent.GuestDetails:output_type -> vmpod.agent.v1.GuestDetailsResponse
-	13, // 51: vmpod.agent.v1.Agent.CreateContainer:output_type -> vmpod.agent.v1.CreateContainerResponse
-	0,  // 52: vmpod.agent.v1.Agent.StartContainer:output_type -> vmpod.agent.v1.Empty
-	0,  // 53: vmpod.agent.v1.Agent.RemoveContainer:output_type -> vmpod.agent.v1.Empty
-	17, // 54: vmpod.agent.v1.Agent.ExecProcess:output_type -> vmpod.agent.v1.ExecProcessResponse
-	0,  // 55: vmpod.agent.v1.Agent.SignalProcess:output_type -> vmpod.agent.v1.Empty
-	19, // 56: vmpod.agent.v1.Agent.WaitProcess:output_type -> vmpod.agent.v1.WaitProcessResponse
-	21, // 57: vmpod.agent.v1.Agent.WriteStdin:output_type -> vmpod.agent.v1.WriteStdinResponse
-	23, // 58: vmpod.agent.v1.Agent.ReadStdout:output_type -> vmpod.agent.v1.ReadStreamResponse
-	23, // 59: vmpod.agent.v1.Agent.ReadStderr:output_type -> vmpod.agent.v1.ReadStreamResponse
-	0,  // 60: vmpod.agent.v1.Agent.CloseStdin:output_type -> vmpod.agent.v1.Empty
-	0,  // 61: vmpod.agent.v1.Agent.ResizeTty:output_type -> vmpod.agent.v1.Empty
-	26, // 62: vmpod.agent.v1.Agent.ListProcesses:output_type -> vmpod.agent.v1.ListProcessesResponse
-	32, // 63: vmpod.agent.v1.Agent.StatsContainer:output_type -> vmpod.agent.v1.StatsContainerResponse
-	34, // 64: vmpod.agent.v1.Agent.GetOOMEvent:output_type -> vmpod.agent.v1.OOMEvent
-	0,  // 65: vmpod.agent.v1.Agent.PauseContainer:output_type -> vmpod.agent.v1.Empty
-	0,  // 66: vmpod.agent.v1.Agent.ResumeContainer:output_type -> vmpod.agent.v1.Empty
-	0,  // 67: vmpod.agent.v1.Agent.UpdateContainer:output_type -> vmpod.agent.v1.Empty
-	37, // 68: vmpod.agent.v1.Agent.UpdateInterface:output_type -> vmpod.agent.v1.Interface
-	44, // 69: vmpod.agent.v1.Agent.UpdateRoutes:output_type -> vmpod.agent.v1.Routes
-	40, // 70: vmpod.agent.v1.Agent.ListInterfaces:output_type -> vmpod.agent.v1.Interfaces
-	44, // 71: vmpod.agent.v1.Agent.ListRoutes:output_type -> vmpod.agent.v1.Routes
-	46, // 72: vmpod.agent.v1.Agent.DebugExec:output_type -> vmpod.agent.v1.DebugExecResponse
-	45, // [45:73] is the sub-list for method output_type
-	17, // [17:45] is the sub-list for method input_type
+	47, // 45: vmpod.agent.v1.Agent.OnlineCPUMem:input_type -> vmpod.agent.v1.OnlineCPUMemRequest
+	2,  // 46: vmpod.agent.v1.Agent.Check:output_type -> vmpod.agent.v1.CheckResponse
+	0,  // 47: vmpod.agent.v1.Agent.CreateSandbox:output_type -> vmpod.agent.v1.Empty
+	0,  // 48: vmpod.agent.v1.Agent.DestroySandbox:output_type -> vmpod.agent.v1.Empty
+	0,  // 49: vmpod.agent.v1.Agent.SetHostname:output_type -> vmpod.agent.v1.Empty
+	0,  // 50: vmpod.agent.v1.Agent.SetDNS:output_type -> vmpod.agent.v1.Empty
+	10, // 51: vmpod.agent.v1.Agent.GuestDetails:output_type -> vmpod.agent.v1.GuestDetailsResponse
+	13, // 52: vmpod.agent.v1.Agent.CreateContainer:output_type -> vmpod.agent.v1.CreateContainerResponse
+	0,  // 53: vmpod.agent.v1.Agent.StartContainer:output_type -> vmpod.agent.v1.Empty
+	0,  // 54: vmpod.agent.v1.Agent.RemoveContainer:output_type -> vmpod.agent.v1.Empty
+	17, // 55: vmpod.agent.v1.Agent.ExecProcess:output_type -> vmpod.agent.v1.ExecProcessResponse
+	0,  // 56: vmpod.agent.v1.Agent.SignalProcess:output_type -> vmpod.agent.v1.Empty
+	19, // 57: vmpod.agent.v1.Agent.WaitProcess:output_type -> vmpod.agent.v1.WaitProcessResponse
+	21, // 58: vmpod.agent.v1.Agent.WriteStdin:output_type -> vmpod.agent.v1.WriteStdinResponse
+	23, // 59: vmpod.agent.v1.Agent.ReadStdout:output_type -> vmpod.agent.v1.ReadStreamResponse
+	23, // 60: vmpod.agent.v1.Agent.ReadStderr:output_type -> vmpod.agent.v1.ReadStreamResponse
+	0,  // 61: vmpod.agent.v1.Agent.CloseStdin:output_type -> vmpod.agent.v1.Empty
+	0,  // 62: vmpod.agent.v1.Agent.ResizeTty:output_type -> vmpod.agent.v1.Empty
+	26, // 63: vmpod.agent.v1.Agent.ListProcesses:output_type -> vmpod.agent.v1.ListProcessesResponse
+	32, // 64: vmpod.agent.v1.Agent.StatsContainer:output_type -> vmpod.agent.v1.StatsContainerResponse
+	34, // 65: vmpod.agent.v1.Agent.GetOOMEvent:output_type -> vmpod.agent.v1.OOMEvent
+	0,  // 66: vmpod.agent.v1.Agent.PauseContainer:output_type -> vmpod.agent.v1.Empty
+	0,  // 67: vmpod.agent.v1.Agent.ResumeContainer:output_type -> vmpod.agent.v1.Empty
+	0,  // 68: vmpod.agent.v1.Agent.UpdateContainer:output_type -> vmpod.agent.v1.Empty
+	37, // 69: vmpod.agent.v1.Agent.UpdateInterface:output_type -> vmpod.agent.v1.Interface
+	44, // 70: vmpod.agent.v1.Agent.UpdateRoutes:output_type -> vmpod.agent.v1.Routes
+	40, // 71: vmpod.agent.v1.Agent.ListInterfaces:output_type -> vmpod.agent.v1.Interfaces
+	44, // 72: vmpod.agent.v1.Agent.ListRoutes:output_type -> vmpod.agent.v1.Routes
+	46, // 73: vmpod.agent.v1.Agent.DebugExec:output_type -> vmpod.agent.v1.DebugExecResponse
+	48, // 74: vmpod.agent.v1.Agent.OnlineCPUMem:output_type -> vmpod.agent.v1.OnlineCPUMemResponse
+	46, // [46:75] is the sub-list for method output_type
+	17, // [17:46] is the sub-list for method input_type
 	17, // [17:17] is the sub-list for extension type_name
 	17, // [17:17] is the sub-list for extension extendee
 	0,  // [0:17] is the sub-list for field type_name
@@ -3027,7 +3156,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   47,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

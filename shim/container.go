@@ -11,6 +11,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vmpod/vmpod/shim/hooks"
 	"github.com/vmpod/vmpod/shim/rootfs"
+	"github.com/vmpod/vmpod/sizing"
 )
 
 // container is one container of the sandbox: its init process, its execs
@@ -23,6 +24,12 @@ type container struct {
 	// hooks are the container's host hooks, state the OCI state they get.
 	hooks hooks.Host
 	state specs.State
+	// podSandbox: the CRI sandbox (pause) container, whose resources the
+	// VM's hot-plug sizing leaves out.
+	podSandbox bool
+	// demand is what the container's resources ask of the VM (growFor);
+	// set at create, replaced by an update. guarded by the service's mu
+	demand sizing.Size
 
 	mu    sync.Mutex
 	execs map[string]*process // guarded by mu

@@ -123,7 +123,8 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 }
 
 func (s *service) update(ctx context.Context, r *taskAPI.UpdateTaskRequest) error {
-	if _, err := s.getContainer(r.ID); err != nil {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
 		return err
 	}
 	if r.Resources == nil {
@@ -134,6 +135,10 @@ func (s *service) update(ctx context.Context, r *taskAPI.UpdateTaskRequest) erro
 	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
 		return fmt.Errorf("update container %s: decode resources of type %s: %w: %w", r.ID, r.Resources.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
 	}
+	// CRI sends the container's whole resources, its device rules
+	// included, unchanged: like runc update, leave the device cgroup as
+	// it was created (the agent refuses device updates).
+	res.Devices = nil
 	data, err := json.Marshal(&res)
 	if err != nil {
 		return err
@@ -142,9 +147,22 @@ func (s *service) update(ctx context.Context, r *taskAPI.UpdateTaskRequest) erro
 	if err != nil {
 		return err
 	}
+	// More CPU or memory than the VM has: grow it first, so that the
+	// guest can honour the new limits. A lower update shrinks nothing.
+	s.mu.Lock()
+	demand := mergeDemand(c.demand, &res)
+	s.mu.Unlock()
+	if !c.podSandbox {
+		if err := s.growFor(ctx, sb, r.ID, demand); err != nil {
+			return err
+		}
+	}
 	if _, err := sb.Agent().UpdateContainer(ctx, &agentpb.UpdateContainerRequest{ContainerId: r.ID, Resources: data}); err != nil {
 		return fromAgent(err, "update resources of container %s", r.ID)
 	}
+	s.mu.Lock()
+	c.demand = demand
+	s.mu.Unlock()
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/vmpod/vmpod/podconfig"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/shim/rootfs"
+	"github.com/vmpod/vmpod/sizing"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -98,6 +99,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	}
 	s.mu.Lock()
 	s.sandbox, s.sandboxID, s.sandboxDir, s.netns = sb, id, dir, netns
+	s.defaults = sizing.Size{VCPUs: cfg.Hypervisor.QEMU.DefaultVCPUs, MemoryMiB: cfg.Hypervisor.QEMU.DefaultMemory}
 	s.mu.Unlock()
 	go s.watchOOM(sb)
 	go s.watchHealth(sb, healthPolicyOf(cfg))

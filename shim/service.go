@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/vmpod/vmpod/config"
 	"github.com/vmpod/vmpod/shim/rootfs"
+	"github.com/vmpod/vmpod/sizing"
 )
 
 var (
@@ -54,6 +55,11 @@ type service struct {
 	// where the host hooks run. guarded by mu
 	netns      string
 	containers map[string]*container // guarded by mu
+	// defaults is the configured VM size before any container (the
+	// guest's own share), the base of the pod's demand. guarded by mu
+	defaults sizing.Size
+	// resizeMu serialises growing the VM (growFor).
+	resizeMu sync.Mutex
 }
 
 // NewService returns a task service that publishes through publisher and

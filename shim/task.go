@@ -97,7 +97,16 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
+	// A container of a running pod that asks for more than its VM has
+	// grows the VM first (CPU and memory hot-plug).
 	c := &container{id: r.ID, bundle: r.Bundle, layout: layout, hooks: hostHooks, state: state, execs: make(map[string]*process)}
+	c.podSandbox = spec.Annotations[annotationContainerType] == containerTypeSandbox
+	if spec.Linux != nil && !c.podSandbox {
+		c.demand = demandOf(spec.Linux.Resources)
+		if err := s.growFor(ctx, sb, r.ID, c.demand); err != nil {
+			return nil, err
+		}
+	}
 	p := newProcess(r.ID, "", r.Terminal, stdio.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal})
 	c.init = p
 	pid, err := s.createInSandbox(ctx, sb, c, r, spec)

@@ -39,13 +39,20 @@ type vmSandbox struct {
 	// leaveCgroup moves the shim back out of cgroup (joinCgroup).
 	leaveCgroup func()
 
+	// hotplug: the VM may grow (resource_management and the machine
+	// type allow it).
+	hotplug bool
+
 	// Stop runs once: the health watcher stops a dead sandbox, and
 	// Shutdown stops it again.
 	stopOnce sync.Once
 	stopErr  error
 }
 
-var _ Sandbox = (*vmSandbox)(nil)
+var (
+	_ Sandbox = (*vmSandbox)(nil)
+	_ Resizer = (*vmSandbox)(nil)
+)
 
 // NewVMSandbox is the shim's SandboxFactory: it wires the pod's network
 // namespace (if the spec names one) to taps, boots a VM sized for the first
@@ -111,6 +118,11 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		VCPUs:        int(size.VCPUs),
 		MemoryMiB:    int(size.MemoryMiB),
 	}
+	hotplug := hotplugAllowed(ctx, cfg)
+	if hotplug {
+		limit := sizing.Limits(q)
+		hcfg.MaxVCPUs, hcfg.MaxMemoryMiB = int(limit.VCPUs), int(limit.MemoryMiB)
+	}
 	for _, ep := range eps.List {
 		hcfg.Net = append(hcfg.Net, hypervisor.NetDevice{Tap: ep.Tap, MAC: ep.MAC, MTU: ep.MTU})
 	}
@@ -144,7 +156,41 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		}
 		return nil, err
 	}
-	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup}, nil
+	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup, hotplug: hotplug}, nil
+}
+
+// hotplugAllowed says whether the pod's VM may grow while it runs: the
+// configuration asks for hot-plug and the machine type can do it. A
+// machine that cannot is logged, and the VM keeps its boot size (static
+// sizing).
+func hotplugAllowed(ctx context.Context, cfg *config.Config) bool {
+	if !cfg.Runtime.Hotplug() {
+		return false
+	}
+	if err := hypervisor.HotplugSupport(cfg.Hypervisor.QEMU.MachineType); err != nil {
+		log.G(ctx).WithError(err).Warn("no CPU or memory hot-plug: the VM keeps the size it boots with (static sizing)")
+		return false
+	}
+	return true
+}
+
+// Resources is what the VM has and the most it may grow to; equal when
+// it may not grow.
+func (s *vmSandbox) Resources() (cur, max hypervisor.Resources) {
+	cur, max = s.v.Resources()
+	if !s.hotplug {
+		max = cur
+	}
+	return cur, max
+}
+
+// Grow hot-adds vCPUs and memory to the VM (vm.VM.Grow).
+func (s *vmSandbox) Grow(ctx context.Context, want hypervisor.Resources) (hypervisor.Resources, error) {
+	if !s.hotplug {
+		cur, _ := s.v.Resources()
+		return cur, nil
+	}
+	return s.v.Grow(ctx, want)
 }
 
 // createCgroup creates the host cgroup the sandbox's spec names

@@ -19,6 +19,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/vmpod/vmpod/config"
+	"github.com/vmpod/vmpod/hypervisor"
 )
 
 // containerd's sandbox annotations (internal/cri/annotations in
@@ -61,9 +62,13 @@ var hostCPUs = func() int { return max(runtime.NumCPU(), 1) }
 // have. It is the one place that caps a VM, at creation and (hot-plug)
 // later: more vCPUs than the host has only slow a guest down.
 func Limits(q config.QEMU) Size {
+	mem := q.MaxMemory
+	if mem == 0 { // a config.QEMU that was not loaded from a file
+		mem = config.MaxMemoryMiB
+	}
 	return Size{
-		VCPUs:     uint32(min(hostCPUs(), config.MaxVCPUs)),
-		MemoryMiB: config.MaxMemoryMiB,
+		VCPUs:     min(q.EffectiveMaxVCPUs(hostCPUs()), hypervisor.MaxVCPUs),
+		MemoryMiB: max(mem, q.DefaultMemory),
 	}
 }
 
@@ -168,11 +173,18 @@ func SandboxWorkload(ann map[string]string) (w Workload, ok bool, err error) {
 // CFS quota over its period and its memory limit. Values that mean "no
 // limit" (absent, 0, -1) or that cannot be a limit ask nothing.
 func ContainerWorkload(spec *specs.Spec) Workload {
+	if spec == nil || spec.Linux == nil {
+		return Workload{}
+	}
+	return ResourcesWorkload(spec.Linux.Resources)
+}
+
+// ResourcesWorkload is what linux.resources ask for (see ContainerWorkload).
+func ResourcesWorkload(res *specs.LinuxResources) Workload {
 	var w Workload
-	if spec == nil || spec.Linux == nil || spec.Linux.Resources == nil {
+	if res == nil {
 		return w
 	}
-	res := spec.Linux.Resources
 	if c := res.CPU; c != nil && c.Quota != nil && *c.Quota > 0 && c.Period != nil && *c.Period > 0 {
 		w.CPUs = ceilDiv(uint64(*c.Quota), *c.Period)
 	}

@@ -7,6 +7,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/vmpod/vmpod/config"
+	"github.com/vmpod/vmpod/hypervisor"
 )
 
 // withHostCPUs pretends the host has n CPUs for the test.
@@ -139,15 +140,19 @@ func TestForGarbage(t *testing.T) {
 
 func TestLimits(t *testing.T) {
 	for _, tc := range []struct {
+		name string
 		host int
+		q    config.QEMU
 		want Size
 	}{
-		{2, Size{2, config.MaxMemoryMiB}},
-		{1000, Size{config.MaxVCPUs, config.MaxMemoryMiB}},
+		{"host CPUs", 2, config.QEMU{}, Size{2, config.MaxMemoryMiB}},
+		{"a guest has at most 255 vCPUs", 1000, config.QEMU{}, Size{hypervisor.MaxVCPUs, config.MaxMemoryMiB}},
+		{"max_vcpus and max_memory", 8, config.QEMU{MaxVCPUs: 4, MaxMemory: 2048}, Size{4, 2048}},
+		{"never below the defaults", 2, config.QEMU{DefaultVCPUs: 3, DefaultMemory: 1024, MaxMemory: 512}, Size{3, 1024}},
 	} {
 		withHostCPUs(t, tc.host)
-		if got := Limits(config.QEMU{}); got != tc.want {
-			t.Errorf("%d host CPUs: Limits = %+v, want %+v", tc.host, got, tc.want)
+		if got := Limits(tc.q); got != tc.want {
+			t.Errorf("%s: %d host CPUs: Limits = %+v, want %+v", tc.name, tc.host, got, tc.want)
 		}
 	}
 }

@@ -507,3 +507,54 @@ func (v *VM) stop(ctx context.Context) error {
 	}
 	return nil
 }
+
+// onlineTimeout bounds the wait for the guest to online what was added.
+const onlineTimeout = 30 * time.Second
+
+// Resources is what the guest has now (boot plus hot-plugged) and the most
+// Grow can reach (equal when the machine or configuration leaves no room).
+func (v *VM) Resources() (cur, max hypervisor.Resources) {
+	hp, ok := v.hv.(hypervisor.Hotplugger)
+	if !ok {
+		boot := hypervisor.Resources{VCPUs: v.cfg.Hypervisor.VCPUs, MemoryMiB: v.cfg.Hypervisor.MemoryMiB}
+		return boot, boot
+	}
+	return hp.Resources(), hp.MaxResources()
+}
+
+// Grow hot-adds vCPUs and memory until the guest has at least want (capped
+// at the maximum), has the agent online them, and waits, at most
+// onlineTimeout, until the guest has them. It returns what the VM has,
+// also on error. What was plugged stays plugged when a later step fails:
+// the guest keeps it (offline, if it could not online it).
+func (v *VM) Grow(ctx context.Context, want hypervisor.Resources) (hypervisor.Resources, error) {
+	hp, ok := v.hv.(hypervisor.Hotplugger)
+	if !ok {
+		cur, _ := v.Resources()
+		return cur, fmt.Errorf("vm %s: the %s driver cannot hot-plug", v.cfg.ID, v.cfg.Driver)
+	}
+	before := hp.Resources()
+	cur, err := hp.Grow(ctx, want)
+	if cur == before {
+		return cur, err
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("vm", v.cfg.ID).Warn("hot-plug stopped part way; onlining what was added")
+	}
+	octx, cancel := context.WithTimeout(ctx, onlineTimeout)
+	defer cancel()
+	// Memory is onlined by 128 MiB blocks; a boot size that is not whole
+	// blocks still shows as whole blocks.
+	wantMiB := uint64(cur.MemoryMiB) &^ 127
+	resp, oerr := v.agent.OnlineCPUMem(octx, &agentpb.OnlineCPUMemRequest{Vcpus: uint32(cur.VCPUs), MemoryMib: wantMiB})
+	switch {
+	case oerr != nil:
+		oerr = fmt.Errorf("vm %s: online hot-plugged CPUs and memory in the guest: %w", v.cfg.ID, oerr)
+	case resp.GetVcpus() < uint32(cur.VCPUs) || resp.GetMemoryMib() < wantMiB:
+		oerr = fmt.Errorf("vm %s: the guest onlined %d of %d vCPUs and %d of %d MiB within %v",
+			v.cfg.ID, resp.GetVcpus(), cur.VCPUs, resp.GetMemoryMib(), wantMiB, onlineTimeout)
+	default:
+		log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "vcpus": resp.GetVcpus(), "memory_mib": resp.GetMemoryMib(), "mem_total_kib": resp.GetMemTotalKib()}).Info("guest grew")
+	}
+	return cur, errors.Join(err, oerr)
+}

@@ -42,7 +42,7 @@ func (c commandLine) args() []string {
 	microvm := cfg.Machine == hypervisor.MachineMicrovm
 	// vhost-user devices read guest memory directly, so it must be a
 	// shareable memfd.
-	shared := cfg.SharedFS != nil || (cfg.Vsock != nil && cfg.Vsock.VhostUserSocket != "")
+	shared := sharedMemory(cfg)
 	machine := cfg.Machine
 	if shared {
 		machine += ",memory-backend=mem"
@@ -51,8 +51,8 @@ func (c commandLine) args() []string {
 		"-name", "vmpod-" + cfg.ID + ",debug-threads=on",
 		"-machine", machine,
 		"-accel", c.accel,
-		"-m", fmt.Sprintf("%dM", cfg.MemoryMiB),
-		"-smp", fmt.Sprint(cfg.VCPUs),
+		"-m", memoryArg(cfg),
+		"-smp", smpArg(cfg),
 	}
 	if c.accel == hypervisor.AccelKVM {
 		a = append(a, "-cpu", "host")
@@ -115,6 +115,26 @@ func (c commandLine) args() []string {
 		a = append(a, "-chroot", j.Dir, "-runas", fmt.Sprintf("%d:%d", j.UID, j.GID))
 	}
 	return append(a, cfg.ExtraArgs...)
+}
+
+// memoryArg is -m: the boot RAM, and room for DIMMs up to the maximum
+// when the guest may grow.
+func memoryArg(cfg hypervisor.Config) string {
+	h := newHotplug(cfg)
+	if h.max.MemoryMiB <= cfg.MemoryMiB {
+		return fmt.Sprintf("%dM", cfg.MemoryMiB)
+	}
+	return fmt.Sprintf("%dM,slots=%d,maxmem=%dM", cfg.MemoryMiB, h.slots, h.max.MemoryMiB)
+}
+
+// smpArg is -smp: the boot vCPUs, and room for more when the guest may
+// grow.
+func smpArg(cfg hypervisor.Config) string {
+	h := newHotplug(cfg)
+	if h.max.VCPUs <= cfg.VCPUs {
+		return fmt.Sprint(cfg.VCPUs)
+	}
+	return fmt.Sprintf("%d,maxcpus=%d", cfg.VCPUs, h.max.VCPUs)
 }
 
 // sandbox is QEMU's seccomp policy: a guest that escapes into QEMU cannot

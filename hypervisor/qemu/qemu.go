@@ -82,6 +82,7 @@ type QEMU struct {
 	qmp     *qmpClient
 	stopped bool
 
+	hp      *hotplug
 	pid     atomic.Int64
 	stderr  *tail.Buffer
 	console *console.Log
@@ -108,7 +109,7 @@ func New(cfg hypervisor.Config, opts ...Option) (*QEMU, error) {
 	if v := cfg.Vsock; v != nil && v.HybridSocket != "" {
 		return nil, fmt.Errorf("qemu %s: QEMU has no hybrid vsock", cfg.ID)
 	}
-	q := &QEMU{cfg: cfg, stderr: tail.New(maxStderr), console: &console.Log{Out: cfg.Console}, done: make(chan struct{})}
+	q := &QEMU{cfg: cfg, hp: newHotplug(cfg), stderr: tail.New(maxStderr), console: &console.Log{Out: cfg.Console}, done: make(chan struct{})}
 	for _, o := range opts {
 		o(q)
 	}

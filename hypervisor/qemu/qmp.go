@@ -17,6 +17,13 @@ const maxQMPLine = 1 << 20
 
 // qmpClient speaks QEMU's machine protocol over a Unix socket, one command
 // at a time. Asynchronous events arriving between replies are skipped.
+//
+// Hot-plug needs no events: a device_add reply means QEMU plugged the device,
+// and whether the guest took it (ACPI_DEVICE_OST) is read in the guest itself
+// through the agent, which must online it anyway. Nothing is unplugged, so
+// DEVICE_DELETED is never awaited. A client library (digitalocean/go-qemu)
+// would bring a generated API of hundreds of commands for the five used
+// here; this client stays small and bounds what it reads.
 type qmpClient struct {
 	mu   sync.Mutex
 	conn net.Conn
@@ -125,9 +132,29 @@ func (c *qmpClient) Execute(ctx context.Context, cmd string) (json.RawMessage, e
 	return c.executeLocked(ctx, cmd)
 }
 
+// ExecuteArgs runs one command with arguments (marshalled as JSON).
+func (c *qmpClient) ExecuteArgs(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.executeArgsLocked(ctx, cmd, args)
+}
+
 func (c *qmpClient) executeLocked(ctx context.Context, cmd string) (json.RawMessage, error) {
+	return c.executeArgsLocked(ctx, cmd, nil)
+}
+
+// qmpCommand is one request on the wire.
+type qmpCommand struct {
+	Execute   string `json:"execute"`
+	Arguments any    `json:"arguments,omitempty"`
+}
+
+func (c *qmpClient) executeArgsLocked(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
 	c.setDeadline(ctx)
-	req, _ := json.Marshal(map[string]string{"execute": cmd})
+	req, err := json.Marshal(qmpCommand{Execute: cmd, Arguments: args})
+	if err != nil {
+		return nil, fmt.Errorf("QMP %s: encode arguments: %w", cmd, err)
+	}
 	if _, err := c.conn.Write(append(req, '\n')); err != nil {
 		return nil, fmt.Errorf("QMP %s: %w", cmd, err)
 	}

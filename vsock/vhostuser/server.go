@@ -247,6 +247,8 @@ func (s *server) setMemTable(mt MemTable, fds []int) error {
 		}
 		r.mu.Unlock()
 	}
+	// QEMU sends a new table for every DIMM hot-added to the guest.
+	log.G(s.ctx).WithField("regions", len(mt.Regions)).Debug("vhost-user memory table")
 	old := s.mem
 	s.mem = mem
 	return old.Close()
