@@ -36,6 +36,7 @@ type AgentService interface {
 	ListInterfaces(context.Context, *ListInterfacesRequest) (*Interfaces, error)
 	ListRoutes(context.Context, *ListRoutesRequest) (*Routes, error)
 	DebugExec(context.Context, *DebugExecRequest) (*DebugExecResponse, error)
+	GuestMetrics(context.Context, *GuestMetricsRequest) (*GuestMetricsResponse, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -236,6 +237,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.DebugExec(ctx, &req)
+			},
+			"GuestMetrics": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req GuestMetricsRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.GuestMetrics(ctx, &req)
 			},
 		},
 	})
@@ -470,6 +478,14 @@ func (c *agentClient) ListRoutes(ctx context.Context, req *ListRoutesRequest) (*
 func (c *agentClient) DebugExec(ctx context.Context, req *DebugExecRequest) (*DebugExecResponse, error) {
 	var resp DebugExecResponse
 	if err := c.client.Call(ctx, "vmpod.agent.v1.Agent", "DebugExec", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) GuestMetrics(ctx context.Context, req *GuestMetricsRequest) (*GuestMetricsResponse, error) {
+	var resp GuestMetricsResponse
+	if err := c.client.Call(ctx, "vmpod.agent.v1.Agent", "GuestMetrics", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
