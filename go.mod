@@ -53,6 +53,8 @@ require (
 	github.com/mrunalp/fileutils v0.5.1 // indirect
 	github.com/opencontainers/selinux v1.13.1 // indirect
 	github.com/pkg/errors v0.9.1 // indirect
+	github.com/prometheus/client_golang v1.25.0 // indirect
+	github.com/prometheus/common v0.74.0 // indirect
 	github.com/seccomp/libseccomp-golang v0.12.0 // indirect
 	go.opencensus.io v0.24.0 // indirect
 	golang.org/x/net v0.62.0 // indirect

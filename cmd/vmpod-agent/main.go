@@ -22,8 +22,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmpod/vmpod/agent"
-	"github.com/vmpod/vmpod/internal/consolelog"
 	"github.com/vmpod/vmpod/agent/pid1"
+	"github.com/vmpod/vmpod/internal/consolelog"
 )
 
 func init() {

@@ -50,13 +50,13 @@ func TestFormatterBoundsLines(t *testing.T) {
 func TestLevelOfKernelAndOtherLines(t *testing.T) {
 	for line, want := range map[string]logrus.Level{
 		"[    2.104522] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100": logrus.ErrorLevel,
-		"[    3.000000] Oops: 0000 [#1] PREEMPT SMP NOPTI":                                    logrus.ErrorLevel,
-		"[    4.1] BUG: kernel NULL pointer dereference, address: 0000000000000000":          logrus.ErrorLevel,
-		"[    5.2] Out of memory: Killed process 123 (stress) total-vm:1000kB":               logrus.WarnLevel,
-		"[    0.000000] Linux version 6.1.0":                                                 logrus.DebugLevel,
-		"vmpod-agent level=info msg=\"level=error\"":                                        logrus.DebugLevel,
-		"vmpod-agent msg=\"no level\"":                                                      logrus.DebugLevel,
-		"level=error msg=\"not the agent's\"":                                               logrus.DebugLevel,
+		"[    3.000000] Oops: 0000 [#1] PREEMPT SMP NOPTI":                                       logrus.ErrorLevel,
+		"[    4.1] BUG: kernel NULL pointer dereference, address: 0000000000000000":              logrus.ErrorLevel,
+		"[    5.2] Out of memory: Killed process 123 (stress) total-vm:1000kB":                   logrus.WarnLevel,
+		"[    0.000000] Linux version 6.1.0":                                                     logrus.DebugLevel,
+		"vmpod-agent level=info msg=\"level=error\"":                                             logrus.DebugLevel,
+		"vmpod-agent msg=\"no level\"":                                                           logrus.DebugLevel,
+		"level=error msg=\"not the agent's\"":                                                    logrus.DebugLevel,
 	} {
 		if got := Level(line); got != want {
 			t.Errorf("Level(%q) = %v, want %v", line, got, want)
