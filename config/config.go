@@ -93,6 +93,12 @@ type Runtime struct {
 	Debug        bool   `toml:"debug"`         // guest console + shim debug logs in containerd's log
 	NetworkModel string `toml:"network_model"` // tcfilter | none
 	DebugConsole bool   `toml:"debug_console"` // allows a debug console into the guest
+	// EnableMetrics serves the sandbox's Prometheus metrics on
+	// <sandbox dir>/metrics.sock.
+	EnableMetrics bool `toml:"enable_metrics"`
+	// EnablePprof serves the shim's net/http/pprof on
+	// <sandbox dir>/pprof.sock.
+	EnablePprof bool `toml:"enable_pprof"`
 }
 
 // Duration is a time.Duration written in a file as Go duration text ("30s").

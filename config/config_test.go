@@ -48,7 +48,7 @@ func defaults() Config {
 			JailUIDCount:  65536,
 		}},
 		Agent:   Agent{DialTimeout: Duration{30 * time.Second}, HealthCheckInterval: Duration{5 * time.Second}, HealthCheckTimeout: Duration{10 * time.Second}},
-		Runtime: Runtime{NetworkModel: "tcfilter"},
+		Runtime: Runtime{NetworkModel: "tcfilter", EnableMetrics: true},
 		Source:  DefaultSource,
 	}
 }
