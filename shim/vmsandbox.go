@@ -37,6 +37,8 @@ type vmSandbox struct {
 	cgroup *hostcgroup.Group
 	// leaveCgroup moves the shim back out of cgroup (joinCgroup).
 	leaveCgroup func()
+	// obs is the sandbox's metrics and pprof sockets.
+	obs *observability
 
 	// Stop runs once: the health watcher stops a dead sandbox, and
 	// Shutdown stops it again.
@@ -109,6 +111,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 	for _, ep := range eps.List {
 		hcfg.Net = append(hcfg.Net, hypervisor.NetDevice{Tap: ep.Tap, MAC: ep.MAC, MTU: ep.MTU})
 	}
+	obs := newObservability(req)
 	v, err := vm.Start(ctx, vm.Config{
 		ID:            req.ID,
 		StateDir:      filepath.Join(req.Dir, "vm"),
@@ -121,6 +124,8 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		DebugConsole:  cfg.Runtime.DebugConsole,
 		Jail:          jailRange(q),
 		Cgroup:        cg,
+
+		AgentInterceptor: obs.interceptor(),
 	})
 	if err != nil {
 		return nil, err
@@ -138,7 +143,8 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		}
 		return nil, err
 	}
-	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup}, nil
+	obs.start(ctx, req, v, size)
+	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup, obs: obs}, nil
 }
 
 // createCgroup creates the host cgroup the sandbox's spec names
@@ -289,6 +295,7 @@ func (s *vmSandbox) Done() <-chan struct{}       { return s.v.Done() }
 // made it.
 func (s *vmSandbox) Stop(ctx context.Context) error {
 	s.stopOnce.Do(func() {
+		s.obs.stop()
 		if s.stopDebug != nil {
 			s.stopDebug()
 		}

@@ -250,6 +250,15 @@ func (v *VM) VirtiofsdPid() int {
 	return v.fs.Pid()
 }
 
+// VsockConns is the number of open connections of vmpod's vsock backend (0
+// with the kernel's vhost-vsock).
+func (v *VM) VsockConns() int {
+	if v.backend == nil {
+		return 0
+	}
+	return v.backend.Stats().Conns
+}
+
 // VsockCounters are the traffic counters of vmpod's vsock backend; false
 // with the kernel's vhost-vsock, whose traffic the shim does not see.
 func (v *VM) VsockCounters() (device.Counters, bool) {
