@@ -29,10 +29,13 @@ const (
 
 // guestPaths are where GuestMetrics reads; tests point them at fixtures.
 type guestPaths struct {
-	proc, sysClassNet string
+	proc, sysClassNet, sysMemory string
 }
 
-var defaultGuestPaths = guestPaths{proc: "/proc", sysClassNet: "/sys/class/net"}
+var defaultGuestPaths = guestPaths{proc: "/proc", sysClassNet: "/sys/class/net", sysMemory: "/sys/devices/system/memory"}
+
+// maxMemoryBlocks bounds the memory blocks read: 1 TiB in 128 MiB blocks.
+const maxMemoryBlocks = 8192
 
 // GuestMetrics reads the guest's memory, CPU time, load, network counters,
 // the agent's own RSS and the kernel's OOM kill count. A file that cannot
@@ -69,7 +72,38 @@ func readGuestMetrics(p guestPaths) (*agentpb.GuestMetricsResponse, error) {
 		resp.OomKills = kv["oom_kill"]
 	}
 	resp.Interfaces = readNetInterfaces(p.sysClassNet)
+	resp.MemOnlineBytes = readOnlineMemory(p.sysMemory)
 	return resp, nil
+}
+
+// readOnlineMemory is the block size times the online memory blocks; 0
+// when the kernel does not list them.
+func readOnlineMemory(dir string) uint64 {
+	data, err := readBounded(filepath.Join(dir, "block_size_bytes"))
+	if err != nil {
+		return 0
+	}
+	block, err := strconv.ParseUint(strings.TrimSpace(string(data)), 16, 64)
+	if err != nil || block == 0 {
+		return 0
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var online uint64
+	for i, e := range ents {
+		if i >= maxMemoryBlocks {
+			break
+		}
+		if !strings.HasPrefix(e.Name(), "memory") {
+			continue
+		}
+		if st, err := readBounded(filepath.Join(dir, e.Name(), "online")); err == nil && strings.TrimSpace(string(st)) == "1" {
+			online++
+		}
+	}
+	return online * block
 }
 
 // readBounded reads at most maxProcFile bytes of path.

@@ -15,6 +15,9 @@ func TestGuestMetricsFromProc(t *testing.T) {
 	if r.MemTotalBytes == 0 || r.MemAvailableBytes > r.MemTotalBytes || r.AgentRssBytes == 0 {
 		t.Errorf("implausible memory: %+v", r)
 	}
+	if r.MemOnlineBytes != 0 && r.MemOnlineBytes < r.MemTotalBytes {
+		t.Errorf("online memory %d below MemTotal %d", r.MemOnlineBytes, r.MemTotalBytes)
+	}
 	if r.GetCpu().GetIdleMs()+r.GetCpu().GetUserMs() == 0 {
 		t.Errorf("no CPU time: %+v", r.GetCpu())
 	}
@@ -41,12 +44,21 @@ func TestGuestMetricsBounds(t *testing.T) {
 	}
 	os.MkdirAll(proc, 0o755)
 	os.WriteFile(filepath.Join(proc, "meminfo"), []byte("MemTotal:  1024 kB\nMemFree: 512 kB\n"), 0o644)
-	r, err := readGuestMetrics(guestPaths{proc: proc, sysClassNet: net})
+	mem := filepath.Join(root, "memory")
+	for _, b := range []struct{ name, online string }{{"memory0", "1"}, {"memory1", "1"}, {"memory2", "0"}} {
+		os.MkdirAll(filepath.Join(mem, b.name), 0o755)
+		os.WriteFile(filepath.Join(mem, b.name, "online"), []byte(b.online+"\n"), 0o644)
+	}
+	os.WriteFile(filepath.Join(mem, "block_size_bytes"), []byte("8000000\n"), 0o644)
+	r, err := readGuestMetrics(guestPaths{proc: proc, sysClassNet: net, sysMemory: mem})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(r.Interfaces) != MaxMetricInterfaces || r.Interfaces[0].RxBytes != 42 {
 		t.Errorf("%d interfaces (first %v), want %d with rx_bytes 42", len(r.Interfaces), r.Interfaces[0], MaxMetricInterfaces)
+	}
+	if r.MemOnlineBytes != 2*128<<20 {
+		t.Errorf("online memory %d, want two 128 MiB blocks", r.MemOnlineBytes)
 	}
 	if r.MemTotalBytes != 1<<20 || r.MemFreeBytes != 512<<10 || r.Cpu != nil || r.OomKills != 0 {
 		t.Errorf("from partial files: %+v", r)

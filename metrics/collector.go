@@ -45,6 +45,7 @@ var (
 		"free":      desc("guest_memory_free_bytes", "MemFree of the guest's /proc/meminfo."),
 		"available": desc("guest_memory_available_bytes", "MemAvailable of the guest's /proc/meminfo."),
 		"cached":    desc("guest_memory_cached_bytes", "Cached of the guest's /proc/meminfo."),
+		"online":    desc("guest_memory_online_bytes", "Memory the guest kernel has online, its own reserved memory included (/sys/devices/system/memory); absent when the kernel has no memory hot-plug."),
 	}
 	guestCPUDesc    = desc("guest_cpu_seconds_total", "CPU time of the guest, all vCPUs, by mode (/proc/stat).", "mode")
 	guestLoadDesc   = desc("guest_load_average", "The guest's load average (/proc/loadavg), by period.", "period")

@@ -63,8 +63,8 @@ func validateGuest(r *agentpb.GuestMetricsResponse) error {
 	if n := proto.Size(r); n > MaxGuestReply {
 		return fmt.Errorf("reply of %d bytes, more than %d", n, MaxGuestReply)
 	}
-	if r.MemTotalBytes > maxGuestMemory {
-		return fmt.Errorf("mem_total_bytes %d beyond %d", r.MemTotalBytes, uint64(maxGuestMemory))
+	if r.MemTotalBytes > maxGuestMemory || r.MemOnlineBytes > maxGuestMemory {
+		return fmt.Errorf("mem_total_bytes %d or mem_online_bytes %d beyond %d", r.MemTotalBytes, r.MemOnlineBytes, uint64(maxGuestMemory))
 	}
 	for name, v := range map[string]uint64{"mem_free_bytes": r.MemFreeBytes, "mem_available_bytes": r.MemAvailableBytes, "mem_cached_bytes": r.MemCachedBytes, "agent_rss_bytes": r.AgentRssBytes} {
 		if v > r.MemTotalBytes {
@@ -109,6 +109,9 @@ func collectGuest(ch chan<- prometheus.Metric, r *agentpb.GuestMetricsResponse) 
 	gauge(guestMemDescs["free"], float64(r.MemFreeBytes))
 	gauge(guestMemDescs["available"], float64(r.MemAvailableBytes))
 	gauge(guestMemDescs["cached"], float64(r.MemCachedBytes))
+	if r.MemOnlineBytes > 0 {
+		gauge(guestMemDescs["online"], float64(r.MemOnlineBytes))
+	}
 	if c := r.GetCpu(); c != nil {
 		for mode, ms := range map[string]uint64{
 			"user": c.UserMs, "nice": c.NiceMs, "system": c.SystemMs, "idle": c.IdleMs,

@@ -2710,9 +2710,14 @@ type GuestMetricsResponse struct {
 	AgentRssBytes uint64 `protobuf:"varint,10,opt,name=agent_rss_bytes,json=agentRssBytes,proto3" json:"agent_rss_bytes,omitempty"`
 	// oom_kill of /proc/vmstat: processes the guest kernel killed for
 	// want of memory since boot.
-	OomKills      uint64 `protobuf:"varint,11,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	OomKills uint64 `protobuf:"varint,11,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
+	// Memory the guest kernel has online, reserved parts included
+	// (/sys/devices/system/memory: block size times online blocks); 0
+	// when the kernel has no memory hot-plug. Unlike MemTotal it matches
+	// the VM's memory.
+	MemOnlineBytes uint64 `protobuf:"varint,12,opt,name=mem_online_bytes,json=memOnlineBytes,proto3" json:"mem_online_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GuestMetricsResponse) Reset() {
@@ -2818,6 +2823,13 @@ func (x *GuestMetricsResponse) GetAgentRssBytes() uint64 {
 func (x *GuestMetricsResponse) GetOomKills() uint64 {
 	if x != nil {
 		return x.OomKills
+	}
+	return 0
+}
+
+func (x *GuestMetricsResponse) GetMemOnlineBytes() uint64 {
+	if x != nil {
+		return x.MemOnlineBytes
 	}
 	return 0
 }
@@ -3213,7 +3225,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x06stderr\x18\x02 \x01(\fR\x06stderr\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x1c\n" +
 	"\ttruncated\x18\x04 \x01(\bR\ttruncated\"\x15\n" +
-	"\x13GuestMetricsRequest\"\xba\x03\n" +
+	"\x13GuestMetricsRequest\"\xe4\x03\n" +
 	"\x14GuestMetricsResponse\x12&\n" +
 	"\x0fmem_total_bytes\x18\x01 \x01(\x04R\rmemTotalBytes\x12$\n" +
 	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes\x12.\n" +
@@ -3228,7 +3240,8 @@ const file_agent_proto_rawDesc = "" +
 	"interfaces\x12&\n" +
 	"\x0fagent_rss_bytes\x18\n" +
 	" \x01(\x04R\ragentRssBytes\x12\x1b\n" +
-	"\toom_kills\x18\v \x01(\x04R\boomKills\"\xe4\x01\n" +
+	"\toom_kills\x18\v \x01(\x04R\boomKills\x12(\n" +
+	"\x10mem_online_bytes\x18\f \x01(\x04R\x0ememOnlineBytes\"\xe4\x01\n" +
 	"\fGuestCPUTime\x12\x17\n" +
 	"\auser_ms\x18\x01 \x01(\x04R\x06userMs\x12\x17\n" +
 	"\anice_ms\x18\x02 \x01(\x04R\x06niceMs\x12\x1b\n" +
