@@ -30,8 +30,8 @@ func TestMetricsCommand(t *testing.T) {
 	}
 	defer stop()
 	for _, c := range []struct {
-		args       []string
-		code       int
+		args        []string
+		code        int
 		out, errOut string
 	}{
 		{[]string{"--state-root", root, "on"}, 0, "vmpod_vm_vcpus 3", ""},
