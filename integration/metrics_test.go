@@ -204,6 +204,24 @@ enable_metrics = true
 			t.Errorf("monitor's sandboxes after %s went: %v, want %s only", podB, got, podA)
 		}
 	})
+
+	// The shim's timing lines are at info level, tagged with the sandbox.
+	t.Run("timing lines", func(t *testing.T) {
+		logs := strings.Split(c.Logs(), "\n")
+		for _, want := range []struct{ sandbox, msg string }{
+			{podA, `msg="vm started"`}, {podA, `msg="container created"`}, {podA, `msg="process started"`},
+			{podB, `msg="vm started"`}, {podB, `msg="sandbox stopped"`},
+		} {
+			found := false
+			for _, l := range logs {
+				tagged := strings.Contains(l, " sandbox="+want.sandbox+" ") || strings.HasSuffix(l, " sandbox="+want.sandbox)
+				found = found || tagged && strings.Contains(l, "level=info") && strings.Contains(l, want.msg) && strings.Contains(l, "duration=")
+			}
+			if !found {
+				t.Errorf("no info line %s with a duration for sandbox %s", want.msg, want.sandbox)
+			}
+		}
+	})
 }
 
 // stopTask kills and deletes container id and its task.

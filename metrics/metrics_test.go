@@ -203,7 +203,11 @@ func TestInterceptorTimesCalls(t *testing.T) {
 	if err := icpt(context.Background(), nil, nil, info, fail); err != context.DeadlineExceeded {
 		t.Errorf("interceptor changed the error: %v", err)
 	}
+	_ = icpt(context.Background(), nil, nil, &ttrpc.UnaryClientInfo{FullMethod: "/vmpod.agent.v1.Agent/GetOOMEvent"}, ok)
 	f := gather(t, s)
+	if got := value(f["vmpod_agent_rpc_duration_seconds"], "method", "GetOOMEvent"); !math.IsNaN(got) {
+		t.Errorf("the GetOOMEvent long poll timed (%v observations)", got)
+	}
 	if got := value(f["vmpod_agent_rpc_duration_seconds"], "method", "CreateContainer"); got != 2 {
 		t.Errorf("CreateContainer observations %v, want 2", got)
 	}
