@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -128,9 +129,28 @@ func unaryInterceptor(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *tt
 	}()
 	resp, err = method(ctx, unmarshal)
 	if err != nil {
-		log.G(ctx).WithError(err).WithField("method", info.FullMethod).Debug("request failed")
+		e := log.G(ctx).WithError(err).WithField("method", info.FullMethod)
+		if operatorVisible(info.FullMethod, err) {
+			// At warning, the shim logs it with debug = false: a container
+			// that fails to start is explained where operators look.
+			e.Warn("request failed")
+		} else {
+			e.Debug("request failed")
+		}
 	}
 	return resp, ctrerrdefs.ToGRPC(err)
+}
+
+// operatorVisible says whether a failed request explains a failure an
+// operator sees (a container or process that did not start). Lookups of
+// what is already gone and the shim's probes stay at debug.
+func operatorVisible(method string, err error) bool {
+	switch method[strings.LastIndexByte(method, '/')+1:] {
+	case "CreateSandbox", "CreateContainer", "StartContainer", "ExecProcess":
+	default:
+		return false
+	}
+	return !errdefs.IsNotFound(err) && !errdefs.IsAlreadyExists(err) && !errdefs.IsCanceled(err)
 }
 
 // container finds a container by id.

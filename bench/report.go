@@ -195,7 +195,7 @@ func (r *report) writeMarkdown(w io.Writer) error {
 	writeMDTable(&b, sortedRows(r.rows))
 	if len(r.phases) > 0 {
 		b.WriteString("\n## Cold start, phase by phase\n\n")
-		b.WriteString("From the timestamps of containerd's debug log (the shim's own lines and containerd's events);\n")
+		b.WriteString("From the shim's timing lines (info level: `vm started` with its phases, `container created`) and containerd's TaskExit event;\n")
 		b.WriteString("in each run the phases add up to that run's cold start.\n\n")
 		b.WriteString("| phase | median (min–max) | what happens |\n| --- | --- | --- |\n")
 		for _, p := range r.phases {

@@ -168,6 +168,12 @@ type Runtime struct {
 	// ResourceManagement says how a VM gets the pod's CPU and memory:
 	// ResourceStatic, ResourceHotplug or ResourceBoth.
 	ResourceManagement string `toml:"resource_management"`
+	// EnableMetrics serves the sandbox's Prometheus metrics on
+	// <sandbox dir>/metrics.sock.
+	EnableMetrics bool `toml:"enable_metrics"`
+	// EnablePprof serves the shim's net/http/pprof on
+	// <sandbox dir>/pprof.sock.
+	EnablePprof bool `toml:"enable_pprof"`
 }
 
 // Values of [runtime] resource_management.

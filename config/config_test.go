@@ -62,7 +62,7 @@ func defaults() Config {
 			Type: TypeQEMU,
 		},
 		Agent:   Agent{DialTimeout: Duration{30 * time.Second}, HealthCheckInterval: Duration{5 * time.Second}, HealthCheckTimeout: Duration{10 * time.Second}},
-		Runtime: Runtime{NetworkModel: "tcfilter", ResourceManagement: ResourceBoth},
+		Runtime: Runtime{NetworkModel: "tcfilter", ResourceManagement: ResourceBoth, EnableMetrics: true},
 		Source:  DefaultSource,
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vmpod/vmpod/integration/harness"
+	"github.com/vmpod/vmpod/metrics/node"
 )
 
 // TestCRIPod runs two pods through containerd's CRI plugin and crictl, one
@@ -98,6 +99,37 @@ func TestCRIPod(t *testing.T) {
 		addr := e.must("exec", "-s", client, "ip", "-4", "addr", "show", "eth0")
 		if !strings.Contains(addr, podIP+"/24") {
 			t.Errorf("guest eth0 lacks the pod IP %s:\n%s", podIP, addr)
+		}
+	})
+
+	// `vmpod monitor`'s view of the pod: labelled with the CRI pod's name
+	// and namespace, with the guest's eth0 traffic counted.
+	t.Run("metrics", func(t *testing.T) {
+		fams, err := (&node.Monitor{StateRoot: e.stateRoot}).Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		labelled, eth0 := false, 0.0
+		for _, f := range fams {
+			for _, m := range f.GetMetric() {
+				if labelOf(m, "sandbox_id") != pod {
+					continue
+				}
+				switch f.GetName() {
+				case "vmpod_vm_vcpus":
+					labelled = labelOf(m, "pod_name") == "pod-a" && labelOf(m, "pod_namespace") == "default"
+				case "vmpod_guest_network_receive_bytes_total":
+					if labelOf(m, "interface") == "eth0" {
+						eth0 = m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		if !labelled {
+			t.Errorf("no vmpod_vm_vcpus of sandbox %s labelled pod_name=pod-a pod_namespace=default", pod)
+		}
+		if eth0 <= 0 {
+			t.Errorf("guest eth0 received %v bytes, after the host fetched a page from the pod", eth0)
 		}
 	})
 

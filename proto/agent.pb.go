@@ -2770,6 +2770,393 @@ func (x *OnlineCPUMemResponse) GetMemTotalKib() uint64 {
 	return 0
 }
 
+type GuestMetricsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestMetricsRequest) Reset() {
+	*x = GuestMetricsRequest{}
+	mi := &file_agent_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestMetricsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestMetricsRequest) ProtoMessage() {}
+
+func (x *GuestMetricsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestMetricsRequest.ProtoReflect.Descriptor instead.
+func (*GuestMetricsRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{49}
+}
+
+type GuestMetricsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// /proc/meminfo, in bytes.
+	MemTotalBytes     uint64 `protobuf:"varint,1,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
+	MemFreeBytes      uint64 `protobuf:"varint,2,opt,name=mem_free_bytes,json=memFreeBytes,proto3" json:"mem_free_bytes,omitempty"`
+	MemAvailableBytes uint64 `protobuf:"varint,3,opt,name=mem_available_bytes,json=memAvailableBytes,proto3" json:"mem_available_bytes,omitempty"`
+	MemCachedBytes    uint64 `protobuf:"varint,4,opt,name=mem_cached_bytes,json=memCachedBytes,proto3" json:"mem_cached_bytes,omitempty"`
+	// /proc/stat's cpu line, in USER_HZ ticks turned into milliseconds.
+	Cpu *GuestCPUTime `protobuf:"bytes,5,opt,name=cpu,proto3" json:"cpu,omitempty"`
+	// /proc/loadavg.
+	Load1  float64 `protobuf:"fixed64,6,opt,name=load1,proto3" json:"load1,omitempty"`
+	Load5  float64 `protobuf:"fixed64,7,opt,name=load5,proto3" json:"load5,omitempty"`
+	Load15 float64 `protobuf:"fixed64,8,opt,name=load15,proto3" json:"load15,omitempty"`
+	// /sys/class/net/*/statistics, at most 32 interfaces.
+	Interfaces []*GuestNetInterface `protobuf:"bytes,9,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	// The agent's own resident memory (VmRSS of /proc/self/status).
+	AgentRssBytes uint64 `protobuf:"varint,10,opt,name=agent_rss_bytes,json=agentRssBytes,proto3" json:"agent_rss_bytes,omitempty"`
+	// oom_kill of /proc/vmstat: processes the guest kernel killed for
+	// want of memory since boot.
+	OomKills uint64 `protobuf:"varint,11,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
+	// Memory the guest kernel has online, reserved parts included
+	// (/sys/devices/system/memory: block size times online blocks); 0
+	// when the kernel has no memory hot-plug. Unlike MemTotal it matches
+	// the VM's memory.
+	MemOnlineBytes uint64 `protobuf:"varint,12,opt,name=mem_online_bytes,json=memOnlineBytes,proto3" json:"mem_online_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GuestMetricsResponse) Reset() {
+	*x = GuestMetricsResponse{}
+	mi := &file_agent_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestMetricsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestMetricsResponse) ProtoMessage() {}
+
+func (x *GuestMetricsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestMetricsResponse.ProtoReflect.Descriptor instead.
+func (*GuestMetricsResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *GuestMetricsResponse) GetMemTotalBytes() uint64 {
+	if x != nil {
+		return x.MemTotalBytes
+	}
+	return 0
+}
+
+func (x *GuestMetricsResponse) GetMemFreeBytes() uint64 {
+	if x != nil {
+		return x.MemFreeBytes
+	}
+	return 0
+}
+
+func (x *GuestMetricsResponse) GetMemAvailableBytes() uint64 {
+	if x != nil {
+		return x.MemAvailableBytes
+	}
+	return 0
+}
+
+func (x *GuestMetricsResponse) GetMemCachedBytes() uint64 {
+	if x != nil {
+		return x.MemCachedBytes
+	}
+	return 0
+}
+
+func (x *GuestMetricsResponse) GetCpu() *GuestCPUTime {
+	if x != nil {
+		return x.Cpu
+	}
+	return nil
+}
+
+func (x *GuestMetricsResponse) GetLoad1() float64 {
+	if x != nil {
+		return x.Load1
+	}
+	return 0
+}
+
+func (x *GuestMetricsResponse) GetLoad5() float64 {
+	if x != nil {
+		return x.Load5
+	}
+	return 0
+}
+
+func (x *GuestMetricsResponse) GetLoad15() float64 {
+	if x != nil {
+		return x.Load15
+	}
+	return 0
+}
+
+func (x *GuestMetricsResponse) GetInterfaces() []*GuestNetInterface {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+func (x *GuestMetricsResponse) GetAgentRssBytes() uint64 {
+	if x != nil {
+		return x.AgentRssBytes
+	}
+	return 0
+}
+
+func (x *GuestMetricsResponse) GetOomKills() uint64 {
+	if x != nil {
+		return x.OomKills
+	}
+	return 0
+}
+
+func (x *GuestMetricsResponse) GetMemOnlineBytes() uint64 {
+	if x != nil {
+		return x.MemOnlineBytes
+	}
+	return 0
+}
+
+type GuestCPUTime struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserMs        uint64                 `protobuf:"varint,1,opt,name=user_ms,json=userMs,proto3" json:"user_ms,omitempty"`
+	NiceMs        uint64                 `protobuf:"varint,2,opt,name=nice_ms,json=niceMs,proto3" json:"nice_ms,omitempty"`
+	SystemMs      uint64                 `protobuf:"varint,3,opt,name=system_ms,json=systemMs,proto3" json:"system_ms,omitempty"`
+	IdleMs        uint64                 `protobuf:"varint,4,opt,name=idle_ms,json=idleMs,proto3" json:"idle_ms,omitempty"`
+	IowaitMs      uint64                 `protobuf:"varint,5,opt,name=iowait_ms,json=iowaitMs,proto3" json:"iowait_ms,omitempty"`
+	IrqMs         uint64                 `protobuf:"varint,6,opt,name=irq_ms,json=irqMs,proto3" json:"irq_ms,omitempty"`
+	SoftirqMs     uint64                 `protobuf:"varint,7,opt,name=softirq_ms,json=softirqMs,proto3" json:"softirq_ms,omitempty"`
+	StealMs       uint64                 `protobuf:"varint,8,opt,name=steal_ms,json=stealMs,proto3" json:"steal_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestCPUTime) Reset() {
+	*x = GuestCPUTime{}
+	mi := &file_agent_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestCPUTime) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestCPUTime) ProtoMessage() {}
+
+func (x *GuestCPUTime) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestCPUTime.ProtoReflect.Descriptor instead.
+func (*GuestCPUTime) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *GuestCPUTime) GetUserMs() uint64 {
+	if x != nil {
+		return x.UserMs
+	}
+	return 0
+}
+
+func (x *GuestCPUTime) GetNiceMs() uint64 {
+	if x != nil {
+		return x.NiceMs
+	}
+	return 0
+}
+
+func (x *GuestCPUTime) GetSystemMs() uint64 {
+	if x != nil {
+		return x.SystemMs
+	}
+	return 0
+}
+
+func (x *GuestCPUTime) GetIdleMs() uint64 {
+	if x != nil {
+		return x.IdleMs
+	}
+	return 0
+}
+
+func (x *GuestCPUTime) GetIowaitMs() uint64 {
+	if x != nil {
+		return x.IowaitMs
+	}
+	return 0
+}
+
+func (x *GuestCPUTime) GetIrqMs() uint64 {
+	if x != nil {
+		return x.IrqMs
+	}
+	return 0
+}
+
+func (x *GuestCPUTime) GetSoftirqMs() uint64 {
+	if x != nil {
+		return x.SoftirqMs
+	}
+	return 0
+}
+
+func (x *GuestCPUTime) GetStealMs() uint64 {
+	if x != nil {
+		return x.StealMs
+	}
+	return 0
+}
+
+type GuestNetInterface struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	RxBytes       uint64                 `protobuf:"varint,2,opt,name=rx_bytes,json=rxBytes,proto3" json:"rx_bytes,omitempty"`
+	RxPackets     uint64                 `protobuf:"varint,3,opt,name=rx_packets,json=rxPackets,proto3" json:"rx_packets,omitempty"`
+	RxErrors      uint64                 `protobuf:"varint,4,opt,name=rx_errors,json=rxErrors,proto3" json:"rx_errors,omitempty"`
+	RxDropped     uint64                 `protobuf:"varint,5,opt,name=rx_dropped,json=rxDropped,proto3" json:"rx_dropped,omitempty"`
+	TxBytes       uint64                 `protobuf:"varint,6,opt,name=tx_bytes,json=txBytes,proto3" json:"tx_bytes,omitempty"`
+	TxPackets     uint64                 `protobuf:"varint,7,opt,name=tx_packets,json=txPackets,proto3" json:"tx_packets,omitempty"`
+	TxErrors      uint64                 `protobuf:"varint,8,opt,name=tx_errors,json=txErrors,proto3" json:"tx_errors,omitempty"`
+	TxDropped     uint64                 `protobuf:"varint,9,opt,name=tx_dropped,json=txDropped,proto3" json:"tx_dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestNetInterface) Reset() {
+	*x = GuestNetInterface{}
+	mi := &file_agent_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestNetInterface) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestNetInterface) ProtoMessage() {}
+
+func (x *GuestNetInterface) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestNetInterface.ProtoReflect.Descriptor instead.
+func (*GuestNetInterface) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *GuestNetInterface) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GuestNetInterface) GetRxBytes() uint64 {
+	if x != nil {
+		return x.RxBytes
+	}
+	return 0
+}
+
+func (x *GuestNetInterface) GetRxPackets() uint64 {
+	if x != nil {
+		return x.RxPackets
+	}
+	return 0
+}
+
+func (x *GuestNetInterface) GetRxErrors() uint64 {
+	if x != nil {
+		return x.RxErrors
+	}
+	return 0
+}
+
+func (x *GuestNetInterface) GetRxDropped() uint64 {
+	if x != nil {
+		return x.RxDropped
+	}
+	return 0
+}
+
+func (x *GuestNetInterface) GetTxBytes() uint64 {
+	if x != nil {
+		return x.TxBytes
+	}
+	return 0
+}
+
+func (x *GuestNetInterface) GetTxPackets() uint64 {
+	if x != nil {
+		return x.TxPackets
+	}
+	return 0
+}
+
+func (x *GuestNetInterface) GetTxErrors() uint64 {
+	if x != nil {
+		return x.TxErrors
+	}
+	return 0
+}
+
+func (x *GuestNetInterface) GetTxDropped() uint64 {
+	if x != nil {
+		return x.TxDropped
+	}
+	return 0
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -2961,7 +3348,48 @@ const file_agent_proto_rawDesc = "" +
 	"\x05vcpus\x18\x01 \x01(\rR\x05vcpus\x12\x1d\n" +
 	"\n" +
 	"memory_mib\x18\x02 \x01(\x04R\tmemoryMib\x12\"\n" +
-	"\rmem_total_kib\x18\x03 \x01(\x04R\vmemTotalKib2\xa9\x12\n" +
+	"\rmem_total_kib\x18\x03 \x01(\x04R\vmemTotalKib\"\x15\n" +
+	"\x13GuestMetricsRequest\"\xe4\x03\n" +
+	"\x14GuestMetricsResponse\x12&\n" +
+	"\x0fmem_total_bytes\x18\x01 \x01(\x04R\rmemTotalBytes\x12$\n" +
+	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes\x12.\n" +
+	"\x13mem_available_bytes\x18\x03 \x01(\x04R\x11memAvailableBytes\x12(\n" +
+	"\x10mem_cached_bytes\x18\x04 \x01(\x04R\x0ememCachedBytes\x12.\n" +
+	"\x03cpu\x18\x05 \x01(\v2\x1c.vmpod.agent.v1.GuestCPUTimeR\x03cpu\x12\x14\n" +
+	"\x05load1\x18\x06 \x01(\x01R\x05load1\x12\x14\n" +
+	"\x05load5\x18\a \x01(\x01R\x05load5\x12\x16\n" +
+	"\x06load15\x18\b \x01(\x01R\x06load15\x12A\n" +
+	"\n" +
+	"interfaces\x18\t \x03(\v2!.vmpod.agent.v1.GuestNetInterfaceR\n" +
+	"interfaces\x12&\n" +
+	"\x0fagent_rss_bytes\x18\n" +
+	" \x01(\x04R\ragentRssBytes\x12\x1b\n" +
+	"\toom_kills\x18\v \x01(\x04R\boomKills\x12(\n" +
+	"\x10mem_online_bytes\x18\f \x01(\x04R\x0ememOnlineBytes\"\xe4\x01\n" +
+	"\fGuestCPUTime\x12\x17\n" +
+	"\auser_ms\x18\x01 \x01(\x04R\x06userMs\x12\x17\n" +
+	"\anice_ms\x18\x02 \x01(\x04R\x06niceMs\x12\x1b\n" +
+	"\tsystem_ms\x18\x03 \x01(\x04R\bsystemMs\x12\x17\n" +
+	"\aidle_ms\x18\x04 \x01(\x04R\x06idleMs\x12\x1b\n" +
+	"\tiowait_ms\x18\x05 \x01(\x04R\biowaitMs\x12\x15\n" +
+	"\x06irq_ms\x18\x06 \x01(\x04R\x05irqMs\x12\x1d\n" +
+	"\n" +
+	"softirq_ms\x18\a \x01(\x04R\tsoftirqMs\x12\x19\n" +
+	"\bsteal_ms\x18\b \x01(\x04R\astealMs\"\x93\x02\n" +
+	"\x11GuestNetInterface\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\brx_bytes\x18\x02 \x01(\x04R\arxBytes\x12\x1d\n" +
+	"\n" +
+	"rx_packets\x18\x03 \x01(\x04R\trxPackets\x12\x1b\n" +
+	"\trx_errors\x18\x04 \x01(\x04R\brxErrors\x12\x1d\n" +
+	"\n" +
+	"rx_dropped\x18\x05 \x01(\x04R\trxDropped\x12\x19\n" +
+	"\btx_bytes\x18\x06 \x01(\x04R\atxBytes\x12\x1d\n" +
+	"\n" +
+	"tx_packets\x18\a \x01(\x04R\ttxPackets\x12\x1b\n" +
+	"\ttx_errors\x18\b \x01(\x04R\btxErrors\x12\x1d\n" +
+	"\n" +
+	"tx_dropped\x18\t \x01(\x04R\ttxDropped2\x84\x13\n" +
 	"\x05Agent\x12D\n" +
 	"\x05Check\x12\x1c.vmpod.agent.v1.CheckRequest\x1a\x1d.vmpod.agent.v1.CheckResponse\x12L\n" +
 	"\rCreateSandbox\x12$.vmpod.agent.v1.CreateSandboxRequest\x1a\x15.vmpod.agent.v1.Empty\x12N\n" +
@@ -2996,7 +3424,8 @@ const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"ListRoutes\x12!.vmpod.agent.v1.ListRoutesRequest\x1a\x16.vmpod.agent.v1.Routes\x12P\n" +
 	"\tDebugExec\x12 .vmpod.agent.v1.DebugExecRequest\x1a!.vmpod.agent.v1.DebugExecResponse\x12Y\n" +
-	"\fOnlineCPUMem\x12#.vmpod.agent.v1.OnlineCPUMemRequest\x1a$.vmpod.agent.v1.OnlineCPUMemResponseB&Z$github.com/vmpod/vmpod/proto;agentpbb\x06proto3"
+	"\fOnlineCPUMem\x12#.vmpod.agent.v1.OnlineCPUMemRequest\x1a$.vmpod.agent.v1.OnlineCPUMemResponse\x12Y\n" +
+	"\fGuestMetrics\x12#.vmpod.agent.v1.GuestMetricsRequest\x1a$.vmpod.agent.v1.GuestMetricsResponseB&Z$github.com/vmpod/vmpod/proto;agentpbb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -3010,7 +3439,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: vmpod.agent.v1.Empty
 	(*CheckRequest)(nil),            // 1: vmpod.agent.v1.CheckRequest
@@ -3061,6 +3490,10 @@ var file_agent_proto_goTypes = []any{
 	(*DebugExecResponse)(nil),       // 46: vmpod.agent.v1.DebugExecResponse
 	(*OnlineCPUMemRequest)(nil),     // 47: vmpod.agent.v1.OnlineCPUMemRequest
 	(*OnlineCPUMemResponse)(nil),    // 48: vmpod.agent.v1.OnlineCPUMemResponse
+	(*GuestMetricsRequest)(nil),     // 49: vmpod.agent.v1.GuestMetricsRequest
+	(*GuestMetricsResponse)(nil),    // 50: vmpod.agent.v1.GuestMetricsResponse
+	(*GuestCPUTime)(nil),            // 51: vmpod.agent.v1.GuestCPUTime
+	(*GuestNetInterface)(nil),       // 52: vmpod.agent.v1.GuestNetInterface
 }
 var file_agent_proto_depIdxs = []int32{
 	7,  // 0: vmpod.agent.v1.CreateSandboxRequest.dns:type_name -> vmpod.agent.v1.DNS
@@ -3080,69 +3513,73 @@ var file_agent_proto_depIdxs = []int32{
 	37, // 14: vmpod.agent.v1.Interfaces.interfaces:type_name -> vmpod.agent.v1.Interface
 	44, // 15: vmpod.agent.v1.UpdateRoutesRequest.routes:type_name -> vmpod.agent.v1.Routes
 	41, // 16: vmpod.agent.v1.Routes.routes:type_name -> vmpod.agent.v1.Route
-	1,  // 17: vmpod.agent.v1.Agent.Check:input_type -> vmpod.agent.v1.CheckRequest
-	4,  // 18: vmpod.agent.v1.Agent.CreateSandbox:input_type -> vmpod.agent.v1.CreateSandboxRequest
-	5,  // 19: vmpod.agent.v1.Agent.DestroySandbox:input_type -> vmpod.agent.v1.DestroySandboxRequest
-	6,  // 20: vmpod.agent.v1.Agent.SetHostname:input_type -> vmpod.agent.v1.SetHostnameRequest
-	8,  // 21: vmpod.agent.v1.Agent.SetDNS:input_type -> vmpod.agent.v1.SetDNSRequest
-	9,  // 22: vmpod.agent.v1.Agent.GuestDetails:input_type -> vmpod.agent.v1.GuestDetailsRequest
-	12, // 23: vmpod.agent.v1.Agent.CreateContainer:input_type -> vmpod.agent.v1.CreateContainerRequest
-	14, // 24: vmpod.agent.v1.Agent.StartContainer:input_type -> vmpod.agent.v1.ContainerRequest
-	14, // 25: vmpod.agent.v1.Agent.RemoveContainer:input_type -> vmpod.agent.v1.ContainerRequest
-	16, // 26: vmpod.agent.v1.Agent.ExecProcess:input_type -> vmpod.agent.v1.ExecProcessRequest
-	18, // 27: vmpod.agent.v1.Agent.SignalProcess:input_type -> vmpod.agent.v1.SignalProcessRequest
-	15, // 28: vmpod.agent.v1.Agent.WaitProcess:input_type -> vmpod.agent.v1.ProcessRequest
-	20, // 29: vmpod.agent.v1.Agent.WriteStdin:input_type -> vmpod.agent.v1.WriteStdinRequest
-	22, // 30: vmpod.agent.v1.Agent.ReadStdout:input_type -> vmpod.agent.v1.ReadStreamRequest
-	22, // 31: vmpod.agent.v1.Agent.ReadStderr:input_type -> vmpod.agent.v1.ReadStreamRequest
-	15, // 32: vmpod.agent.v1.Agent.CloseStdin:input_type -> vmpod.agent.v1.ProcessRequest
-	24, // 33: vmpod.agent.v1.Agent.ResizeTty:input_type -> vmpod.agent.v1.ResizeTtyRequest
-	14, // 34: vmpod.agent.v1.Agent.ListProcesses:input_type -> vmpod.agent.v1.ContainerRequest
-	14, // 35: vmpod.agent.v1.Agent.StatsContainer:input_type -> vmpod.agent.v1.ContainerRequest
-	33, // 36: vmpod.agent.v1.Agent.GetOOMEvent:input_type -> vmpod.agent.v1.GetOOMEventRequest
-	14, // 37: vmpod.agent.v1.Agent.PauseContainer:input_type -> vmpod.agent.v1.ContainerRequest
-	14, // 38: vmpod.agent.v1.Agent.ResumeContainer:input_type -> vmpod.agent.v1.ContainerRequest
-	35, // 39: vmpod.agent.v1.Agent.UpdateContainer:input_type -> vmpod.agent.v1.UpdateContainerRequest
-	38, // 40: vmpod.agent.v1.Agent.UpdateInterface:input_type -> vmpod.agent.v1.UpdateInterfaceRequest
-	42, // 41: vmpod.agent.v1.Agent.UpdateRoutes:input_type -> vmpod.agent.v1.UpdateRoutesRequest
-	39, // 42: vmpod.agent.v1.Agent.ListInterfaces:input_type -> vmpod.agent.v1.ListInterfacesRequest
-	43, // 43: vmpod.agent.v1.Agent.ListRoutes:input_type -> vmpod.agent.v1.ListRoutesRequest
-	45, // 44: vmpod.agent.v1.Agent.DebugExec:input_type -> vmpod.agent.v1.DebugExecRequest
-	47, // 45: vmpod.agent.v1.Agent.OnlineCPUMem:input_type -> vmpod.agent.v1.OnlineCPUMemRequest
-	2,  // 46: vmpod.agent.v1.Agent.Check:output_type -> vmpod.agent.v1.CheckResponse
-	0,  // 47: vmpod.agent.v1.Agent.CreateSandbox:output_type -> vmpod.agent.v1.Empty
-	0,  // 48: vmpod.agent.v1.Agent.DestroySandbox:output_type -> vmpod.agent.v1.Empty
-	0,  // 49: vmpod.agent.v1.Agent.SetHostname:output_type -> vmpod.agent.v1.Empty
-	0,  // 50: vmpod.agent.v1.Agent.SetDNS:output_type -> vmpod.agent.v1.Empty
-	10, // 51: vmpod.agent.v1.Agent.GuestDetails:output_type -> vmpod.agent.v1.GuestDetailsResponse
-	13, // 52: vmpod.agent.v1.Agent.CreateContainer:output_type -> vmpod.agent.v1.CreateContainerResponse
-	0,  // 53: vmpod.agent.v1.Agent.StartContainer:output_type -> vmpod.agent.v1.Empty
-	0,  // 54: vmpod.agent.v1.Agent.RemoveContainer:output_type -> vmpod.agent.v1.Empty
-	17, // 55: vmpod.agent.v1.Agent.ExecProcess:output_type -> vmpod.agent.v1.ExecProcessResponse
-	0,  // 56: vmpod.agent.v1.Agent.SignalProcess:output_type -> vmpod.agent.v1.Empty
-	19, // 57: vmpod.agent.v1.Agent.WaitProcess:output_type -> vmpod.agent.v1.WaitProcessResponse
-	21, // 58: vmpod.agent.v1.Agent.WriteStdin:output_type -> vmpod.agent.v1.WriteStdinResponse
-	23, // 59: vmpod.agent.v1.Agent.ReadStdout:output_type -> vmpod.agent.v1.ReadStreamResponse
-	23, // 60: vmpod.agent.v1.Agent.ReadStderr:output_type -> vmpod.agent.v1.ReadStreamResponse
-	0,  // 61: vmpod.agent.v1.Agent.CloseStdin:output_type -> vmpod.agent.v1.Empty
-	0,  // 62: vmpod.agent.v1.Agent.ResizeTty:output_type -> vmpod.agent.v1.Empty
-	26, // 63: vmpod.agent.v1.Agent.ListProcesses:output_type -> vmpod.agent.v1.ListProcessesResponse
-	32, // 64: vmpod.agent.v1.Agent.StatsContainer:output_type -> vmpod.agent.v1.StatsContainerResponse
-	34, // 65: vmpod.agent.v1.Agent.GetOOMEvent:output_type -> vmpod.agent.v1.OOMEvent
-	0,  // 66: vmpod.agent.v1.Agent.PauseContainer:output_type -> vmpod.agent.v1.Empty
-	0,  // 67: vmpod.agent.v1.Agent.ResumeContainer:output_type -> vmpod.agent.v1.Empty
-	0,  // 68: vmpod.agent.v1.Agent.UpdateContainer:output_type -> vmpod.agent.v1.Empty
-	37, // 69: vmpod.agent.v1.Agent.UpdateInterface:output_type -> vmpod.agent.v1.Interface
-	44, // 70: vmpod.agent.v1.Agent.UpdateRoutes:output_type -> vmpod.agent.v1.Routes
-	40, // 71: vmpod.agent.v1.Agent.ListInterfaces:output_type -> vmpod.agent.v1.Interfaces
-	44, // 72: vmpod.agent.v1.Agent.ListRoutes:output_type -> vmpod.agent.v1.Routes
-	46, // 73: vmpod.agent.v1.Agent.DebugExec:output_type -> vmpod.agent.v1.DebugExecResponse
-	48, // 74: vmpod.agent.v1.Agent.OnlineCPUMem:output_type -> vmpod.agent.v1.OnlineCPUMemResponse
-	46, // [46:75] is the sub-list for method output_type
-	17, // [17:46] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	51, // 17: vmpod.agent.v1.GuestMetricsResponse.cpu:type_name -> vmpod.agent.v1.GuestCPUTime
+	52, // 18: vmpod.agent.v1.GuestMetricsResponse.interfaces:type_name -> vmpod.agent.v1.GuestNetInterface
+	1,  // 19: vmpod.agent.v1.Agent.Check:input_type -> vmpod.agent.v1.CheckRequest
+	4,  // 20: vmpod.agent.v1.Agent.CreateSandbox:input_type -> vmpod.agent.v1.CreateSandboxRequest
+	5,  // 21: vmpod.agent.v1.Agent.DestroySandbox:input_type -> vmpod.agent.v1.DestroySandboxRequest
+	6,  // 22: vmpod.agent.v1.Agent.SetHostname:input_type -> vmpod.agent.v1.SetHostnameRequest
+	8,  // 23: vmpod.agent.v1.Agent.SetDNS:input_type -> vmpod.agent.v1.SetDNSRequest
+	9,  // 24: vmpod.agent.v1.Agent.GuestDetails:input_type -> vmpod.agent.v1.GuestDetailsRequest
+	12, // 25: vmpod.agent.v1.Agent.CreateContainer:input_type -> vmpod.agent.v1.CreateContainerRequest
+	14, // 26: vmpod.agent.v1.Agent.StartContainer:input_type -> vmpod.agent.v1.ContainerRequest
+	14, // 27: vmpod.agent.v1.Agent.RemoveContainer:input_type -> vmpod.agent.v1.ContainerRequest
+	16, // 28: vmpod.agent.v1.Agent.ExecProcess:input_type -> vmpod.agent.v1.ExecProcessRequest
+	18, // 29: vmpod.agent.v1.Agent.SignalProcess:input_type -> vmpod.agent.v1.SignalProcessRequest
+	15, // 30: vmpod.agent.v1.Agent.WaitProcess:input_type -> vmpod.agent.v1.ProcessRequest
+	20, // 31: vmpod.agent.v1.Agent.WriteStdin:input_type -> vmpod.agent.v1.WriteStdinRequest
+	22, // 32: vmpod.agent.v1.Agent.ReadStdout:input_type -> vmpod.agent.v1.ReadStreamRequest
+	22, // 33: vmpod.agent.v1.Agent.ReadStderr:input_type -> vmpod.agent.v1.ReadStreamRequest
+	15, // 34: vmpod.agent.v1.Agent.CloseStdin:input_type -> vmpod.agent.v1.ProcessRequest
+	24, // 35: vmpod.agent.v1.Agent.ResizeTty:input_type -> vmpod.agent.v1.ResizeTtyRequest
+	14, // 36: vmpod.agent.v1.Agent.ListProcesses:input_type -> vmpod.agent.v1.ContainerRequest
+	14, // 37: vmpod.agent.v1.Agent.StatsContainer:input_type -> vmpod.agent.v1.ContainerRequest
+	33, // 38: vmpod.agent.v1.Agent.GetOOMEvent:input_type -> vmpod.agent.v1.GetOOMEventRequest
+	14, // 39: vmpod.agent.v1.Agent.PauseContainer:input_type -> vmpod.agent.v1.ContainerRequest
+	14, // 40: vmpod.agent.v1.Agent.ResumeContainer:input_type -> vmpod.agent.v1.ContainerRequest
+	35, // 41: vmpod.agent.v1.Agent.UpdateContainer:input_type -> vmpod.agent.v1.UpdateContainerRequest
+	38, // 42: vmpod.agent.v1.Agent.UpdateInterface:input_type -> vmpod.agent.v1.UpdateInterfaceRequest
+	42, // 43: vmpod.agent.v1.Agent.UpdateRoutes:input_type -> vmpod.agent.v1.UpdateRoutesRequest
+	39, // 44: vmpod.agent.v1.Agent.ListInterfaces:input_type -> vmpod.agent.v1.ListInterfacesRequest
+	43, // 45: vmpod.agent.v1.Agent.ListRoutes:input_type -> vmpod.agent.v1.ListRoutesRequest
+	45, // 46: vmpod.agent.v1.Agent.DebugExec:input_type -> vmpod.agent.v1.DebugExecRequest
+	47, // 47: vmpod.agent.v1.Agent.OnlineCPUMem:input_type -> vmpod.agent.v1.OnlineCPUMemRequest
+	49, // 48: vmpod.agent.v1.Agent.GuestMetrics:input_type -> vmpod.agent.v1.GuestMetricsRequest
+	2,  // 49: vmpod.agent.v1.Agent.Check:output_type -> vmpod.agent.v1.CheckResponse
+	0,  // 50: vmpod.agent.v1.Agent.CreateSandbox:output_type -> vmpod.agent.v1.Empty
+	0,  // 51: vmpod.agent.v1.Agent.DestroySandbox:output_type -> vmpod.agent.v1.Empty
+	0,  // 52: vmpod.agent.v1.Agent.SetHostname:output_type -> vmpod.agent.v1.Empty
+	0,  // 53: vmpod.agent.v1.Agent.SetDNS:output_type -> vmpod.agent.v1.Empty
+	10, // 54: vmpod.agent.v1.Agent.GuestDetails:output_type -> vmpod.agent.v1.GuestDetailsResponse
+	13, // 55: vmpod.agent.v1.Agent.CreateContainer:output_type -> vmpod.agent.v1.CreateContainerResponse
+	0,  // 56: vmpod.agent.v1.Agent.StartContainer:output_type -> vmpod.agent.v1.Empty
+	0,  // 57: vmpod.agent.v1.Agent.RemoveContainer:output_type -> vmpod.agent.v1.Empty
+	17, // 58: vmpod.agent.v1.Agent.ExecProcess:output_type -> vmpod.agent.v1.ExecProcessResponse
+	0,  // 59: vmpod.agent.v1.Agent.SignalProcess:output_type -> vmpod.agent.v1.Empty
+	19, // 60: vmpod.agent.v1.Agent.WaitProcess:output_type -> vmpod.agent.v1.WaitProcessResponse
+	21, // 61: vmpod.agent.v1.Agent.WriteStdin:output_type -> vmpod.agent.v1.WriteStdinResponse
+	23, // 62: vmpod.agent.v1.Agent.ReadStdout:output_type -> vmpod.agent.v1.ReadStreamResponse
+	23, // 63: vmpod.agent.v1.Agent.ReadStderr:output_type -> vmpod.agent.v1.ReadStreamResponse
+	0,  // 64: vmpod.agent.v1.Agent.CloseStdin:output_type -> vmpod.agent.v1.Empty
+	0,  // 65: vmpod.agent.v1.Agent.ResizeTty:output_type -> vmpod.agent.v1.Empty
+	26, // 66: vmpod.agent.v1.Agent.ListProcesses:output_type -> vmpod.agent.v1.ListProcessesResponse
+	32, // 67: vmpod.agent.v1.Agent.StatsContainer:output_type -> vmpod.agent.v1.StatsContainerResponse
+	34, // 68: vmpod.agent.v1.Agent.GetOOMEvent:output_type -> vmpod.agent.v1.OOMEvent
+	0,  // 69: vmpod.agent.v1.Agent.PauseContainer:output_type -> vmpod.agent.v1.Empty
+	0,  // 70: vmpod.agent.v1.Agent.ResumeContainer:output_type -> vmpod.agent.v1.Empty
+	0,  // 71: vmpod.agent.v1.Agent.UpdateContainer:output_type -> vmpod.agent.v1.Empty
+	37, // 72: vmpod.agent.v1.Agent.UpdateInterface:output_type -> vmpod.agent.v1.Interface
+	44, // 73: vmpod.agent.v1.Agent.UpdateRoutes:output_type -> vmpod.agent.v1.Routes
+	40, // 74: vmpod.agent.v1.Agent.ListInterfaces:output_type -> vmpod.agent.v1.Interfaces
+	44, // 75: vmpod.agent.v1.Agent.ListRoutes:output_type -> vmpod.agent.v1.Routes
+	46, // 76: vmpod.agent.v1.Agent.DebugExec:output_type -> vmpod.agent.v1.DebugExecResponse
+	48, // 77: vmpod.agent.v1.Agent.OnlineCPUMem:output_type -> vmpod.agent.v1.OnlineCPUMemResponse
+	50, // 78: vmpod.agent.v1.Agent.GuestMetrics:output_type -> vmpod.agent.v1.GuestMetricsResponse
+	49, // [49:79] is the sub-list for method output_type
+	19, // [19:49] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -3156,7 +3593,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   49,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

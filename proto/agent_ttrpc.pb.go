@@ -37,6 +37,7 @@ type AgentService interface {
 	ListRoutes(context.Context, *ListRoutesRequest) (*Routes, error)
 	DebugExec(context.Context, *DebugExecRequest) (*DebugExecResponse, error)
 	OnlineCPUMem(context.Context, *OnlineCPUMemRequest) (*OnlineCPUMemResponse, error)
+	GuestMetrics(context.Context, *GuestMetricsRequest) (*GuestMetricsResponse, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -244,6 +245,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.OnlineCPUMem(ctx, &req)
+			},
+			"GuestMetrics": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req GuestMetricsRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.GuestMetrics(ctx, &req)
 			},
 		},
 	})
@@ -486,6 +494,14 @@ func (c *agentClient) DebugExec(ctx context.Context, req *DebugExecRequest) (*De
 func (c *agentClient) OnlineCPUMem(ctx context.Context, req *OnlineCPUMemRequest) (*OnlineCPUMemResponse, error) {
 	var resp OnlineCPUMemResponse
 	if err := c.client.Call(ctx, "vmpod.agent.v1.Agent", "OnlineCPUMem", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) GuestMetrics(ctx context.Context, req *GuestMetricsRequest) (*GuestMetricsResponse, error) {
+	var resp GuestMetricsResponse
+	if err := c.client.Call(ctx, "vmpod.agent.v1.Agent", "GuestMetrics", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

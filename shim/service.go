@@ -99,14 +99,16 @@ func (s *service) teardown(context.Context) error {
 // call does nothing.
 func (s *service) stopSandbox(ctx context.Context) error {
 	s.mu.Lock()
-	sb, dir := s.sandbox, s.sandboxDir
+	sb, dir, id := s.sandbox, s.sandboxDir, s.sandboxID
 	s.sandbox, s.sandboxDir = nil, ""
 	s.mu.Unlock()
 	var err error
 	if sb != nil {
+		begin := time.Now()
 		if serr := sb.Stop(ctx); serr != nil {
 			err = fmt.Errorf("stop sandbox: %w", serr)
 		}
+		timedStop(ctx, id, time.Since(begin), err)
 	}
 	if dir != "" {
 		if rerr := rootfs.Remove(ctx, dir); rerr != nil && err == nil {

@@ -51,9 +51,12 @@ func readSpec(bundle string) (*specs.Spec, error) {
 // Create creates the container's rootfs in the sandbox (starting the
 // sandbox for the first container) and its init process, not started.
 func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	begin, hadSandbox := time.Now(), s.hasSandbox()
 	resp, err := s.create(ctx, r)
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("id", r.ID).Error("create task")
+	} else {
+		s.timedCreate(ctx, r.ID, time.Since(begin), !hadSandbox)
 	}
 	return resp, errdefs.ToGRPC(err)
 }
@@ -221,7 +224,11 @@ func guestCgroupNamespace(spec *specs.Spec) {
 
 // Start starts a created init process or exec.
 func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	begin := time.Now()
 	resp, err := s.start(ctx, r)
+	if err == nil {
+		s.timedStart(ctx, r.ID, r.ExecID, time.Since(begin))
+	}
 	return resp, errdefs.ToGRPC(err)
 }
 

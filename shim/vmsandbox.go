@@ -38,6 +38,8 @@ type vmSandbox struct {
 	cgroup *hostcgroup.Group
 	// leaveCgroup moves the shim back out of cgroup (joinCgroup).
 	leaveCgroup func()
+	// obs is the sandbox's metrics and pprof sockets.
+	obs *observability
 
 	// hotplug: the VM may grow (resource_management and the machine
 	// type allow it).
@@ -126,6 +128,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 	for _, ep := range eps.List {
 		hcfg.Net = append(hcfg.Net, hypervisor.NetDevice{Tap: ep.Tap, MAC: ep.MAC, MTU: ep.MTU})
 	}
+	obs := newObservability(req)
 	v, err := vm.Start(ctx, vm.Config{
 		ID:            req.ID,
 		StateDir:      filepath.Join(req.Dir, "vm"),
@@ -139,6 +142,8 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		Jail:          jailRange(q),
 		Cgroup:        cg,
 		Driver:        cfg.Hypervisor.Type,
+
+		AgentInterceptor: obs.interceptor(),
 	})
 	if err != nil {
 		return nil, err
@@ -156,7 +161,8 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		}
 		return nil, err
 	}
-	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup, hotplug: hotplug}, nil
+	obs.start(ctx, req, v)
+	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup, hotplug: hotplug, obs: obs}, nil
 }
 
 // hotplugAllowed says whether the pod's VM may grow while it runs: the
@@ -341,6 +347,7 @@ func (s *vmSandbox) Done() <-chan struct{}       { return s.v.Done() }
 // made it.
 func (s *vmSandbox) Stop(ctx context.Context) error {
 	s.stopOnce.Do(func() {
+		s.obs.stop()
 		if s.stopDebug != nil {
 			s.stopDebug()
 		}

@@ -29,6 +29,7 @@ import (
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/virtiofs"
 	"github.com/vmpod/vmpod/vsock"
+	"github.com/vmpod/vmpod/vsock/device"
 )
 
 // Drivers: which VMM runs the guest (config's [hypervisor] type).
@@ -104,6 +105,9 @@ type Config struct {
 	// CH's hybrid vsock and VsockMode does not apply; a jail is a uid of
 	// its own without a chroot (package clh).
 	Driver string
+	// AgentInterceptor, when set, wraps every call of the agent client
+	// (the shim's RPC latency metrics).
+	AgentInterceptor ttrpc.UnaryClientInterceptor
 }
 
 // driver is what VM needs of a hypervisor driver.
@@ -111,6 +115,21 @@ type driver interface {
 	hypervisor.Hypervisor
 	ConsoleTail() string
 }
+
+// Phases are how long the parts of a VM's start took.
+type Phases struct {
+	// VMMStart: virtiofsd, the vsock device and QEMU's process, up to
+	// QEMU's QMP answering.
+	VMMStart time.Duration
+	// GuestBoot: from QEMU running to the agent accepting a connection
+	// (firmware, kernel, initrd, the agent's set-up).
+	GuestBoot time.Duration
+	// AgentReady: from that connection to the agent's first answer.
+	AgentReady time.Duration
+}
+
+// Total is the whole start.
+func (p Phases) Total() time.Duration { return p.VMMStart + p.GuestBoot + p.AgentReady }
 
 // VM is a running guest with its agent connection.
 type VM struct {
@@ -125,6 +144,7 @@ type VM struct {
 	client  *ttrpc.Client
 	agent   agentpb.AgentService
 	jailID  *jail.ID // nil when unjailed
+	phases  Phases
 
 	stopOnce sync.Once
 	stopErr  error
@@ -158,6 +178,7 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 		return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
 	}
 	v := &VM{cfg: cfg}
+	begin := time.Now()
 	defer func() {
 		if retErr != nil {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
@@ -215,10 +236,53 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 		}
 		return nil, err
 	}
-	if err := v.connect(ctx); err != nil {
+	v.phases.VMMStart = time.Since(begin)
+	booted := time.Now()
+	connected, err := v.connect(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
 	}
+	v.phases.GuestBoot = connected.Sub(booted)
+	v.phases.AgentReady = time.Since(connected)
+	// At info: an operator (and `make bench`) reads boot times without a
+	// debug log.
+	log.G(ctx).WithFields(log.Fields{
+		"vm":          cfg.ID,
+		"vmm_start":   v.phases.VMMStart,
+		"guest_boot":  v.phases.GuestBoot,
+		"agent_ready": v.phases.AgentReady,
+		"duration":    v.phases.Total(),
+	}).Info("vm started")
 	return v, nil
+}
+
+// Phases says how long the VM's start took, by phase.
+func (v *VM) Phases() Phases { return v.phases }
+
+// VirtiofsdPid is virtiofsd's process id, 0 without a shared directory.
+func (v *VM) VirtiofsdPid() int {
+	if v.fs == nil {
+		return 0
+	}
+	return v.fs.Pid()
+}
+
+// VsockConns is the number of open connections of vmpod's vsock backend (0
+// with the kernel's vhost-vsock).
+func (v *VM) VsockConns() int {
+	if v.backend == nil {
+		return 0
+	}
+	return v.backend.Stats().Conns
+}
+
+// VsockCounters are the traffic counters of vmpod's vsock backend; false
+// with the kernel's vhost-vsock, whose traffic the shim does not see.
+func (v *VM) VsockCounters() (device.Counters, bool) {
+	if v.backend == nil {
+		return device.Counters{}, false
+	}
+	return v.backend.Counters(), true
 }
 
 // fill applies defaults and checks the values.
@@ -378,8 +442,9 @@ func (v *VM) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 }
 
 // connect dials the agent until it answers Check, QEMU exits, the vsock
-// backend fails or DialTimeout passes.
-func (v *VM) connect(ctx context.Context) error {
+// backend fails or DialTimeout passes. It returns when the connection that
+// answered was made.
+func (v *VM) connect(ctx context.Context) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.DialTimeout)
 	defer cancel()
 	var lastErr error
@@ -387,46 +452,52 @@ func (v *VM) connect(ctx context.Context) error {
 		if attempt > 0 {
 			select {
 			case <-v.hv.Done():
-				return fmt.Errorf("qemu exited before the agent answered: %w", errors.Join(v.hv.Err(), lastErr, v.consoleErr()))
+				return time.Time{}, fmt.Errorf("qemu exited before the agent answered: %w", errors.Join(v.hv.Err(), lastErr, v.consoleErr()))
 			case err := <-v.served:
 				// The backend also ends when QEMU exits; report the cause.
 				select {
 				case <-v.hv.Done():
-					return fmt.Errorf("qemu exited before the agent answered: %w", errors.Join(v.hv.Err(), v.consoleErr()))
+					return time.Time{}, fmt.Errorf("qemu exited before the agent answered: %w", errors.Join(v.hv.Err(), v.consoleErr()))
 				case <-time.After(time.Second):
 				}
-				return fmt.Errorf("vsock backend failed before the agent answered: %w", errors.Join(err, v.consoleErr()))
+				return time.Time{}, fmt.Errorf("vsock backend failed before the agent answered: %w", errors.Join(err, v.consoleErr()))
 			case <-ctx.Done():
-				return fmt.Errorf("agent did not answer within %v: %w", v.cfg.DialTimeout, errors.Join(lastErr, v.consoleErr()))
+				return time.Time{}, fmt.Errorf("agent did not answer within %v: %w", v.cfg.DialTimeout, errors.Join(lastErr, v.consoleErr()))
 			case <-time.After(50 * time.Millisecond):
 			}
 		}
-		resp, err := v.check(ctx)
+		resp, connected, err := v.check(ctx)
 		if err == nil {
 			log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "agent": resp.GetVersion(), "kernel": resp.GetKernelRelease()}).Debug("agent answered")
-			return nil
+			return connected, nil
 		}
 		lastErr = err
 	}
 }
 
 // check makes one attempt: dial, Check; it keeps the client on success.
-func (v *VM) check(ctx context.Context) (*agentpb.CheckResponse, error) {
+// connected is when the dial succeeded.
+func (v *VM) check(ctx context.Context) (_ *agentpb.CheckResponse, connected time.Time, _ error) {
 	actx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
 	conn, err := v.Dial(actx, AgentPort)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
-	client := ttrpc.NewClient(conn)
+	connected = time.Now()
+	var opts []ttrpc.ClientOpts
+	if v.cfg.AgentInterceptor != nil {
+		opts = append(opts, ttrpc.WithUnaryClientInterceptor(v.cfg.AgentInterceptor))
+	}
+	client := ttrpc.NewClient(conn, opts...)
 	agent := agentpb.NewAgentClient(client)
 	resp, err := agent.Check(actx, &agentpb.CheckRequest{})
 	if err != nil {
 		client.Close()
-		return nil, fmt.Errorf("agent check: %w", err)
+		return nil, time.Time{}, fmt.Errorf("agent check: %w", err)
 	}
 	v.client, v.agent = client, agent
-	return resp, nil
+	return resp, connected, nil
 }
 
 func (v *VM) consoleErr() error {

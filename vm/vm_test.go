@@ -110,6 +110,21 @@ func TestVM(t *testing.T) {
 		}
 	})
 
+	// What the shim's metrics read: the boot's phases, virtiofsd, the
+	// vsock backend's traffic (Check went through it).
+	t.Run("Observability", func(t *testing.T) {
+		p := v.Phases()
+		if p.VMMStart <= 0 || p.GuestBoot <= 0 || p.AgentReady <= 0 {
+			t.Errorf("phases %+v: each must have taken some time", p)
+		}
+		if v.VirtiofsdPid() <= 0 {
+			t.Errorf("virtiofsd pid %d", v.VirtiofsdPid())
+		}
+		if c, ok := v.VsockCounters(); cfg.VsockMode != VsockVhost && (!ok || c.TXBytes == 0 || c.RXBytes == 0 || c.ConnsOpened == 0) {
+			t.Errorf("vsock counters %+v (%v) after the agent answered", c, ok)
+		}
+	})
+
 	t.Run("Sandbox", func(t *testing.T) {
 		_, err := v.Agent().CreateSandbox(ctxFor(t, 20*time.Second), &agentpb.CreateSandboxRequest{
 			SandboxId: cfg.ID, Hostname: "vmtest", Mounts: []*agentpb.Mount{v.SharedMount()},

@@ -155,6 +155,9 @@ func (b *Backend) Listen(port uint32) (net.Listener, error) {
 // Stats reports the device's connections and buffers.
 func (b *Backend) Stats() device.Stats { return b.dev.Stats() }
 
+// Counters returns the device's traffic counters (for metrics).
+func (b *Backend) Counters() device.Counters { return b.dev.Counters() }
+
 // Close removes the socket, resets every connection, waits for Serve to
 // return (which unmaps guest memory) and stops the device.
 func (b *Backend) Close() error {

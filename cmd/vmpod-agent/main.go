@@ -23,6 +23,7 @@ import (
 
 	"github.com/vmpod/vmpod/agent"
 	"github.com/vmpod/vmpod/agent/pid1"
+	"github.com/vmpod/vmpod/internal/consolelog"
 )
 
 func init() {
@@ -44,6 +45,9 @@ func main() {
 	flag.Parse()
 
 	ctx := context.Background()
+	// The shim raises the agent's warnings and errors out of the console's
+	// debug lines by this format.
+	log.L.Logger.SetFormatter(consolelog.NewFormatter())
 	if err := log.SetLevel(*level); err != nil {
 		fmt.Fprintln(os.Stderr, "vmpod-agent:", err)
 		os.Exit(2)

@@ -67,13 +67,7 @@ func execCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vmpod exec: --timeout %v: want more than 0 and at most 10m\n", *timeout)
 		return exitUsage
 	}
-	if *root == "" {
-		*root = os.Getenv(stateRootEnv)
-	}
-	if *root == "" {
-		*root = defaultStateRoot
-	}
-	resp, err := debugExec(ctx, *root, id, command, *timeout)
+	resp, err := debugExec(ctx, resolveStateRoot(*root), id, command, *timeout)
 	if err != nil {
 		fmt.Fprintln(stderr, "vmpod exec:", err)
 		return exitFail

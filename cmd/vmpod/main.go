@@ -2,7 +2,8 @@
 // host can run vmpod's VMs and how, `vmpod env` prints the effective
 // configuration and where each value came from, `vmpod version` prints the
 // versions a bug report needs, `vmpod exec` runs a command in a sandbox's
-// guest for debugging.
+// guest for debugging, `vmpod metrics` prints a sandbox's metrics and
+// `vmpod monitor` serves every sandbox's on one HTTP endpoint.
 package main
 
 import (
@@ -43,6 +44,10 @@ Commands:
   exec      run a command in a sandbox's guest, outside any container:
             vmpod exec [flags] <sandbox-id> -- CMD... (needs [runtime]
             debug_console = true; exits with the command's exit code)
+  metrics   print a sandbox's Prometheus metrics: vmpod metrics <sandbox-id>
+  monitor   serve every sandbox's metrics on one HTTP endpoint, each sample
+            labelled with sandbox_id (and pod_name, pod_namespace):
+            vmpod monitor --listen ADDR
   help      print this text
 
 Flags of check and env:
@@ -52,9 +57,14 @@ Flags of check and env:
 Flags of check:
   --containerd-config PATH  containerd's configuration file
                             (default /etc/containerd/config.toml)
-Flags of exec:
+Flags of exec, metrics and monitor:
   --state-root DIR          the shim's state root (default $VMPOD_STATE_ROOT,
                             then /run/vmpod/sandboxes)
+Flags of monitor:
+  --listen ADDR             where to serve /metrics (host:port), required
+  --sandbox-timeout DURATION
+                            bound on each sandbox's scrape (default 5s)
+Flags of exec:
   --timeout DURATION        kill the command after this long (default 30s,
                             at most 10m)
 `
@@ -80,6 +90,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return printVersion(args[1:], stdout, stderr)
 	case "exec":
 		return execCmd(ctx, args[1:], stdout, stderr)
+	case "metrics":
+		return metricsCmd(ctx, args[1:], stdout, stderr)
+	case "monitor":
+		return monitorCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

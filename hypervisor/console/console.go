@@ -1,4 +1,4 @@
-// Package console turns a guest's console output into debug logs: every
+// Package console turns a guest's console output into logs: every
 // driver hands it the byte stream it gets from its VMM (QEMU's stdout, Cloud
 // Hypervisor's serial FIFO), and it keeps the last lines for error messages.
 package console
@@ -9,18 +9,26 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/vmpod/vmpod/internal/consolelog"
 )
 
 // Bounds on what the guest console can make the host hold.
 const (
 	maxLine  = 4096
 	tailRows = 30
+	// A guest may raise at most raiseBurst console lines above debug per
+	// raiseWindow: the guest is untrusted and must not flood the host's
+	// log at warning level. Lines over the budget stay at debug.
+	raiseBurst  = 20
+	raiseWindow = 10 * time.Second
 )
 
-// Log reads the guest console line by line: each line goes to the log at
-// debug level and to an optional writer, and the last lines are kept for
+// Log reads the guest console line by line: each line goes to the log (at
+// debug level, unless consolelog.Level raises it) and to an optional writer, and the last lines are kept for
 // error messages. The guest controls this output, so lines are cut at
 // maxLine.
 type Log struct {
@@ -31,6 +39,10 @@ type Log struct {
 
 	mu   sync.Mutex
 	tail []string
+
+	// Only Run's goroutine touches these.
+	windowStart time.Time
+	raised      int
 }
 
 // Run reads r until it ends or fails.
@@ -64,7 +76,9 @@ func (c *Log) line(b []byte) {
 		return
 	}
 	if c.Entry != nil {
-		c.Entry.Debug(s)
+		// The agent's warnings and errors and the kernel's panics reach
+		// the log with debug off; the rest of the console is debug.
+		c.Entry.Log(c.level(s), s)
 	}
 	c.mu.Lock()
 	c.tail = append(c.tail, s)
@@ -72,6 +86,27 @@ func (c *Log) line(b []byte) {
 		c.tail = c.tail[len(c.tail)-tailRows:]
 	}
 	c.mu.Unlock()
+}
+
+// level is the line's log level (consolelog.Level) within the budget of
+// raised lines.
+func (c *Log) level(s string) logrus.Level {
+	lvl := consolelog.Level(s)
+	if lvl == logrus.DebugLevel {
+		return lvl
+	}
+	now := time.Now()
+	if now.Sub(c.windowStart) > raiseWindow {
+		c.windowStart, c.raised = now, 0
+	}
+	c.raised++
+	switch {
+	case c.raised <= raiseBurst:
+		return lvl
+	case c.raised == raiseBurst+1:
+		c.Entry.Warnf("guest console: more than %d warnings in %v; the rest stay at debug level", raiseBurst, raiseWindow)
+	}
+	return logrus.DebugLevel
 }
 
 // Tail is the last lines read, for error messages.

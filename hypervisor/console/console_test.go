@@ -38,3 +38,40 @@ func TestConsoleLog(t *testing.T) {
 		}
 	}
 }
+
+// The agent's warnings and the kernel's panics are raised above debug,
+// within a budget: a guest flooding the console with warnings gets
+// raiseBurst of them, then one note, then debug.
+func TestConsoleLogRaisesWarnings(t *testing.T) {
+	logger := logrus.New()
+	logger.SetLevel(logrus.InfoLevel)
+	var logged bytes.Buffer
+	logger.SetOutput(&logged)
+	c := &Log{Entry: logrus.NewEntry(logger)}
+	in := "plain boot line\n" +
+		"vmpod-agent level=info msg=\"vmpod-agent serving\"\n" +
+		"vmpod-agent level=warning msg=\"request failed\" error=\"exec: no such file\"\n" +
+		"[    1.0] Kernel panic - not syncing: VFS\n"
+	c.Run(strings.NewReader(in))
+	out := logged.String()
+	if strings.Contains(out, "plain boot line") || strings.Contains(out, "vmpod-agent serving") {
+		t.Errorf("debug lines logged at info: %q", out)
+	}
+	if !strings.Contains(out, `level=warning msg="vmpod-agent level=warning`) {
+		t.Errorf("agent warning not logged at warning: %q", out)
+	}
+	if !strings.Contains(out, `level=error msg="[    1.0] Kernel panic`) {
+		t.Errorf("kernel panic not logged at error: %q", out)
+	}
+
+	logged.Reset()
+	flood := strings.Repeat("vmpod-agent level=error msg=flood\n", 3*raiseBurst)
+	c2 := &Log{Entry: logrus.NewEntry(logger)}
+	c2.Run(strings.NewReader(flood))
+	if n := strings.Count(logged.String(), "msg=flood"); n != raiseBurst {
+		t.Errorf("%d flood lines raised, want the budget of %d", n, raiseBurst)
+	}
+	if !strings.Contains(logged.String(), "the rest stay at debug level") {
+		t.Error("no note that further warnings were lowered")
+	}
+}

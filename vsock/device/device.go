@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
@@ -91,6 +92,16 @@ type Device struct {
 	pending   []*Conn  // connections with packets to send, in turn
 	nextPort  uint32
 	peakRecv  int
+
+	// Traffic counters, for metrics: atomic so that Counters reads them
+	// without d.mu; updated where the packets are handled anyway, so they
+	// cost no allocation.
+	counters struct {
+		txPackets, txBytes atomic.Uint64 // guest -> host
+		rxPackets, rxBytes atomic.Uint64 // host -> guest
+		rstSent, rstRecv   atomic.Uint64
+		connsOpened        atomic.Uint64
+	}
 }
 
 var _ vhostuser.Device = (*Device)(nil)
@@ -253,6 +264,7 @@ func (d *Device) txPacket(c *virtq.Chain) {
 		return
 	}
 	h, _ := ParseHeader(raw[:])
+	d.counters.txPackets.Add(1)
 	payload := func(dst []byte, off int) int { return c.CopyOut(dst, HeaderSize+off) }
 	d.mu.Lock()
 	d.handlePacket(h, c.ReadableLen()-HeaderSize, payload)
@@ -323,6 +335,7 @@ func (d *Device) rxPacket(c *virtq.Chain) int {
 		h := d.control[0]
 		d.control = d.control[1:]
 		h.Encode(raw[:])
+		d.countRX(h, 0)
 		return c.CopyIn(raw[:], 0)
 	}
 	// Each queued connection gets one chance, so a buffer too small for
@@ -346,6 +359,7 @@ func (d *Device) rxPacket(c *virtq.Chain) int {
 		n := c.CopyIn(raw[:], 0)
 		n += c.CopyIn(data1, n)
 		n += c.CopyIn(data2, n)
+		d.countRX(h, len(data1)+len(data2))
 		conn.sent(h)
 		if conn.hasWork() {
 			d.enqueue(conn)
@@ -353,6 +367,15 @@ func (d *Device) rxPacket(c *virtq.Chain) int {
 		return n
 	}
 	return 0
+}
+
+// countRX counts one packet to the guest.
+func (d *Device) countRX(h Header, data int) {
+	d.counters.rxPackets.Add(1)
+	d.counters.rxBytes.Add(uint64(data))
+	if h.Op == OpRst {
+		d.counters.rstSent.Add(1)
+	}
 }
 
 // enqueue schedules conn for the rx queue. d.mu is held.
@@ -469,6 +492,28 @@ type Stats struct {
 	// it never exceeds the buffer size, because the guest is held to the
 	// credit it was given.
 	PeakRecvBuffered int
+}
+
+// Counters are the device's traffic since it started. RX is host to
+// guest, TX guest to host (the virtqueues' names).
+type Counters struct {
+	RXPackets, RXBytes uint64
+	TXPackets, TXBytes uint64 // TXBytes: stream payload the host took
+	// ResetsSent and ResetsReceived count RST packets each way.
+	ResetsSent, ResetsReceived uint64
+	// ConnsOpened counts connections established either way.
+	ConnsOpened uint64
+}
+
+// Counters returns the traffic counters; it takes no lock.
+func (d *Device) Counters() Counters {
+	c := &d.counters
+	return Counters{
+		RXPackets: c.rxPackets.Load(), RXBytes: c.rxBytes.Load(),
+		TXPackets: c.txPackets.Load(), TXBytes: c.txBytes.Load(),
+		ResetsSent: c.rstSent.Load(), ResetsReceived: c.rstRecv.Load(),
+		ConnsOpened: c.connsOpened.Load(),
+	}
 }
 
 // Stats returns the current statistics.

@@ -61,6 +61,13 @@ func TestGuestConnectsAndExchangesData(t *testing.T) {
 	if s := g.dev.Stats(); s.Conns != 0 {
 		t.Fatalf("%d connections left", s.Conns)
 	}
+	// Guest to host: REQUEST, RW "hello", SHUTDOWN; host to guest:
+	// RESPONSE, RW "world", RST (credit updates may come on top).
+	cs := g.dev.Counters()
+	if cs.TXPackets != 3 || cs.TXBytes != 5 || cs.RXPackets < 3 || cs.RXBytes != 5 ||
+		cs.ResetsSent != 1 || cs.ResetsReceived != 0 || cs.ConnsOpened != 1 {
+		t.Errorf("counters %+v, want 3 packets and 5 bytes from the guest, at least 3 packets and 5 bytes to it, 1 reset sent, 1 connection", cs)
+	}
 }
 
 func TestUnknownPortGetsReset(t *testing.T) {
@@ -76,6 +83,9 @@ func TestUnknownPortGetsReset(t *testing.T) {
 	// A reset for an unknown connection is not answered.
 	g.send(device.Header{SrcPort: 9, DstPort: 4321, Op: device.OpRst}, nil)
 	g.expectNothing(200 * time.Millisecond)
+	if cs := g.dev.Counters(); cs.ResetsSent != 2 || cs.ResetsReceived != 1 || cs.ConnsOpened != 0 {
+		t.Errorf("counters %+v, want 2 resets sent, 1 received, no connection", cs)
+	}
 }
 
 func TestMalformedPacketsGetReset(t *testing.T) {

@@ -11,6 +11,9 @@ func (d *Device) handlePacket(h Header, avail int, payload func(dst []byte, off 
 	if d.closed {
 		return
 	}
+	if h.Op == OpRst {
+		d.counters.rstRecv.Add(1)
+	}
 	if h.SrcCID != d.cid {
 		// Not from our guest's address: there is nobody to reset.
 		d.opts.Log.WithField("packet", h).Debug("vsock: packet from a foreign CID dropped")
@@ -40,6 +43,7 @@ func (d *Device) handlePacket(h Header, avail int, payload func(dst []byte, off 
 		}
 		c.state = stateEstablished
 		close(c.settled)
+		d.counters.connsOpened.Add(1)
 	case OpRW:
 		d.receive(c, h, payload)
 	case OpCreditUpdate:
@@ -86,6 +90,7 @@ func (d *Device) accept(h Header, key connKey) {
 	c.peerBufAlloc, c.peerFwdCnt = h.BufAlloc, h.FwdCnt
 	c.flags |= needResponse
 	d.conns[key] = c
+	d.counters.connsOpened.Add(1)
 	d.enqueue(c)
 	l.accept <- c // cannot block: checked for room above, under d.mu
 }
@@ -114,6 +119,7 @@ func (d *Device) receive(c *Conn, h Header, payload func(dst []byte, off int) in
 	// Copy straight from guest memory into the ring.
 	n := c.rbuf.WriteFunc(int(h.Len), func(dst []byte, off int) int { return payload(dst, off) })
 	c.rxCnt += uint32(n)
+	d.counters.txBytes.Add(uint64(n))
 	d.peakRecv = max(d.peakRecv, c.rbuf.Len())
 	c.signalRead()
 }
