@@ -12,7 +12,11 @@ import (
 // -no-reboot turns into a QEMU exit, so a dead guest ends the process.
 // no_timer_check: q35 guests booting at once on a loaded host under TCG
 // otherwise panic with "IO-APIC + timer doesn't work!" (Kata sets it too).
-var baseKernelParams = []string{"console=ttyS0", "panic=-1", "reboot=k", "quiet", "no_timer_check"}
+// swiotlb=noforce: the room to hot-plug memory lies above 4 GiB, and a
+// kernel that may have memory there sets aside 64 MiB of bounce buffers
+// for 32-bit DMA at boot, a quarter of a small guest; virtio devices
+// without VIRTIO_F_ACCESS_PLATFORM never bounce.
+var baseKernelParams = []string{"console=ttyS0", "panic=-1", "reboot=k", "quiet", "no_timer_check", "swiotlb=noforce"}
 
 // commandLine is what the builder needs beyond the guest configuration.
 type commandLine struct {

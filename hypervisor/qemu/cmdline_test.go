@@ -48,7 +48,7 @@ func TestArgsQ35VhostUser(t *testing.T) {
 	check("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny")
 	check("-kernel", "/k")
 	check("-initrd", "/i")
-	check("-append", "console=ttyS0 panic=-1 reboot=k quiet no_timer_check vmpod.debug=1")
+	check("-append", "console=ttyS0 panic=-1 reboot=k quiet no_timer_check swiotlb=noforce vmpod.debug=1")
 	check("-qmp", "unix:/run/s/qmp.sock,server=on,wait=off")
 	check("-device", "vhost-user-vsock-pci,chardev=vsock", "vhost-user-fs-pci,chardev=fs,tag=vmpod")
 	check("-chardev", "stdio,id=console,signal=off", "socket,id=vsock,path=/run/s/vsock.sock", "socket,id=fs,path=/run/s/fs.sock")
