@@ -19,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,8 +28,7 @@ import (
 	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/console"
-	"github.com/vmpod/vmpod/internal/lockedfork"
-	"github.com/vmpod/vmpod/internal/tail"
+	"github.com/vmpod/vmpod/hypervisor/vmmproc"
 )
 
 // DefaultPath is CH's binary, looked up on PATH.
@@ -88,19 +86,14 @@ type CLH struct {
 	cgroup *hostcgroup.Group
 	api    *apiClient
 
-	mu      sync.Mutex // guards cmd, booted and stopped
-	cmd     *exec.Cmd
-	waited  <-chan error
+	mu      sync.Mutex // guards the start of proc, booted and stopped
+	proc    *vmmproc.Proc
 	booted  bool
 	stopped bool
 
-	pid     atomic.Int64
-	stderr  *tail.Buffer
 	console *console.Log
 	fifo    *os.File // the console FIFO's read end
 	fifoW   *os.File // a write end held until CH exited
-	done    chan struct{}
-	exitErr error // set before done is closed
 }
 
 var _ hypervisor.Hypervisor = (*CLH)(nil)
@@ -123,7 +116,7 @@ func New(cfg hypervisor.Config, opts ...Option) (*CLH, error) {
 	if cfg.Accel == hypervisor.AccelTCG {
 		return nil, fmt.Errorf("clh %s: cloud-hypervisor runs guests with KVM only, not %s", cfg.ID, cfg.Accel)
 	}
-	c := &CLH{cfg: cfg, stderr: tail.New(maxStderr), console: &console.Log{Out: cfg.Console}, done: make(chan struct{})}
+	c := &CLH{cfg: cfg, proc: vmmproc.New("clh", cfg.ID, maxStderr), console: &console.Log{Out: cfg.Console}}
 	c.api = &apiClient{socket: c.APISocket()}
 	for _, o := range opts {
 		o(c)
@@ -145,7 +138,7 @@ func (c *CLH) ConsolePath() string { return filepath.Join(c.cfg.StateDir, "conso
 func (c *CLH) Start(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cmd != nil || c.stopped {
+	if c.proc.Started() || c.stopped {
 		return fmt.Errorf("clh %s: already started", c.cfg.ID)
 	}
 	if err := c.cfg.CheckFiles(); err != nil {
@@ -162,7 +155,7 @@ func (c *CLH) Start(ctx context.Context) error {
 	// an ExtraArgs override is visible).
 	args := append([]string{"--api-socket", "path=" + c.APISocket(), "--seccomp", "true"}, c.cfg.ExtraArgs...)
 	cmd := exec.Command(c.cfg.Path, args...)
-	cmd.Stdout, cmd.Stderr = c.stderr, c.stderr
+	cmd.Stdout, cmd.Stderr = c.proc.Output(), c.proc.Output()
 	if j := c.jail; j != nil {
 		groups := []uint32{}
 		if st, err := os.Stat(KVMDevice); err == nil {
@@ -171,31 +164,22 @@ func (c *CLH) Start(ctx context.Context) error {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: j.UID, Gid: j.GID, Groups: groups}}
 	}
 	logger.WithField("args", args).Debug("starting cloud-hypervisor")
-	waited, err := lockedfork.Start(cmd)
-	if err != nil {
-		c.fifo.Close()
-		c.fifoW.Close()
-		return fmt.Errorf("clh %s: starting %s: %w", c.cfg.ID, c.cfg.Path, err)
-	}
-	c.cmd, c.waited = cmd, waited
-	c.pid.Store(int64(cmd.Process.Pid))
 	c.console.Entry = logger.WithField("console", true)
 	consoleDone := make(chan struct{})
-	go func() {
+	go func() { // until drainConsole, or a failed start, closes the FIFO
 		defer close(consoleDone)
 		c.console.Run(c.fifo)
 	}()
-	go c.wait(consoleDone)
-	if c.cgroup != nil {
-		if err := c.cgroup.Add(cmd.Process.Pid); err != nil {
-			c.killLocked()
-			<-c.done
-			return fmt.Errorf("clh %s: %w", c.cfg.ID, err)
+	if err := c.proc.Start(cmd, c.cgroup, func() { c.drainConsole(consoleDone) }); err != nil {
+		if !c.proc.Started() {
+			c.fifoW.Close()
+			c.fifo.Close()
 		}
+		return err
 	}
 	if err := c.boot(ctx); err != nil {
-		c.killLocked()
-		return c.startError(err)
+		c.proc.Kill()
+		return c.proc.StartError(err)
 	}
 	c.booted = true
 	return nil
@@ -298,7 +282,7 @@ func (c *CLH) waitAPI(ctx context.Context) error {
 			return fmt.Errorf("API socket %s: %w", c.APISocket(), err)
 		}
 		select {
-		case <-c.done:
+		case <-c.proc.Done():
 			return fmt.Errorf("exited before its API socket %s answered: %w", c.APISocket(), lastErr)
 		case <-ctx.Done():
 			waited := time.Since(start).Round(time.Millisecond)
@@ -311,10 +295,9 @@ func (c *CLH) waitAPI(ctx context.Context) error {
 	}
 }
 
-// wait reaps CH, lets the console reader drain the FIFO and records why
-// CH exited.
-func (c *CLH) wait(consoleDone <-chan struct{}) {
-	err := <-c.waited
+// drainConsole, once CH is reaped, lets the console reader drain the FIFO
+// to its end, within consoleDrain.
+func (c *CLH) drainConsole(consoleDone <-chan struct{}) {
 	c.fifoW.Close()
 	c.fifo.SetReadDeadline(time.Now().Add(consoleDrain))
 	select {
@@ -322,38 +305,6 @@ func (c *CLH) wait(consoleDone <-chan struct{}) {
 	case <-time.After(2 * consoleDrain):
 	}
 	c.fifo.Close()
-	if err != nil {
-		err = fmt.Errorf("clh %s (pid %d) exited: %w%s", c.cfg.ID, c.cmd.Process.Pid, err, c.stderrSuffix())
-	}
-	c.exitErr = err
-	close(c.done)
-}
-
-func (c *CLH) stderrSuffix() string {
-	if s := c.stderr.String(); s != "" {
-		return "; output: " + s
-	}
-	return ""
-}
-
-// startError describes a failed start: CH's exit with its output when it
-// exited (waiting briefly for that), else err.
-func (c *CLH) startError(err error) error {
-	select {
-	case <-c.done:
-		if c.exitErr != nil {
-			return fmt.Errorf("clh %s: %w: %w", c.cfg.ID, err, c.exitErr)
-		}
-		return fmt.Errorf("clh %s: exited during start: %w%s", c.cfg.ID, err, c.stderrSuffix())
-	case <-time.After(5 * time.Second):
-		return fmt.Errorf("clh %s: %w%s", c.cfg.ID, err, c.stderrSuffix())
-	}
-}
-
-func (c *CLH) killLocked() {
-	if c.cmd != nil && c.cmd.Process != nil {
-		c.cmd.Process.Kill()
-	}
 }
 
 // Stop shuts the VM and CH down through the API, kills CH if that does not
@@ -366,13 +317,13 @@ func (c *CLH) Stop(ctx context.Context) error {
 		return nil
 	}
 	c.stopped = true
-	if c.cmd == nil {
+	if !c.proc.Started() {
 		return nil
 	}
 	defer os.Remove(c.ConsolePath())
 	defer os.Remove(c.APISocket())
 	select {
-	case <-c.done:
+	case <-c.proc.Done():
 	default:
 		qctx := ctx
 		if _, ok := ctx.Deadline(); !ok {
@@ -390,38 +341,25 @@ func (c *CLH) Stop(ctx context.Context) error {
 			logger.WithError(err).Warn("vmm.shutdown failed; killing cloud-hypervisor")
 		}
 		select {
-		case <-c.done:
+		case <-c.proc.Done():
 		case <-qctx.Done():
-			c.killLocked()
 		}
 	}
-	select {
-	case <-c.done:
-		return nil
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("clh %s (pid %d): still running 10s after SIGKILL", c.cfg.ID, c.cmd.Process.Pid)
-	}
+	return c.proc.WaitKilled()
 }
 
 // Done is closed when CH has exited.
-func (c *CLH) Done() <-chan struct{} { return c.done }
+func (c *CLH) Done() <-chan struct{} { return c.proc.Done() }
 
 // Err is CH's exit error with its output; nil before exit or for a clean
 // exit.
-func (c *CLH) Err() error {
-	select {
-	case <-c.done:
-		return c.exitErr
-	default:
-		return nil
-	}
-}
+func (c *CLH) Err() error { return c.proc.Err() }
 
 // Pid is CH's process id, 0 before Start.
-func (c *CLH) Pid() int { return int(c.pid.Load()) }
+func (c *CLH) Pid() int { return c.proc.Pid() }
 
 // Stderr is what CH wrote to stdout and stderr so far (the last 64 KiB).
-func (c *CLH) Stderr() string { return c.stderr.String() }
+func (c *CLH) Stderr() string { return c.proc.Output().String() }
 
 // ConsoleTail is the last lines of the guest console, for error messages.
 func (c *CLH) ConsoleTail() string { return c.console.Tail() }
@@ -461,8 +399,8 @@ func (c *CLH) running() error {
 		return fmt.Errorf("clh %s: not running", c.cfg.ID)
 	}
 	select {
-	case <-c.done:
-		return fmt.Errorf("clh %s: not running: %w", c.cfg.ID, errors.Join(errors.New("exited"), c.exitErr))
+	case <-c.proc.Done():
+		return fmt.Errorf("clh %s: not running: %w", c.cfg.ID, errors.Join(errors.New("exited"), c.proc.Err()))
 	default:
 	}
 	return nil

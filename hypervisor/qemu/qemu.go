@@ -10,17 +10,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/vmpod/vmpod/internal/lockedfork"
-	"github.com/vmpod/vmpod/internal/tail"
 
 	"github.com/containerd/log"
 
 	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/console"
+	"github.com/vmpod/vmpod/hypervisor/vmmproc"
 )
 
 // DefaultPath is Debian's QEMU for x86-64 guests.
@@ -76,18 +73,13 @@ type QEMU struct {
 	jail   *Jail             // nil: unjailed
 	cgroup *hostcgroup.Group // nil: its parent's
 
-	mu      sync.Mutex // guards cmd, qmp and stopped
-	cmd     *exec.Cmd
-	waited  <-chan error // cmd.Wait's result (lockedfork)
+	mu      sync.Mutex // guards the start of proc, qmp and stopped
+	proc    *vmmproc.Proc
 	qmp     *qmpClient
 	stopped bool
 
 	hp      *hotplug
-	pid     atomic.Int64
-	stderr  *tail.Buffer
 	console *console.Log
-	done    chan struct{}
-	exitErr error // set before done is closed
 }
 
 var _ hypervisor.Hypervisor = (*QEMU)(nil)
@@ -109,7 +101,7 @@ func New(cfg hypervisor.Config, opts ...Option) (*QEMU, error) {
 	if v := cfg.Vsock; v != nil && v.HybridSocket != "" {
 		return nil, fmt.Errorf("qemu %s: QEMU has no hybrid vsock", cfg.ID)
 	}
-	q := &QEMU{cfg: cfg, hp: newHotplug(cfg), stderr: tail.New(maxStderr), console: &console.Log{Out: cfg.Console}, done: make(chan struct{})}
+	q := &QEMU{cfg: cfg, hp: newHotplug(cfg), proc: vmmproc.New("qemu", cfg.ID, maxStderr), console: &console.Log{Out: cfg.Console}}
 	for _, o := range opts {
 		o(q)
 	}
@@ -128,7 +120,7 @@ func (q *QEMU) QMPSocket() string { return filepath.Join(q.cfg.StateDir, "qmp.so
 func (q *QEMU) Start(ctx context.Context) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.cmd != nil || q.stopped {
+	if q.proc.Started() || q.stopped {
 		return fmt.Errorf("qemu %s: already started", q.cfg.ID)
 	}
 	if err := q.cfg.CheckFiles(); err != nil {
@@ -165,88 +157,38 @@ func (q *QEMU) Start(ctx context.Context) error {
 	}
 	cmd := exec.Command(q.cfg.Path, args...)
 	cmd.Stdout = consoleW
-	cmd.Stderr = q.stderr
+	cmd.Stderr = q.proc.Output()
 	cmd.ExtraFiles = extraFiles
-	// QEMU must not outlive a crashed parent (a SIGKILL parent-death
-	// signal), nor die with the OS thread that happened to fork it:
-	// lockedfork forks from a thread that lives as long as QEMU. Jailed,
-	// QEMU loses the signal when it changes uid (the kernel clears it on a
-	// credential change); the shim's delete action then kills it.
+	// Jailed, QEMU loses its parent-death signal when it changes uid (the
+	// kernel clears it on a credential change); the shim's delete action
+	// then kills it.
 	logger.WithField("args", args).Debug("starting qemu")
-	waited, err := lockedfork.Start(cmd)
-	consoleW.Close()
-	if err != nil {
-		consoleR.Close()
-		return fmt.Errorf("qemu %s: starting %s: %w", q.cfg.ID, q.cfg.Path, err)
-	}
-	q.cmd, q.waited = cmd, waited
-	q.pid.Store(int64(cmd.Process.Pid))
 	q.console.Entry = logger.WithField("console", true)
 	consoleDone := make(chan struct{})
-	go func() {
+	go func() { // until QEMU, or a failed start, closes the write end
 		defer close(consoleDone)
 		defer consoleR.Close()
 		q.console.Run(consoleR)
 	}()
-	go q.wait(consoleDone)
-	if q.cgroup != nil {
-		if err := q.cgroup.Add(cmd.Process.Pid); err != nil {
-			q.killLocked()
-			<-q.done
-			return fmt.Errorf("qemu %s: %w", q.cfg.ID, err)
+	err = q.proc.Start(cmd, q.cgroup, func() {
+		// Let the console reader log the last lines before Done fires.
+		select {
+		case <-consoleDone:
+		case <-time.After(time.Second):
 		}
+	})
+	consoleW.Close()
+	if err != nil {
+		return err
 	}
 
-	qmp, err := dialQMP(ctx, q.QMPSocket(), q.done)
+	qmp, err := dialQMP(ctx, q.QMPSocket(), q.proc.Done())
 	if err != nil {
-		q.killLocked()
-		return q.startError(err)
+		q.proc.Kill()
+		return q.proc.StartError(err)
 	}
 	q.qmp = qmp
 	return nil
-}
-
-// wait reaps QEMU and records why it exited.
-func (q *QEMU) wait(consoleDone <-chan struct{}) {
-	err := <-q.waited
-	// Let the console reader log the last lines before Done fires.
-	select {
-	case <-consoleDone:
-	case <-time.After(time.Second):
-	}
-	if err != nil {
-		err = fmt.Errorf("qemu %s (pid %d) exited: %w%s", q.cfg.ID, q.cmd.Process.Pid, err, q.stderrSuffix())
-	}
-	q.exitErr = err
-	close(q.done)
-}
-
-func (q *QEMU) stderrSuffix() string {
-	if s := q.stderr.String(); s != "" {
-		return "; stderr: " + s
-	}
-	return ""
-}
-
-// startError describes a failed start: QEMU's exit with its stderr when
-// it exited (waiting briefly for that), else err.
-func (q *QEMU) startError(err error) error {
-	select {
-	case <-q.done:
-		if q.exitErr != nil {
-			return fmt.Errorf("qemu %s: exited during start: %w", q.cfg.ID, q.exitErr)
-		}
-		return fmt.Errorf("qemu %s: exited during start: %w%s", q.cfg.ID, err, q.stderrSuffix())
-	case <-time.After(5 * time.Second):
-		return fmt.Errorf("qemu %s: %w%s", q.cfg.ID, err, q.stderrSuffix())
-	}
-}
-
-// killLocked sends SIGKILL; the wait goroutine reaps.
-func (q *QEMU) killLocked() {
-	if q.cmd != nil && q.cmd.Process != nil {
-		q.cmd.Process.Kill()
-	}
 }
 
 // Stop quits QEMU over QMP, kills it if that does not work before ctx (or
@@ -258,12 +200,12 @@ func (q *QEMU) Stop(ctx context.Context) error {
 		return nil
 	}
 	q.stopped = true
-	if q.cmd == nil {
+	if !q.proc.Started() {
 		return nil
 	}
 	defer os.Remove(q.QMPSocket())
 	select {
-	case <-q.done:
+	case <-q.proc.Done():
 	default:
 		qctx := ctx
 		if _, ok := ctx.Deadline(); !ok {
@@ -277,41 +219,28 @@ func (q *QEMU) Stop(ctx context.Context) error {
 			}
 		}
 		select {
-		case <-q.done:
+		case <-q.proc.Done():
 		case <-qctx.Done():
-			q.killLocked()
 		}
 	}
 	if q.qmp != nil {
 		q.qmp.Close()
 	}
-	select {
-	case <-q.done:
-		return nil
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("qemu %s (pid %d): still running 10s after SIGKILL", q.cfg.ID, q.cmd.Process.Pid)
-	}
+	return q.proc.WaitKilled()
 }
 
 // Done is closed when QEMU has exited.
-func (q *QEMU) Done() <-chan struct{} { return q.done }
+func (q *QEMU) Done() <-chan struct{} { return q.proc.Done() }
 
 // Err is QEMU's exit error with its stderr; nil before exit or for a clean
 // exit.
-func (q *QEMU) Err() error {
-	select {
-	case <-q.done:
-		return q.exitErr
-	default:
-		return nil
-	}
-}
+func (q *QEMU) Err() error { return q.proc.Err() }
 
 // Pid is QEMU's process id, 0 before Start.
-func (q *QEMU) Pid() int { return int(q.pid.Load()) }
+func (q *QEMU) Pid() int { return q.proc.Pid() }
 
 // Stderr is what QEMU wrote to stderr so far (the last 64 KiB).
-func (q *QEMU) Stderr() string { return q.stderr.String() }
+func (q *QEMU) Stderr() string { return q.proc.Output().String() }
 
 // ConsoleTail is the last lines of the guest console, for error messages.
 func (q *QEMU) ConsoleTail() string { return q.console.Tail() }
@@ -349,8 +278,8 @@ func (q *QEMU) client() (*qmpClient, error) {
 		return nil, fmt.Errorf("qemu %s: not running", q.cfg.ID)
 	}
 	select {
-	case <-q.done:
-		return nil, fmt.Errorf("qemu %s: not running: %w", q.cfg.ID, errors.Join(errors.New("exited"), q.exitErr))
+	case <-q.proc.Done():
+		return nil, fmt.Errorf("qemu %s: not running: %w", q.cfg.ID, errors.Join(errors.New("exited"), q.proc.Err()))
 	default:
 	}
 	return q.qmp, nil
