@@ -124,14 +124,18 @@ bench-smoke:
 # kept in out/test.json. -count=1: a cached result is not a run (the tests
 # build the shim and agent themselves, which go test cannot see change).
 TEST_JSON := $(CURDIR)/out/test.json
+# The tests boot the kernel `make image` shipped (VMPOD_TEST_KERNEL, see
+# image/imagetest): vmpod's own unless KERNEL=stock, when they boot
+# Debian's cloud kernel with its modules in their initrds.
+TEST_KERNEL_ENV := $(if $(filter vmpod,$(KERNEL)),VMPOD_TEST_KERNEL=$(IMAGE_OUT)/vmpod-kernel)
 ALLOWED_SKIPS := $(CURDIR)/.ci/allowed-skips
 # (Built, not `go run`: go run adds "exit status 1" after the summary.)
 TESTSUMMARY := $(TOOLS)/testsummary
 unit-test:
 	@mkdir -p $(dir $(TEST_JSON))
 	$(GO) build -o $(TESTSUMMARY) ./internal/cmd/testsummary
-	set -o pipefail; { $(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) ./...; main=$$?; \
-		(cd integration/goclient && $(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) ./...); goclient=$$?; \
+	set -o pipefail; { $(TEST_KERNEL_ENV) $(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) ./...; main=$$?; \
+		(cd integration/goclient && $(TEST_KERNEL_ENV) $(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) ./...); goclient=$$?; \
 		exit $$((main | goclient)); } | \
 		$(TESTSUMMARY) -json $(TEST_JSON) -allow $(ALLOWED_SKIPS)
 
@@ -156,7 +160,7 @@ TEST2_JSON := $(CURDIR)/out/test-containerd2.json
 integration-containerd2:
 	@mkdir -p $(dir $(TEST2_JSON))
 	$(GO) build -o $(TESTSUMMARY) ./internal/cmd/testsummary
-	bin=$$(scripts/containerd2.sh) && set -o pipefail && VMPOD_CONTAINERD_BIN=$$bin \
+	bin=$$(scripts/containerd2.sh) && set -o pipefail && VMPOD_CONTAINERD_BIN=$$bin $(TEST_KERNEL_ENV) \
 		$(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) -run '$(CONTAINERD2_TESTS)' ./integration/ ./integration/harness/ | \
 		$(TESTSUMMARY) -json $(TEST2_JSON) -allow $(ALLOWED_SKIPS)
 

@@ -4,6 +4,7 @@
 package imagetest
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -173,6 +174,36 @@ func initrd(t testing.TB, name, pkg string) string {
 	}
 	images[name] = out
 	return out
+}
+
+// Release returns the release (uname -r) of the test kernel: read from the
+// banner of EnvKernel's image ("Linux version <release> "), else the
+// installed cloud kernel's.
+func Release(t testing.TB) string {
+	t.Helper()
+	k := os.Getenv(EnvKernel)
+	if k == "" {
+		rel, err := image.DefaultRelease()
+		if err != nil {
+			require.Missing(t, err)
+		}
+		return rel
+	}
+	raw, err := os.ReadFile(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const banner = "Linux version "
+	i := bytes.Index(raw, []byte(banner))
+	if i < 0 {
+		t.Fatalf("$%s: no %q banner in %s (a compressed image?)", EnvKernel, banner, k)
+	}
+	rest := raw[i+len(banner):]
+	end := bytes.IndexByte(rest, ' ')
+	if end <= 0 || end > 64 {
+		t.Fatalf("$%s: malformed banner in %s", EnvKernel, k)
+	}
+	return string(rest[:end])
 }
 
 func isELF(p string) bool {
