@@ -24,7 +24,7 @@ AGENT_LDFLAGS := $(LDFLAGS) -s -w -extldflags -static
 
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all demo deps build agent kernel image-stock proto proto-check test unit-test test-summary no-binaries integration-containerd2 fuzz bench-smoke vet fmt-check clean bench soak
+.PHONY: all demo deps build agent kernel proto proto-check test unit-test test-summary no-binaries integration-containerd2 fuzz bench-smoke vet fmt-check clean bench soak
 all: build
 
 build: agent
@@ -66,12 +66,6 @@ ifeq ($(KERNEL),vmpod)
 else
 	$(GO) run ./cmd/vmpod-image --agent $(BIN)/vmpod-agent --out $(IMAGE_OUT) $(if $(DEBUG),--debug) $(if $(filter undefined,$(origin ON_DEMAND)),,--on-demand '$(ON_DEMAND)')
 endif
-
-# The image with Debian's cloud kernel in out/stock/, for make bench's
-# stock-kernel floor (and a side-by-side comparison).
-STOCK_OUT := $(CURDIR)/out/stock
-image-stock: agent
-	$(GO) run ./cmd/vmpod-image --agent $(BIN)/vmpod-agent --out $(STOCK_OUT)
 
 $(TOOLS)/protoc-gen-go:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
