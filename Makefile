@@ -24,7 +24,7 @@ AGENT_LDFLAGS := $(LDFLAGS) -s -w -extldflags -static
 
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all demo deps build agent proto proto-check test unit-test test-summary no-binaries integration-containerd2 fuzz bench-smoke vet fmt-check clean bench bench-overhead soak
+.PHONY: all demo deps build agent kernel proto proto-check test unit-test test-summary no-binaries integration-containerd2 fuzz bench-smoke vet fmt-check clean bench bench-overhead soak
 all: build
 
 build: agent
@@ -35,11 +35,37 @@ build: agent
 agent:
 	CGO_ENABLED=1 $(GO) build -tags $(AGENT_TAGS) -ldflags '$(AGENT_LDFLAGS)' -o $(BIN)/vmpod-agent ./cmd/vmpod-agent
 
-# The guest image: out/vmpod-initrd.img (agent as /init) and out/vmpod-kernel.
-# DEBUG=1 adds a busybox shell. ON_DEMAND=bridge,veth sets the modules loaded
-# when the kernel asks (ON_DEMAND= for none; unset: vmpod-image's default).
+# vmpod's guest kernel (scripts/kernel.sh): Debian's linux-source-6.1 with
+# the fragments of kernel/configs/fragments, everything built in, an
+# uncompressed vmlinux with PVH entry. Built once (a few minutes on 2
+# cores) into KERNEL_CACHE, outside the checkout, keyed by the source
+# version and the fragments; later runs reuse it. Prints the vmlinux path.
+KERNEL_CACHE ?= /var/cache/vmpod/kernel
+kernel:
+	@KERNEL_CACHE='$(KERNEL_CACHE)' GO='$(GO)' scripts/kernel.sh
+
+# The guest kernel `make image` ships: vmpod (make kernel, no modules in
+# the initrd) or stock (Debian's cloud kernel from /boot, with the modules
+# it needs in the initrd).
+KERNEL ?= vmpod
+ifeq ($(filter vmpod stock,$(KERNEL)),)
+$(error KERNEL=$(KERNEL): want vmpod or stock)
+endif
+
+# The guest image: out/vmpod-initrd.img (agent as /init), out/vmpod-kernel
+# and its configuration out/vmpod-kernel.config (what vmpod check and the
+# shim read). DEBUG=1 adds a busybox shell. With KERNEL=stock,
+# ON_DEMAND=bridge,veth sets the modules loaded when the kernel asks
+# (ON_DEMAND= for none; unset: vmpod-image's default); vmpod's kernel has
+# them built in.
+IMAGE_OUT ?= $(CURDIR)/out
 image: agent
-	$(GO) run ./cmd/vmpod-image --agent $(BIN)/vmpod-agent --out $(CURDIR)/out $(if $(DEBUG),--debug) $(if $(filter undefined,$(origin ON_DEMAND)),,--on-demand '$(ON_DEMAND)')
+ifeq ($(KERNEL),vmpod)
+	k=$$(KERNEL_CACHE='$(KERNEL_CACHE)' GO='$(GO)' scripts/kernel.sh) && \
+		$(GO) run ./cmd/vmpod-image --agent $(BIN)/vmpod-agent --out $(IMAGE_OUT) --kernel "$$k" $(if $(DEBUG),--debug)
+else
+	$(GO) run ./cmd/vmpod-image --agent $(BIN)/vmpod-agent --out $(IMAGE_OUT) $(if $(DEBUG),--debug) $(if $(filter undefined,$(origin ON_DEMAND)),,--on-demand '$(ON_DEMAND)')
+endif
 
 $(TOOLS)/protoc-gen-go:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
@@ -92,14 +118,18 @@ bench-smoke:
 # kept in out/test.json. -count=1: a cached result is not a run (the tests
 # build the shim and agent themselves, which go test cannot see change).
 TEST_JSON := $(CURDIR)/out/test.json
+# The tests boot the kernel `make image` shipped (VMPOD_TEST_KERNEL, see
+# image/imagetest): vmpod's own unless KERNEL=stock, when they boot
+# Debian's cloud kernel with its modules in their initrds.
+TEST_KERNEL_ENV := $(if $(filter vmpod,$(KERNEL)),VMPOD_TEST_KERNEL=$(IMAGE_OUT)/vmpod-kernel)
 ALLOWED_SKIPS := $(CURDIR)/.ci/allowed-skips
 # (Built, not `go run`: go run adds "exit status 1" after the summary.)
 TESTSUMMARY := $(TOOLS)/testsummary
 unit-test:
 	@mkdir -p $(dir $(TEST_JSON))
 	$(GO) build -o $(TESTSUMMARY) ./internal/cmd/testsummary
-	set -o pipefail; { $(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) ./...; main=$$?; \
-		(cd integration/goclient && $(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) ./...); goclient=$$?; \
+	set -o pipefail; { $(TEST_KERNEL_ENV) $(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) ./...; main=$$?; \
+		(cd integration/goclient && $(TEST_KERNEL_ENV) $(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) ./...); goclient=$$?; \
 		exit $$((main | goclient)); } | \
 		$(TESTSUMMARY) -json $(TEST_JSON) -allow $(ALLOWED_SKIPS)
 
@@ -124,7 +154,7 @@ TEST2_JSON := $(CURDIR)/out/test-containerd2.json
 integration-containerd2:
 	@mkdir -p $(dir $(TEST2_JSON))
 	$(GO) build -o $(TESTSUMMARY) ./internal/cmd/testsummary
-	bin=$$(scripts/containerd2.sh) && set -o pipefail && VMPOD_CONTAINERD_BIN=$$bin \
+	bin=$$(scripts/containerd2.sh) && set -o pipefail && VMPOD_CONTAINERD_BIN=$$bin $(TEST_KERNEL_ENV) \
 		$(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) -run '$(CONTAINERD2_TESTS)' ./integration/ ./integration/harness/ | \
 		$(TESTSUMMARY) -json $(TEST2_JSON) -allow $(ALLOWED_SKIPS)
 
@@ -179,7 +209,7 @@ bench-overhead: build image
 DESTDIR ?=
 SHAREDIR := $(PREFIX)/share/vmpod
 INSTALL_BINS := containerd-shim-kata-v2 vmpod
-INSTALL_SHARE := vmpod-kernel vmpod-initrd.img configuration.toml containerd.toml containerd-v3.toml
+INSTALL_SHARE := vmpod-kernel vmpod-kernel.config vmpod-initrd.img configuration.toml containerd.toml containerd-v3.toml
 
 .PHONY: install uninstall
 install:
@@ -189,6 +219,8 @@ install:
 		echo install -D -m 0755 bin/$$b $(DESTDIR)$(PREFIX)/bin/$$b; \
 		install -D -m 0755 bin/$$b $(DESTDIR)$(PREFIX)/bin/$$b || exit 1; fi; done
 	install -D -m 0644 out/vmpod-kernel $(DESTDIR)$(SHAREDIR)/vmpod-kernel
+	if [ -f out/vmpod-kernel.config ]; then install -D -m 0644 out/vmpod-kernel.config $(DESTDIR)$(SHAREDIR)/vmpod-kernel.config; \
+		else rm -f $(DESTDIR)$(SHAREDIR)/vmpod-kernel.config; fi
 	install -D -m 0644 out/vmpod-initrd.img $(DESTDIR)$(SHAREDIR)/vmpod-initrd.img
 	install -D -m 0644 configuration.toml $(DESTDIR)$(SHAREDIR)/configuration.toml
 	install -D -m 0644 config/containerd-runtime.toml $(DESTDIR)$(SHAREDIR)/containerd.toml

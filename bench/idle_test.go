@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/vmpod/vmpod/hypervisor/qemu"
-	"github.com/vmpod/vmpod/image/imagetest"
 	"github.com/vmpod/vmpod/internal/leakcheck"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/vm"
@@ -273,7 +272,7 @@ func agentGuest(b *testing.B, kernel, initrd string) (agentMiB, qemuMiB float64,
 // floorIdlePSS boots the floor init sleeping (vmpod_testinit=sleep) and
 // returns QEMU's PSS once the guest idles.
 func floorIdlePSS(b *testing.B, kernel string) float64 {
-	cfg := vmConfig(b, kernel, imagetest.TestInitInitrd(b))
+	cfg := vmConfig(b, kernel, floorInitrd(b, kernel, "floor-idle.img", nil))
 	cfg.KernelParams = []string{"vmpod_testinit=sleep"}
 	leakcheck.Check(b, leakcheck.Options{Roots: []string{cfg.StateDir}})
 	q, err := qemu.New(cfg)

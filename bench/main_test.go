@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -15,6 +16,8 @@ import (
 	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/image/imagetest"
 	"github.com/vmpod/vmpod/internal/require"
+	"github.com/vmpod/vmpod/internal/testbin"
+	"github.com/vmpod/vmpod/kernel/kernelcheck"
 )
 
 // Flags; `make bench` sets them. Empty paths mean "build from this tree".
@@ -23,6 +26,7 @@ var (
 	reportPath = flag.String("report", "", "write the markdown report to this file")
 	shimPath   = flag.String("shim", "", "containerd-shim-kata-v2 binary (default: built from this tree)")
 	kernelPath = flag.String("kernel", "", "guest kernel (default: the installed cloud kernel)")
+	stockPath  = flag.String("stock-kernel", "", "Debian's cloud kernel for the stock floor, as make image ships it (default: the installed one's uncompressed vmlinux)")
 	initrdPath = flag.String("initrd", "", "guest initrd with the agent (default: built from this tree)")
 	machine    = flag.String("machine", hypervisor.MachineQ35, "machine type of the pod VMs and the floor")
 	memoryMiB  = flag.Int("memory", 256, "guest memory in MiB")
@@ -98,6 +102,9 @@ func finishReport(version string) error {
 	results.fact("containerd", commandLine(ctx, "", "containerd", "--version"))
 	results.fact("runc", commandLine(ctx, "", "runc", "--version"))
 	results.fact("guest kernel", guestKernelFact())
+	if stockUsed != "" {
+		results.fact("stock kernel (stock floor)", stockUsed)
+	}
 	results.fact("VM", fmt.Sprintf("machine %s, %d vCPU, %d MiB, vsock: %s, virtio-fs (virtiofsd), kernel parameters %q, agent dial timeout %s, shim debug log on",
 		*machine, *vcpus, *memoryMiB, vsockMode(), kernelParams, dialTimeout))
 	results.fact("Go", commandLine(ctx, "", "go", "version"))
@@ -158,6 +165,56 @@ func guestKernelFact() string {
 	}
 	return r
 }
+
+// floorInitrd returns an initrd around the floor's init for kernel: with
+// the boot modules when the kernel loads modules (they are loaded, with
+// vmpod_testinit=modules on the command line), without for a kernel with
+// everything built in; extra files ride along.
+func floorInitrd(b *testing.B, kernel, name string, extra map[string]string) string {
+	b.Helper()
+	rep, err := kernelcheck.Check(kernel)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := filepath.Join(b.TempDir(), name)
+	_, err = image.BuildInitrd(image.Options{
+		Init:       testbin.Build(b, "./image/internal/testinit", true),
+		ExtraFiles: extra,
+		NoModules:  rep.ConfigFrom != "" && !rep.Modules,
+		Output:     out,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return out
+}
+
+// stockKernel is Debian's cloud kernel as make image ships it (its
+// uncompressed vmlinux, booted by its PVH entry), for the stock floor.
+func stockKernel(b *testing.B) string {
+	b.Helper()
+	if *stockPath != "" {
+		stockUsed = *stockPath
+		return *stockPath
+	}
+	k, err := image.FindKernel("")
+	if err != nil {
+		require.Missing(b, err)
+	}
+	stockUsed = k
+	out := filepath.Join(b.TempDir(), "stock-vmlinux")
+	if err := image.ExtractVmlinux(k, out); err != nil {
+		if errors.Is(err, image.ErrNoPVH) {
+			return k
+		}
+		b.Fatal(err)
+	}
+	stockUsed = k + " (its uncompressed vmlinux, PVH entry)"
+	return out
+}
+
+// stockUsed is the stock floor's kernel, for the report.
+var stockUsed string
 
 // guestImage returns the kernel and the agent's initrd the pods boot.
 func guestImage(b *testing.B) (kernel, initrd string) {

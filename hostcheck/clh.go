@@ -69,9 +69,16 @@ func checkCLHKVM(host hypervisor.Host) Result {
 	return Result{Name: name, Status: Pass, Reason: clh.KVMDevice + " usable, CPU has vmx or svm"}
 }
 
-// elfKernelFormat accepts what CH boots directly on x86-64: an ELF vmlinux
-// (PVH entry), not a bzImage.
-func elfKernelFormat(path string) error {
+// elfKernelFormat accepts what CH boots directly on x86-64, an ELF vmlinux,
+// not a bzImage, and then checks it as for QEMU (kernelFormat).
+func elfKernelFormat(path string) (string, error) {
+	if err := isELF(path); err != nil {
+		return "", err
+	}
+	return kernelFormat(path)
+}
+
+func isELF(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("kernel %s: %w", path, err)

@@ -60,10 +60,10 @@ func TestElfKernelFormat(t *testing.T) {
 	head := make([]byte, 0x206)
 	copy(head[0x202:], "HdrS")
 	os.WriteFile(bz, head, 0o644)
-	if err := elfKernelFormat(elf); err != nil {
+	if err := isELF(elf); err != nil {
 		t.Error(err)
 	}
-	if err := elfKernelFormat(bz); err == nil || !strings.Contains(err.Error(), "not an ELF vmlinux") {
+	if _, err := elfKernelFormat(bz); err == nil || !strings.Contains(err.Error(), "not an ELF vmlinux") {
 		t.Errorf("bzImage: %v", err)
 	}
 }

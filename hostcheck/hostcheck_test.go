@@ -245,23 +245,40 @@ func TestContainerdDropIn(t *testing.T) {
 	}
 }
 
-func TestKernelMagic(t *testing.T) {
+func TestKernelFormat(t *testing.T) {
+	dir := t.TempDir()
 	bz := make([]byte, 0x300)
 	copy(bz[0x202:], "HdrS")
 	for _, tc := range []struct {
 		name string
-		head []byte
-		ok   bool
+		data []byte
+		want string // "" for accepted
 	}{
-		{"bzImage", bz, true},
-		{"ELF vmlinux", []byte("\x7fELF\x02\x01\x01"), true},
-		{"text", []byte("#!/bin/sh\necho hi\n"), false},
-		{"empty", nil, false},
-		{"short bzImage", bz[:0x204], false},
+		{"bzImage", bz, ""},
+		{"ELF without a PVH note", []byte("\x7fELF\x02\x01\x01"), "not a readable ELF"},
+		{"text", []byte("#!/bin/sh\necho hi\n"), "neither a bzImage nor an ELF vmlinux"},
+		{"empty", nil, "neither a bzImage nor an ELF vmlinux"},
+		{"short bzImage", bz[:0x204], "neither a bzImage nor an ELF vmlinux"},
 	} {
-		if err := kernelMagic("/k", tc.head); (err == nil) != tc.ok {
-			t.Errorf("%s: got %v, want ok=%v", tc.name, err, tc.ok)
+		p := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-"))
+		if err := os.WriteFile(p, tc.data, 0o600); err != nil {
+			t.Fatal(err)
 		}
+		note, err := kernelFormat(p)
+		switch {
+		case tc.want == "" && (err != nil || !strings.Contains(note, "features not checked")):
+			t.Errorf("%s: got %q, %v; want accepted, features unchecked", tc.name, note, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: got %v, want an error containing %q", tc.name, err, tc.want)
+		}
+	}
+	// A configuration next to the kernel that lacks vsock fails it.
+	p := filepath.Join(dir, "bzImage")
+	if err := os.WriteFile(p+".config", []byte("CONFIG_VIRTIO_FS=y\nCONFIG_VIRTIO_PCI=y\nCONFIG_OVERLAY_FS=y\nCONFIG_MEMCG=y\nCONFIG_SECCOMP_FILTER=y\nCONFIG_BLK_DEV_INITRD=y\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kernelFormat(p); err == nil || !strings.Contains(err.Error(), "lacks vsock") {
+		t.Errorf("kernel without vsock: got %v", err)
 	}
 }
 

@@ -3,16 +3,16 @@ package hostcheck
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/vmpod/vmpod/config"
 	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/kernel/kernelcheck"
 	"github.com/vmpod/vmpod/vsock"
 )
 
@@ -91,58 +91,55 @@ func (c *capped) Write(p []byte) (int, error) {
 
 // checkAsset finds the kernel or initrd as the shim would (resolve is
 // Config.KernelPath or InitrdPath) and checks its contents with format.
-func checkAsset(cfg *config.Config, name, key, configured string, resolve func() (string, error), format func(string) error) Result {
+func checkAsset(cfg *config.Config, name, key, configured string, resolve func() (string, error), format func(string) (string, error)) Result {
 	fix := fmt.Sprintf("build the guest image (make image) or install it (make install), or set %s in %s", key, settingIn(cfg))
 	p, err := resolve()
 	if err != nil {
 		return Result{Name: name, Status: Fail, Reason: err.Error(), Fix: fix}
 	}
-	if err := format(p); err != nil {
+	note, err := format(p)
+	if err != nil {
 		return Result{Name: name, Status: Fail, Reason: err.Error(), Fix: fix}
 	}
+	if note != "" {
+		note = ": " + note
+	}
 	if configured != "" {
-		return Result{Name: name, Status: Pass, Reason: fmt.Sprintf("%s (%s)", p, key)}
+		return Result{Name: name, Status: Pass, Reason: fmt.Sprintf("%s (%s)%s", p, key, note)}
 	}
-	return Result{Name: name, Status: Pass, Reason: fmt.Sprintf("%s (searched %s)", p, strings.Join(config.AssetDirs(), ", "))}
+	return Result{Name: name, Status: Pass, Reason: fmt.Sprintf("%s (searched %s)%s", p, strings.Join(config.AssetDirs(), ", "), note)}
 }
 
-// kernelFormat accepts what QEMU boots with -kernel: a bzImage (the "HdrS"
-// boot protocol signature at 0x202) or an ELF vmlinux (PVH entry, microvm).
-func kernelFormat(path string) error {
-	f, err := os.Open(path)
+// kernelFormat accepts what QEMU boots with -kernel, a bzImage or an ELF
+// vmlinux with a PVH entry, and whose configuration has what the guest
+// needs (vsock, virtio-fs, ...): kernelcheck reads it from <kernel>.config
+// or the image. The note says where the configuration came from, or that
+// the features could not be checked.
+func kernelFormat(path string) (string, error) {
+	r, err := kernelcheck.Check(path)
 	if err != nil {
-		return fmt.Errorf("kernel %s: %w", path, err)
+		return "", err
 	}
-	defer f.Close()
-	head := make([]byte, 0x206)
-	n, err := io.ReadFull(f, head)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("kernel %s: %w", path, err)
+	note := r.Format
+	if r.ConfigFrom == "" {
+		note += "; features not checked: no " + filepath.Base(path) + kernelcheck.ConfigSuffix + " next to it and no CONFIG_IKCONFIG"
+	} else {
+		note += "; vsock, virtio-fs, overlayfs present (" + r.ConfigFrom + ")"
 	}
-	return kernelMagic(path, head[:n])
-}
-
-func kernelMagic(path string, head []byte) error {
-	switch {
-	case bytes.HasPrefix(head, []byte("\x7fELF")):
-		return nil
-	case len(head) >= 0x206 && string(head[0x202:0x206]) == "HdrS":
-		return nil
-	}
-	return fmt.Errorf("kernel %s is neither a bzImage nor an ELF vmlinux", path)
+	return note, nil
 }
 
 // initrdFormat only refuses an empty file: initrds come compressed in
 // several formats, and the guest's kernel is the judge of those.
-func initrdFormat(path string) error {
+func initrdFormat(path string) (string, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return fmt.Errorf("initrd %s: %w", path, err)
+		return "", fmt.Errorf("initrd %s: %w", path, err)
 	}
 	if fi.Size() == 0 {
-		return fmt.Errorf("initrd %s is empty", path)
+		return "", fmt.Errorf("initrd %s is empty", path)
 	}
-	return nil
+	return "", nil
 }
 
 func checkVirtiofsd(cfg *config.Config) Result {

@@ -28,6 +28,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -66,6 +67,11 @@ type Options struct {
 	// ModulesRoot is the directory holding one modules tree per release;
 	// empty means /lib/modules.
 	ModulesRoot string
+	// NoModules builds an image without modules, for a kernel with
+	// everything the guest needs built in (vmpod's own, make kernel):
+	// Modules, OnDemand and ModulesRoot are ignored, and KernelRelease is
+	// only reported.
+	NoModules bool
 	// ExtraFiles maps guest paths to host files copied into the image.
 	ExtraFiles map[string]string
 	// Busybox, when set, is a static busybox installed as /bin/busybox with
@@ -113,6 +119,21 @@ func BuildInitrd(opts Options) (Result, error) {
 	}
 	if err := checkStatic(opts.Init); err != nil {
 		return Result{}, fmt.Errorf("image: init: %w", err)
+	}
+	if opts.NoModules {
+		if len(opts.Modules) > 0 || len(opts.OnDemand) > 0 {
+			return Result{}, fmt.Errorf("image: modules %q requested for a kernel without modules", append(slices.Clone(opts.Modules), opts.OnDemand...))
+		}
+		mods := &moduleSet{index: map[string][]string{}}
+		entries, err := collect(opts, "", "", mods)
+		if err != nil {
+			return Result{}, fmt.Errorf("image: %w", err)
+		}
+		size, err := writeArchive(opts.Output, opts.Compression, entries)
+		if err != nil {
+			return Result{}, fmt.Errorf("image: writing %s: %w", opts.Output, err)
+		}
+		return Result{Path: opts.Output, Size: size, KernelRelease: opts.KernelRelease, Files: sortedKeys(entries)}, nil
 	}
 	release := opts.KernelRelease
 	if release == "" {
@@ -171,9 +192,11 @@ func collect(opts Options, release, modDir string, mods *moduleSet) (map[string]
 	// The kernel opens /dev/console for init's stdio before init runs.
 	add("/dev/console", &entry{mode: modeCharDev | 0o600, rdev: [2]uint32{5, 1}})
 	add("/init", &entry{mode: modeFile | 0o755, source: opts.Init})
-	guestModDir := path.Join("/lib/modules", release)
-	add(guestModDir, &entry{mode: modeDir | 0o755})
-	mods.addIndex(add, modDir, guestModDir)
+	if modDir != "" {
+		guestModDir := path.Join("/lib/modules", release)
+		add(guestModDir, &entry{mode: modeDir | 0o755})
+		mods.addIndex(add, modDir, guestModDir)
+	}
 	if opts.Busybox != "" {
 		if err := addBusybox(opts.Busybox, add); err != nil {
 			return nil, err

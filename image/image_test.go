@@ -11,6 +11,7 @@ import (
 
 	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
+	"github.com/vmpod/vmpod/kmod"
 )
 
 func TestMain(m *testing.M) { os.Exit(testbin.Run(m)) }
@@ -339,5 +340,34 @@ func TestBuildInitrdBusybox(t *testing.T) {
 	}
 	if slices.Contains(res.Files, "/bin/init") {
 		t.Error("busybox's init applet must not shadow the agent")
+	}
+}
+
+// A kernel with everything built in (vmpod's own) gets an initrd with the
+// init and no modules, module list or modprobe helper; asking for modules
+// then is an error.
+func TestBuildInitrdNoModules(t *testing.T) {
+	init := testInit(t)
+	out := filepath.Join(t.TempDir(), "initrd.img")
+	// A ModulesRoot that does not exist: NoModules must not read it.
+	res, err := BuildInitrd(Options{Init: init, NoModules: true, ModulesRoot: "/nonexistent", Output: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := strings.Join(res.Files, " ")
+	if !strings.Contains(" "+files+" ", " /init ") {
+		t.Errorf("no /init in %s", files)
+	}
+	for _, f := range res.Files {
+		if strings.HasPrefix(f, "/lib/modules") || f == kmod.ListPath || f == kmod.HelperPath {
+			t.Errorf("initrd without modules has %s", f)
+		}
+	}
+	if len(res.Modules) != 0 || len(res.OnDemand) != 0 {
+		t.Errorf("modules %v, on demand %v", res.Modules, res.OnDemand)
+	}
+	_, err = BuildInitrd(Options{Init: init, NoModules: true, Modules: []string{"vsock"}, Output: out})
+	if err == nil || !strings.Contains(err.Error(), `"vsock"`) {
+		t.Errorf("modules for a kernel without modules: %v", err)
 	}
 }

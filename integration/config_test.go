@@ -17,7 +17,9 @@ import (
 // error ctr prints must name the bad key and the file it is in, and
 // nothing may be left behind. It also shows the precedence through
 // containerd: the runtime option ConfigPath (ctr --runtime-config-path)
-// beats $VMPOD_CONFIG. No VM boots: the configuration is refused first.
+// beats $VMPOD_CONFIG. No VM boots: the configuration is refused first. A
+// kernel that lacks vsock and virtio-fs is refused at sandbox start, with
+// an error that names them, before any VM boots.
 func TestConfigErrorsReachCtr(t *testing.T) {
 	if err := harness.Requirements(); err != nil {
 		require.Missing(t, err)
@@ -25,9 +27,19 @@ func TestConfigErrorsReachCtr(t *testing.T) {
 	dir := t.TempDir()
 	envFile := filepath.Join(dir, "env.toml")
 	optFile := filepath.Join(dir, "option.toml")
+	// A kernel whose configuration lacks vsock and virtio-fs: refused at
+	// sandbox start, naming what it lacks, before QEMU boots it.
+	bz := make([]byte, 0x400)
+	copy(bz[0x202:], "HdrS")
+	kernel, initrd := filepath.Join(dir, "kernel"), filepath.Join(dir, "initrd")
+	kernelFile := filepath.Join(dir, "kernel.toml")
 	for path, content := range map[string]string{
-		envFile: "[hypervisor.qemu]\nfrom_env = 1\n",
-		optFile: "[hypervisor.qemu]\ndefault_memory = -512\n",
+		envFile:            "[hypervisor.qemu]\nfrom_env = 1\n",
+		optFile:            "[hypervisor.qemu]\ndefault_memory = -512\n",
+		kernel:             string(bz),
+		kernel + ".config": "CONFIG_VIRTIO_PCI=y\nCONFIG_OVERLAY_FS=y\nCONFIG_MEMCG=y\nCONFIG_SECCOMP_FILTER=y\nCONFIG_BLK_DEV_INITRD=y\n",
+		initrd:             "initrd",
+		kernelFile:         "[hypervisor.qemu]\nkernel = \"" + kernel + "\"\ninitrd = \"" + initrd + "\"\n",
 	} {
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
@@ -44,6 +56,7 @@ func TestConfigErrorsReachCtr(t *testing.T) {
 	}{
 		{"VMPOD_CONFIG", nil, []string{"hypervisor.qemu.from_env", envFile}},
 		{"ConfigPath beats VMPOD_CONFIG", []string{"--runtime-config-path", optFile}, []string{"hypervisor.qemu.default_memory", optFile, "negative"}},
+		{"kernel without vsock", []string{"--runtime-config-path", kernelFile}, []string{"kernel " + kernel, "lacks", "CONFIG_VIRTIO_VSOCKETS", "CONFIG_VIRTIO_FS"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmpod/vmpod/image"
+	"github.com/vmpod/vmpod/image/imagetest"
 	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 	"github.com/vmpod/vmpod/vm"
@@ -55,10 +55,7 @@ func TestDebugExec(t *testing.T) {
 		return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
 	}
 
-	release, err := image.DefaultRelease()
-	if err != nil {
-		t.Fatal(err)
-	}
+	release := imagetest.Release(t)
 	out, errOut, code := vmpodExec(id, "--", guestBusybox, "uname", "-r")
 	if code != 0 || trim(out) != release {
 		t.Errorf("uname -r in the guest: %q (stderr %q), exit %d; want %q, exit 0", out, errOut, code, release)

@@ -10,12 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpod/vmpod/image/imagetest"
 	"github.com/vmpod/vmpod/internal/require"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/integration/harness"
 	"github.com/vmpod/vmpod/internal/leakcheck"
 	"github.com/vmpod/vmpod/internal/testrootfs"
@@ -89,10 +89,7 @@ func TestShimHooks(t *testing.T) {
 	const peer = "vmpodhk0"
 	leakcheck.Check(t, leakcheck.Options{LinkPrefixes: []string{"vmpodhk"}})
 	e := newVMPodEnv(t, "")
-	release, err := image.DefaultRelease()
-	if err != nil {
-		t.Fatal(err)
-	}
+	release := imagetest.Release(t)
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err != nil {
 		t.Fatal(err)

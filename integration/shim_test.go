@@ -22,6 +22,7 @@ import (
 
 	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/image"
+	"github.com/vmpod/vmpod/image/imagetest"
 	"github.com/vmpod/vmpod/integration/harness"
 )
 
@@ -55,10 +56,7 @@ func TestShimRun(t *testing.T) {
 	})
 
 	t.Run("guest kernel", func(t *testing.T) {
-		release, err := image.DefaultRelease()
-		if err != nil {
-			t.Fatal(err)
-		}
+		release := imagetest.Release(t)
 		var host unix.Utsname
 		if err := unix.Uname(&host); err != nil {
 			t.Fatal(err)

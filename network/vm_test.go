@@ -59,7 +59,12 @@ func guestInitrd(t *testing.T, dir string, eps *Endpoints) string {
 		files[guest] = host
 	}
 	out := filepath.Join(dir, "initrd.img")
-	if _, err := image.BuildInitrd(image.Options{Init: bin, ExtraFiles: files, Output: out}); err != nil {
+	opts, err := imagetest.Options(bin, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.ExtraFiles = files
+	if _, err := image.BuildInitrd(opts); err != nil {
 		t.Fatalf("build initrd: %v", err)
 	}
 	return out

@@ -15,6 +15,8 @@ packages=(
 	containernetworking-plugins
 	# cross-checks the tests make (CI fails on a missing tool)
 	cpio lz4
+	# vmpod's guest kernel (make kernel): Debian's source and its build tools
+	linux-source-6.1 flex bison bc libelf-dev xz-utils
 )
 
 missing=()

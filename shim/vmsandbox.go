@@ -17,6 +17,7 @@ import (
 	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/jail"
+	"github.com/vmpod/vmpod/kernel/kernelcheck"
 	"github.com/vmpod/vmpod/network"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/sizing"
@@ -72,6 +73,11 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 	size, err := sizing.For(q, cfg.Runtime.ResourceManagement, req.Spec)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	// A kernel without vsock or virtio-fs would boot and leave the agent
+	// dial to time out; say what it lacks instead (vmpod check does too).
+	if _, err := kernelcheck.Check(paths.Kernel); err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w: %w", req.ID, err, errdefs.ErrInvalidArgument)
 	}
 	if cfg.Runtime.Debug {
 		// The hypervisor logs the guest console, and the agent's logs with

@@ -16,7 +16,6 @@ import (
 
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/jail"
-	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/image/imagetest"
 	"github.com/vmpod/vmpod/internal/leakcheck"
 	"github.com/vmpod/vmpod/internal/testbin"
@@ -101,11 +100,7 @@ func TestVM(t *testing.T) {
 		if resp.Version != version.Version {
 			t.Errorf("agent version %q, want %q", resp.Version, version.Version)
 		}
-		rel, err := image.DefaultRelease()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp.KernelRelease != rel {
+		if rel := imagetest.Release(t); resp.KernelRelease != rel {
 			t.Errorf("guest kernel %q, want %q", resp.KernelRelease, rel)
 		}
 	})

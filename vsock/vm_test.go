@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vmpod/vmpod/image"
+	"github.com/vmpod/vmpod/image/imagetest"
 	"github.com/vmpod/vmpod/internal/leakcheck"
 	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
@@ -63,11 +64,14 @@ func guestInitrd(t testing.TB) string {
 			return
 		}
 		initrdPath = filepath.Join(initrdDir, "guestecho.img")
-		_, initrdErr = image.BuildInitrd(image.Options{
-			Init:    bin,
-			Modules: []string{"virtio_pci", "virtio_mmio", "vmw_vsock_virtio_transport"},
-			Output:  initrdPath,
-		})
+		var opts image.Options
+		if opts, initrdErr = imagetest.Options(bin, initrdPath); initrdErr != nil {
+			return
+		}
+		if !opts.NoModules {
+			opts.Modules = []string{"virtio_pci", "virtio_mmio", "vmw_vsock_virtio_transport"}
+		}
+		_, initrdErr = image.BuildInitrd(opts)
 	})
 	if initrdErr != nil {
 		t.Fatalf("build guest initrd: %v", initrdErr)
@@ -100,10 +104,7 @@ func startVM(t testing.TB, m machine) *testVM {
 	if _, err := os.Stat(qemuPath); err != nil {
 		require.Missingf(t, "QEMU not installed at %s", qemuPath)
 	}
-	kernel, err := image.FindKernel("")
-	if err != nil {
-		require.Missingf(t, "no guest kernel: %v", err)
-	}
+	kernel := imagetest.Kernel(t)
 	initrd := guestInitrd(t)
 	dir, err := os.MkdirTemp("", "vmpod-vsock-vm-")
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vmpod/vmpod/image"
+	"github.com/vmpod/vmpod/image/imagetest"
 	"github.com/vmpod/vmpod/internal/require"
 	"github.com/vmpod/vmpod/internal/testbin"
 )
@@ -50,12 +51,22 @@ func GuestImage(t testing.TB) (kernel, initrd string) {
 			guestImage.err = err
 			return
 		}
-		res, err := image.BuildInitrd(image.Options{Init: agent, Output: filepath.Join(dir, image.InitrdName)})
+		// The cloud kernel, or $VMPOD_TEST_KERNEL (make test: vmpod's own).
+		kernel, modules, err := imagetest.GuestKernel()
+		if err != nil {
+			guestImage.err = err
+			return
+		}
+		res, err := image.BuildInitrd(image.Options{Init: agent, Output: filepath.Join(dir, image.InitrdName), NoModules: !modules})
 		if err != nil {
 			guestImage.err = err
 			return
 		}
 		guestImage.initrd = res.Path
+		if !modules {
+			guestImage.kernel = kernel
+			return
+		}
 		guestImage.kernel, guestImage.err = image.FindKernel(res.KernelRelease)
 	})
 	if guestImage.err != nil {
