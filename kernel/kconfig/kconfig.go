@@ -168,13 +168,10 @@ func Check(settings []Setting, cfg Config, symbols map[string]bool) error {
 	return nil
 }
 
-// Markers around the gzipped configuration that CONFIG_IKCONFIG embeds in
-// the kernel image (kernel/configs.c); scripts/extract-ikconfig looks for
-// the same.
-var (
-	ikcfgStart = []byte("IKCFG_ST")
-	ikcfgEnd   = []byte("IKCFG_ED")
-)
+// ikcfgStart marks the gzipped configuration that CONFIG_IKCONFIG embeds
+// in the kernel image (kernel/configs.c); scripts/extract-ikconfig looks
+// for the same. The gzip stream ends by itself, before "IKCFG_ED".
+var ikcfgStart = []byte("IKCFG_ST")
 
 // ErrNoEmbedded means the kernel image carries no configuration
 // (CONFIG_IKCONFIG is off), or carries it compressed in a way this package
@@ -184,22 +181,35 @@ var ErrNoEmbedded = errors.New("no embedded kernel configuration (CONFIG_IKCONFI
 // maxConfig bounds the decompressed configuration.
 const maxConfig = 4 << 20
 
-// Embedded returns the configuration embedded in a kernel image: an
-// uncompressed vmlinux, or a bzImage whose payload is not compressed.
-func Embedded(image []byte) (Config, error) {
-	i := bytes.Index(image, ikcfgStart)
-	if i < 0 {
-		return nil, ErrNoEmbedded
+// Embedded returns the configuration embedded in a kernel image read from
+// r: an uncompressed vmlinux, or a bzImage whose payload is not
+// compressed. It reads r in small pieces, so that a shim checking a 20 MB
+// kernel at every sandbox start does not hold it all.
+func Embedded(r io.Reader) (Config, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	matched := 0
+	for matched < len(ikcfgStart) {
+		b, err := br.ReadByte()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil, ErrNoEmbedded
+			}
+			return nil, fmt.Errorf("embedded configuration: %w", err)
+		}
+		switch {
+		case b == ikcfgStart[matched]:
+			matched++
+		case b == ikcfgStart[0]: // the marker has no other repeated prefix
+			matched = 1
+		default:
+			matched = 0
+		}
 	}
-	body := image[i+len(ikcfgStart):]
-	j := bytes.Index(body, ikcfgEnd)
-	if j < 0 {
-		return nil, fmt.Errorf("embedded configuration has no end marker: %w", ErrNoEmbedded)
-	}
-	zr, err := gzip.NewReader(bytes.NewReader(body[:j]))
+	zr, err := gzip.NewReader(br)
 	if err != nil {
 		return nil, fmt.Errorf("embedded configuration: %w", err)
 	}
+	zr.Multistream(false)
 	text, err := io.ReadAll(io.LimitReader(zr, maxConfig))
 	if err != nil {
 		return nil, fmt.Errorf("embedded configuration: %w", err)

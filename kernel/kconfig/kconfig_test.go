@@ -1,6 +1,9 @@
 package kconfig
 
 import (
+	"bytes"
+	"compress/gzip"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -123,5 +126,28 @@ func TestMissing(t *testing.T) {
 	}
 	if !strings.Contains(got, "virtio-fs (the pod's shared directory) (CONFIG_VIRTIO_FS)") {
 		t.Errorf("virtio-fs not reported: %s", got)
+	}
+}
+
+func TestEmbedded(t *testing.T) {
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write([]byte("CONFIG_VIRTIO_FS=y\n# CONFIG_MODULES is not set\n"))
+	zw.Close()
+	// The marker's first byte just before it, as "IIKCFG_ST", must not
+	// hide it; the image goes on after the end marker.
+	image := append(append(append(bytes.Repeat([]byte{0, 'I', 'K'}, 100000), "IIKCFG_ST"...), gz.Bytes()...), "IKCFG_ED more kernel"...)
+	cfg, err := Embedded(bytes.NewReader(image))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg["CONFIG_VIRTIO_FS"] != "y" {
+		t.Errorf("config %v, want CONFIG_VIRTIO_FS=y", cfg)
+	}
+	if _, err := Embedded(bytes.NewReader(bytes.Repeat([]byte("IKCFG_S"), 1000))); !errors.Is(err, ErrNoEmbedded) {
+		t.Errorf("no marker: %v, want ErrNoEmbedded", err)
+	}
+	if _, err := Embedded(bytes.NewReader([]byte("xxIKCFG_STnot gzip"))); err == nil || errors.Is(err, ErrNoEmbedded) {
+		t.Errorf("garbage after the marker: %v, want a gzip error", err)
 	}
 }

@@ -113,11 +113,7 @@ func readConfig(path string, kernel *os.File) (kconfig.Config, string, error) {
 	if _, err := kernel.Seek(0, io.SeekStart); err != nil {
 		return nil, "", fmt.Errorf("kernel %s: %w", path, err)
 	}
-	raw, err := io.ReadAll(io.LimitReader(kernel, maxKernel))
-	if err != nil {
-		return nil, "", fmt.Errorf("kernel %s: %w", path, err)
-	}
-	cfg, err := kconfig.Embedded(raw)
+	cfg, err := kconfig.Embedded(io.LimitReader(kernel, maxKernel))
 	if errors.Is(err, kconfig.ErrNoEmbedded) {
 		return nil, "", nil
 	}
