@@ -18,6 +18,8 @@ import (
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/network"
+	"github.com/vmpod/vmpod/portfwd"
+	"github.com/vmpod/vmpod/portfwd/capture"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/vm"
 )
@@ -37,6 +39,9 @@ type vmSandbox struct {
 	cgroup *hostcgroup.Group
 	// leaveCgroup moves the shim back out of cgroup (joinCgroup).
 	leaveCgroup func()
+	// stopForward ends the pod's port-forwarding (nil without a network
+	// namespace, or when it could not start).
+	stopForward func()
 
 	// Stop runs once: the health watcher stops a dead sandbox, and
 	// Shutdown stops it again.
@@ -138,7 +143,30 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		}
 		return nil, err
 	}
-	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup}, nil
+	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup,
+		stopForward: startForward(ctx, v, nsPath)}, nil
+}
+
+// startForward captures the connections to localhost in the pod's network
+// namespace on the host, where containerd's CRI port-forward dials, and
+// carries each to the same port in the guest (package portfwd). A failure
+// costs only port-forwarding: logged, and the pod runs.
+func startForward(ctx context.Context, v *vm.VM, nsPath string) (stop func()) {
+	if nsPath == "" {
+		return nil
+	}
+	c, err := capture.Loopback(nsPath)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("no port-forwarding into this pod")
+		return nil
+	}
+	dial := func(ctx context.Context) (net.Conn, error) { return v.Dial(ctx, portfwd.VsockPort) }
+	f := portfwd.NewForwarder(ctx, c.Listeners, dial, portfwd.MaxForwards)
+	return func() {
+		if err := errors.Join(f.Close(), c.Close()); err != nil {
+			log.G(ctx).WithError(err).Warn("stop port-forwarding")
+		}
+	}
 }
 
 // createCgroup creates the host cgroup the sandbox's spec names
@@ -291,6 +319,9 @@ func (s *vmSandbox) Stop(ctx context.Context) error {
 	s.stopOnce.Do(func() {
 		if s.stopDebug != nil {
 			s.stopDebug()
+		}
+		if s.stopForward != nil {
+			s.stopForward()
 		}
 		s.stopErr = s.v.Stop(ctx)
 		s.leaveCgroup()
