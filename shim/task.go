@@ -97,12 +97,13 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
+	layout.NS = sb.MountNS()
 	c := &container{id: r.ID, bundle: r.Bundle, layout: layout, hooks: hostHooks, state: state, execs: make(map[string]*process)}
 	p := newProcess(r.ID, "", r.Terminal, stdio.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal})
 	c.init = p
 	pid, err := s.createInSandbox(ctx, sb, c, r, spec)
 	if err != nil {
-		if rerr := rootfs.Remove(ctx, layout.HostDir); rerr != nil {
+		if rerr := rootfs.Remove(ctx, layout.NS, layout.HostDir); rerr != nil {
 			log.G(ctx).WithError(rerr).Warn("clean up after failed create")
 		}
 		return nil, err
@@ -404,7 +405,7 @@ func (s *service) removeContainer(ctx context.Context, sb Sandbox, c *container,
 		e.closeIO()
 	}
 	c.mu.Unlock()
-	if err := rootfs.Remove(ctx, c.layout.HostDir); err != nil {
+	if err := rootfs.Remove(ctx, c.layout.NS, c.layout.HostDir); err != nil {
 		return fmt.Errorf("remove rootfs of container %s: %w", c.id, err)
 	}
 	s.runPoststop(ctx, c)

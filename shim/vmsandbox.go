@@ -17,6 +17,7 @@ import (
 	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/jail"
+	"github.com/vmpod/vmpod/internal/mountns"
 	"github.com/vmpod/vmpod/network"
 	"github.com/vmpod/vmpod/portfwd"
 	"github.com/vmpod/vmpod/portfwd/capture"
@@ -39,6 +40,9 @@ type vmSandbox struct {
 	cgroup *hostcgroup.Group
 	// leaveCgroup moves the shim back out of cgroup (joinCgroup).
 	leaveCgroup func()
+	// mounts is the sandbox's mount namespace: the containers' rootfs and
+	// volumes, and virtiofsd (see internal/mountns).
+	mounts *mountns.NS
 	// stopForward ends the pod's port-forwarding (nil without a network
 	// namespace, or when it could not start).
 	stopForward func()
@@ -99,6 +103,15 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 			leaveCgroup()
 		}
 	}()
+	mounts, err := mountns.New()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", req.ID, err)
+	}
+	defer func() {
+		if retErr != nil {
+			mounts.Close()
+		}
+	}()
 	size := SizeFor(q, req.Spec)
 	log.G(ctx).WithFields(log.Fields{"vcpus": size.VCPUs, "memory_mib": size.MemoryMiB, "config": cfg.Source, "netns": nsPath, "nics": len(eps.List)}).Debug("starting VM")
 	hcfg := hypervisor.Config{
@@ -126,6 +139,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		DebugConsole:  cfg.Runtime.DebugConsole,
 		Jail:          jailRange(q),
 		Cgroup:        cg,
+		MountNS:       mounts,
 	})
 	if err != nil {
 		return nil, err
@@ -143,7 +157,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		}
 		return nil, err
 	}
-	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup,
+	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup, mounts: mounts,
 		stopForward: startForward(ctx, v, nsPath)}, nil
 }
 
@@ -311,6 +325,7 @@ func (s *vmSandbox) Agent() agentpb.AgentService { return s.v.Agent() }
 func (s *vmSandbox) SharedDir() string           { return s.shared }
 func (s *vmSandbox) GuestSharedDir() string      { return s.v.GuestSharedDir() }
 func (s *vmSandbox) Done() <-chan struct{}       { return s.v.Done() }
+func (s *vmSandbox) MountNS() *mountns.NS        { return s.mounts }
 
 // Stop stops the VM (its daemons and state go with it), then removes the
 // taps and redirects from the pod's network namespace, leaving it as CNI
@@ -324,6 +339,8 @@ func (s *vmSandbox) Stop(ctx context.Context) error {
 			s.stopForward()
 		}
 		s.stopErr = s.v.Stop(ctx)
+		// virtiofsd is gone: the namespace goes with the last mount in it.
+		s.mounts.Close()
 		s.leaveCgroup()
 		deleteCgroup(ctx, s.cgroup)
 		if nerr := s.net.Teardown(ctx); nerr != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/hypervisor/qemu"
+	"github.com/vmpod/vmpod/internal/mountns"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/virtiofs"
 	"github.com/vmpod/vmpod/vsock"
@@ -93,6 +94,10 @@ type Config struct {
 	// they start (the pod's, from the sandbox's spec); nil leaves them in
 	// the caller's.
 	Cgroup *hostcgroup.Group
+	// MountNS is the mount namespace virtiofsd runs in and the shared
+	// directory's mounts are made in (internal/mountns); nil: the
+	// caller's.
+	MountNS *mountns.NS
 }
 
 // VM is a running guest with its agent connection.
@@ -163,6 +168,7 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 		fs, err := virtiofs.Start(ctx, virtiofs.Config{
 			Path: cfg.VirtiofsdPath, SocketPath: filepath.Join(cfg.StateDir, "fs.sock"),
 			SharedDir: cfg.SharedDir, Cache: cfg.VirtiofsCache, Cgroup: cfg.Cgroup,
+			MountNS: cfg.MountNS,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)

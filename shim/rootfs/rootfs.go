@@ -7,8 +7,11 @@
 //	<shared>/<container-id>/rootfs      the rootfs mounts containerd passed in Create
 //	<shared>/<container-id>/mounts/<n>  the spec's n-th mount, when it is a bind mount
 //
+// The mounts are made in the sandbox's mount namespace (Layout.NS; see
+// internal/mountns), which virtiofsd shares, never in the host's.
 // Everything is undone by Remove, which unmounts whatever lies under the
-// container's directory (so it also cleans up after a crashed shim).
+// container's directory; after a crashed shim that namespace is gone with
+// its mounts, and Remove only removes the directories.
 package rootfs
 
 import (
@@ -27,6 +30,8 @@ import (
 	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmpod/vmpod/internal/mountns"
 )
 
 // Layout names the directories of one container in a sandbox.
@@ -35,6 +40,8 @@ type Layout struct {
 	HostDir string
 	// GuestDir is the same directory as the guest sees it.
 	GuestDir string
+	// NS is the mount namespace the mounts go in; nil: the caller's.
+	NS *mountns.NS
 }
 
 // NewLayout returns the layout of container id in a shared directory that the
@@ -75,6 +82,10 @@ func (l Layout) guestMount(n int) string {
 // mounts (a bundle that carries its own rootfs), it bind-mounts the spec's
 // root path, relative to bundle when not absolute.
 func (l Layout) MountRootfs(ctx context.Context, mounts []mount.Mount, bundle string, spec *specs.Spec) error {
+	return l.NS.Do(func() error { return l.mountRootfs(ctx, mounts, bundle, spec) })
+}
+
+func (l Layout) mountRootfs(ctx context.Context, mounts []mount.Mount, bundle string, spec *specs.Spec) error {
 	target := l.HostRootfs()
 	if err := os.MkdirAll(target, 0o711); err != nil {
 		return fmt.Errorf("create rootfs directory %s: %w", target, err)
@@ -120,6 +131,10 @@ func isBind(m specs.Mount) bool {
 // bind mount; a read-only mount is also read-only on the host side, so the
 // guest cannot write through virtio-fs.
 func (l Layout) BindMounts(ctx context.Context, spec *specs.Spec) error {
+	return l.NS.Do(func() error { return l.bindMounts(ctx, spec) })
+}
+
+func (l Layout) bindMounts(ctx context.Context, spec *specs.Spec) error {
 	mounts := make([]specs.Mount, 0, len(spec.Mounts))
 	for i, m := range spec.Mounts {
 		if !isBind(m) {
@@ -159,9 +174,9 @@ func submountBinds(m specs.Mount, target string) ([]specs.Mount, error) {
 	if !hasOption(m.Options, "ro") || !hasOption(m.Options, "rbind") {
 		return nil, nil
 	}
-	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(target))
+	infos, err := mountsUnder(target)
 	if err != nil {
-		return nil, fmt.Errorf("read mounts under %s: %w", target, err)
+		return nil, err
 	}
 	sort.Slice(infos, func(a, b int) bool { return infos[a].Mountpoint < infos[b].Mountpoint })
 	var out []specs.Mount
@@ -248,25 +263,43 @@ func bindInto(m specs.Mount, target string) error {
 	return nil
 }
 
-// Remove unmounts everything under dir, deepest first (lazily when a mount
-// is busy), then removes dir. It is safe on a partly built or already removed
-// directory.
-func Remove(ctx context.Context, dir string) error {
-	if err := UnmountUnder(ctx, dir); err != nil {
-		return err
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("remove %s: %w", dir, err)
-	}
-	return nil
+// Remove unmounts everything under dir in the mount namespace ns (nil:
+// the caller's), deepest first (lazily when a mount is busy), then removes
+// dir. It is safe on a partly built or already removed directory.
+func Remove(ctx context.Context, ns *mountns.NS, dir string) error {
+	return ns.Do(func() error {
+		if err := UnmountUnder(ctx, dir); err != nil {
+			return err
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("remove %s: %w", dir, err)
+		}
+		return nil
+	})
 }
 
-// UnmountUnder unmounts every mount point at or below dir, deepest first.
+// mountsUnder lists the mounts at or below dir in the calling thread's
+// mount namespace.
+func mountsUnder(dir string) ([]*mountinfo.Info, error) {
+	f, err := os.Open(mountns.MountinfoPath)
+	if err != nil {
+		return nil, fmt.Errorf("read mounts under %s: %w", dir, err)
+	}
+	defer f.Close()
+	infos, err := mountinfo.GetMountsFromReader(f, mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return nil, fmt.Errorf("read mounts under %s: %w", dir, err)
+	}
+	return infos, nil
+}
+
+// UnmountUnder unmounts every mount point at or below dir, deepest first,
+// in the calling thread's mount namespace.
 func UnmountUnder(ctx context.Context, dir string) error {
 	dir = filepath.Clean(dir)
-	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	infos, err := mountsUnder(dir)
 	if err != nil {
-		return fmt.Errorf("read mounts under %s: %w", dir, err)
+		return err
 	}
 	points := make([]string, 0, len(infos))
 	for _, m := range infos {

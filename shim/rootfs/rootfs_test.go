@@ -97,7 +97,7 @@ func TestBindMountsRewriteSpec(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "shared/c1/mounts/2"), []byte("y"), 0o644); err == nil {
 		t.Error("write through a read-only bind succeeded")
 	}
-	if err := Remove(ctx, l.HostDir); err != nil {
+	if err := Remove(ctx, l.NS, l.HostDir); err != nil {
 		t.Fatal(err)
 	}
 	if ms, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(root)); len(ms) != 0 {
@@ -156,7 +156,7 @@ func TestReadOnlyBindKeepsSubmounts(t *testing.T) {
 	if err := l.BindMounts(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	defer Remove(ctx, l.HostDir)
+	defer Remove(ctx, l.NS, l.HostDir)
 	want := []specs.Mount{
 		{Destination: "/mnt", Type: "bind", Source: "/run/vmpod/shared/c1/mounts/0", Options: []string{"rbind", "ro"}},
 		{Destination: "/mnt/ro", Type: "bind", Source: "/run/vmpod/shared/c1/mounts/0/ro", Options: []string{"rbind", "ro"}},
@@ -172,7 +172,7 @@ func TestReadOnlyBindKeepsSubmounts(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(l.HostDir, "mounts/0/rw/f"), []byte("x"), 0o644); err != nil {
 		t.Errorf("write to the writable submount through the read-only bind: %v", err)
 	}
-	if err := Remove(ctx, l.HostDir); err != nil {
+	if err := Remove(ctx, l.NS, l.HostDir); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -206,7 +206,7 @@ func TestRecursiveReadOnlyBind(t *testing.T) {
 	if err := l.BindMounts(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	defer Remove(ctx, l.HostDir)
+	defer Remove(ctx, l.NS, l.HostDir)
 	want := []specs.Mount{
 		{Destination: "/mnt", Type: "bind", Source: "/run/vmpod/shared/c1/mounts/0", Options: []string{"rbind", "rprivate", "rro"}},
 	}
@@ -222,7 +222,7 @@ func TestRecursiveReadOnlyBind(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(src, "rw/f"), []byte("x"), 0o644); err != nil {
 		t.Errorf("write to the source's submount: %v", err)
 	}
-	if err := Remove(ctx, l.HostDir); err != nil {
+	if err := Remove(ctx, l.NS, l.HostDir); err != nil {
 		t.Fatal(err)
 	}
 }
