@@ -3,9 +3,9 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/md5"
 	"encoding/hex"
-	"context"
 	"fmt"
 	"io"
 	"net"
