@@ -266,8 +266,10 @@ func bindInto(m specs.Mount, target string) error {
 // Remove unmounts everything under dir in the mount namespace ns (nil:
 // the caller's), deepest first (lazily when a mount is busy), then removes
 // dir. It is safe on a partly built or already removed directory.
+// A namespace already closed (the sandbox stopped) took its mounts with
+// it: only the directories are left to remove.
 func Remove(ctx context.Context, ns *mountns.NS, dir string) error {
-	return ns.Do(func() error {
+	remove := func() error {
 		if err := UnmountUnder(ctx, dir); err != nil {
 			return err
 		}
@@ -275,7 +277,12 @@ func Remove(ctx context.Context, ns *mountns.NS, dir string) error {
 			return fmt.Errorf("remove %s: %w", dir, err)
 		}
 		return nil
-	})
+	}
+	err := ns.Do(remove)
+	if errors.Is(err, mountns.ErrClosed) {
+		return remove()
+	}
+	return err
 }
 
 // mountsUnder lists the mounts at or below dir in the calling thread's

@@ -2,6 +2,7 @@ package rootfs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -10,6 +11,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/mountns"
 	"github.com/vmpod/vmpod/internal/require"
 	"golang.org/x/sys/unix"
 )
@@ -224,5 +226,48 @@ func TestRecursiveReadOnlyBind(t *testing.T) {
 	}
 	if err := Remove(ctx, l.NS, l.HostDir); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestMountsInNamespace: with a mount namespace, the binds stay out of
+// the caller's mount table, and Remove works before and after the
+// namespace is closed (a stopped sandbox took its mounts with it).
+func TestMountsInNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		require.Missing(t, "needs root to bind-mount")
+	}
+	root := t.TempDir()
+	src := filepath.Join(root, "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := mountns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	ctx := context.Background()
+	for i, closeFirst := range []bool{false, true} {
+		l, err := NewLayout(filepath.Join(root, "shared"), "/run/vmpod/shared", fmt.Sprintf("c%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.NS = ns
+		spec := &specs.Spec{Mounts: []specs.Mount{{Destination: "/data", Type: "bind", Source: src, Options: []string{"rbind"}}}}
+		if err := l.BindMounts(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		if ms, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(root)); len(ms) != 0 {
+			t.Errorf("the namespace's binds show in the caller's mount table: %v", ms)
+		}
+		if closeFirst {
+			ns.Close()
+		}
+		if err := Remove(ctx, l.NS, l.HostDir); err != nil {
+			t.Fatalf("Remove (namespace closed: %v): %v", closeFirst, err)
+		}
+		if _, err := os.Stat(l.HostDir); !os.IsNotExist(err) {
+			t.Errorf("%s not removed: %v", l.HostDir, err)
+		}
 	}
 }
