@@ -18,21 +18,30 @@ import (
 // while the pod runs, and the host removes its own mount point freely.
 func TestCRIMountPropagation(t *testing.T) {
 	e := newCRIEnv(t)
-	vol := filepath.Join(t.TempDir(), "vol")
-	if err := os.Mkdir(vol, 0o755); err != nil {
+	// As critest lays it out: the pod starts first; then the volume is
+	// made a shared mount of its own, on a host whose / may well be
+	// private (so the sandbox's mount namespace, copied at pod start, has
+	// no copy of it); a mount made on it later must reach the container.
+	podCfg := e.podConfig("prop", false)
+	podCfg["linux"].(map[string]any)["security_context"].(map[string]any)["privileged"] = true
+	pod, podPath := e.runPod(podCfg)
+	root := t.TempDir()
+	vol := filepath.Join(root, "vol")
+	if err := os.MkdirAll(filepath.Join(vol, "late"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	// The kubelet requires a shared host mount for these propagations;
 	// containerd checks it.
-	if err := unix.Mount(vol, vol, "", unix.MS_BIND, ""); err != nil {
+	if err := unix.Mount(vol, vol, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Unmount(vol, unix.MNT_DETACH) })
-	if err := unix.Mount("", vol, "", unix.MS_SHARED, ""); err != nil {
+	if err := unix.Mount("", vol, "", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
 		t.Fatal(err)
 	}
-	pod, podPath := e.runPod(e.podConfig("prop", false))
-	cfg := containerConfig("c", 0, []string{"sleep", "100000"}, nil)
+	cfg := containerConfig("c", 0, []string{"sleep", "100000"}, map[string]any{
+		"security_context": map[string]any{"privileged": true},
+	})
 	cfg["mounts"] = []map[string]any{
 		{"container_path": "/slave", "host_path": vol, "propagation": 1},  // PROPAGATION_HOST_TO_CONTAINER
 		{"container_path": "/shared", "host_path": vol, "propagation": 2}, // PROPAGATION_BIDIRECTIONAL
@@ -51,28 +60,25 @@ func TestCRIMountPropagation(t *testing.T) {
 	}
 
 	late := filepath.Join(vol, "late")
-	if err := os.Mkdir(late, 0o755); err != nil {
+	lateSrc := filepath.Join(root, "late-src")
+	if err := os.Mkdir(lateSrc, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mount("tmpfs", late, "tmpfs", 0, "size=1m"); err != nil {
+	if err := unix.Mount(lateSrc, late, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Unmount(late, unix.MNT_DETACH) })
 	if err := os.WriteFile(filepath.Join(late, "marker"), []byte("mounted after the pod\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// As critest looks, at once: a listing of the new mount point, and
+	// the file in it.
 	for _, dir := range []string{"/slave", "/shared"} {
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			out, err := e.run("", "exec", "-s", c, "cat", dir+"/late/marker")
-			if err == nil && trim(out) == "mounted after the pod" {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%s: the host's later mount is not in the container: %q, %v", dir, out, err)
-				break
-			}
-			time.Sleep(500 * time.Millisecond)
+		if out, err := e.run("", "exec", "-s", c, "ls", "-A", dir+"/late"); err != nil || trim(out) != "marker" {
+			t.Errorf("ls -A %s/late in the container: %q, %v; want the host's later mount, holding marker", dir, out, err)
+		}
+		if out, err := e.run("", "exec", "-s", c, "cat", dir+"/late/marker"); err != nil || trim(out) != "mounted after the pod" {
+			t.Errorf("cat %s/late/marker in the container: %q, %v", dir, out, err)
 		}
 	}
 	// The host takes its mount point back while the pod runs, as the

@@ -82,25 +82,27 @@ func (l Layout) guestMount(n int) string {
 // mounts (a bundle that carries its own rootfs), it bind-mounts the spec's
 // root path, relative to bundle when not absolute.
 func (l Layout) MountRootfs(ctx context.Context, mounts []mount.Mount, bundle string, spec *specs.Spec) error {
-	return l.NS.Do(func() error { return l.mountRootfs(ctx, mounts, bundle, spec) })
-}
-
-func (l Layout) mountRootfs(ctx context.Context, mounts []mount.Mount, bundle string, spec *specs.Spec) error {
 	target := l.HostRootfs()
-	if err := os.MkdirAll(target, 0o711); err != nil {
-		return fmt.Errorf("create rootfs directory %s: %w", target, err)
+	if len(mounts) > 0 {
+		return l.NS.Do(func() error {
+			if err := os.MkdirAll(target, 0o711); err != nil {
+				return fmt.Errorf("create rootfs directory %s: %w", target, err)
+			}
+			if err := mount.All(mounts, target); err != nil {
+				return fmt.Errorf("mount rootfs at %s: %w", target, err)
+			}
+			log.G(ctx).WithField("target", target).Debug("mounted rootfs")
+			return nil
+		})
 	}
-	if len(mounts) == 0 {
-		if spec.Root == nil || spec.Root.Path == "" {
-			return fmt.Errorf("container has neither rootfs mounts nor root.path in its spec")
-		}
-		src := spec.Root.Path
-		if !filepath.IsAbs(src) {
-			src = filepath.Join(bundle, src)
-		}
-		mounts = []mount.Mount{{Type: "bind", Source: src, Options: []string{"rbind"}}}
+	if spec.Root == nil || spec.Root.Path == "" {
+		return fmt.Errorf("container has neither rootfs mounts nor root.path in its spec")
 	}
-	if err := mount.All(mounts, target); err != nil {
+	src := spec.Root.Path
+	if !filepath.IsAbs(src) {
+		src = filepath.Join(bundle, src)
+	}
+	if err := l.bind(specs.Mount{Source: src, Options: []string{"rbind"}}, target); err != nil {
 		return fmt.Errorf("mount rootfs at %s: %w", target, err)
 	}
 	log.G(ctx).WithField("target", target).Debug("mounted rootfs")
@@ -131,10 +133,6 @@ func isBind(m specs.Mount) bool {
 // bind mount; a read-only mount is also read-only on the host side, so the
 // guest cannot write through virtio-fs.
 func (l Layout) BindMounts(ctx context.Context, spec *specs.Spec) error {
-	return l.NS.Do(func() error { return l.bindMounts(ctx, spec) })
-}
-
-func (l Layout) bindMounts(ctx context.Context, spec *specs.Spec) error {
 	mounts := make([]specs.Mount, 0, len(spec.Mounts))
 	for i, m := range spec.Mounts {
 		if !isBind(m) {
@@ -145,14 +143,18 @@ func (l Layout) bindMounts(ctx context.Context, spec *specs.Spec) error {
 			return fmt.Errorf("bind mount %d (%s): source %q is not absolute", i, m.Destination, m.Source)
 		}
 		target := l.hostMount(i)
-		if err := bindInto(m, target); err != nil {
+		if err := l.bind(m, target); err != nil {
 			return fmt.Errorf("bind mount %d: %s onto %s: %w", i, m.Source, m.Destination, err)
 		}
 		guest := m
 		guest.Source = l.guestMount(i)
 		mounts = append(mounts, guest)
 		log.G(ctx).WithFields(log.Fields{"source": m.Source, "guest": guest.Source}).Debug("shared bind mount")
-		sub, err := submountBinds(guest, target)
+		var sub []specs.Mount
+		err := l.NS.Do(func() (err error) {
+			sub, err = submountBinds(guest, target)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("bind mount %d (%s): %w", i, m.Destination, err)
 		}
@@ -208,59 +210,84 @@ func hasOption(opts []string, o string) bool {
 	return false
 }
 
-func bindInto(m specs.Mount, target string) error {
-	fi, err := os.Stat(m.Source)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(target), 0o711); err != nil {
-		return err
-	}
-	if fi.IsDir() {
-		err = os.Mkdir(target, 0o755)
-	} else {
-		var f *os.File
-		f, err = os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-		if err == nil {
-			err = f.Close()
-		}
-	}
-	if err != nil {
-		return err
-	}
-	flags := uintptr(unix.MS_BIND)
+// bind binds m.Source onto target in the layout's mount namespace. The
+// source is cloned in the caller's namespace (the host's), with open_tree,
+// and the clone attached in the sandbox's: the host's mounts at and below
+// the source are what the guest gets, even those the host made after the
+// sandbox's namespace was copied from it (a volume's own mount, made just
+// before the container, on a host whose / has private propagation), and
+// the clone keeps the source's propagation, so later host mounts below it
+// keep arriving when the host's mount is shared.
+func (l Layout) bind(m specs.Mount, target string) error {
+	flags := uint(unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC)
 	ro, rro := false, false
 	for _, o := range m.Options {
 		switch o {
 		case "rbind":
-			flags |= unix.MS_REC
+			flags |= unix.AT_RECURSIVE
 		case "ro":
 			ro = true
 		case "rro":
 			rro = true
 		}
 	}
-	if err := unix.Mount(m.Source, target, "", flags, ""); err != nil {
+	fi, err := os.Stat(m.Source)
+	if err != nil {
 		return err
 	}
-	if ro {
-		if err := unix.Mount("", target, "", flags|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-			_ = unix.Unmount(target, unix.MNT_DETACH)
-			return fmt.Errorf("remount read-only: %w", err)
-		}
+	fd, err := unix.OpenTree(unix.AT_FDCWD, m.Source, flags)
+	if err != nil {
+		return fmt.Errorf("open_tree %s: %w", m.Source, err)
 	}
-	// "rro" (containerd 2.x's recursive read-only mounts) is applied by
-	// the guest's libcontainer with mount_setattr; the host side of the
-	// share is made recursively read-only too, so that the guest cannot
-	// write through virtio-fs into any of its submounts either.
-	if rro {
-		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
-		if err := unix.MountSetattr(-1, target, unix.AT_RECURSIVE, &attr); err != nil {
-			_ = unix.Unmount(target, unix.MNT_DETACH)
-			return fmt.Errorf("make recursively read-only (mount_setattr): %w", err)
+	defer unix.Close(fd)
+	return l.NS.Do(func() error {
+		if err := os.MkdirAll(filepath.Dir(target), 0o711); err != nil {
+			return err
 		}
-	}
-	return nil
+		if fi.IsDir() {
+			err = os.Mkdir(target, 0o755)
+		} else {
+			var f *os.File
+			f, err = os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+			if err == nil {
+				err = f.Close()
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("move_mount onto %s: %w", target, err)
+		}
+		// A clone of a shared mount is the host's peer: a slave, it still
+		// receives the host's mounts, and nothing goes back.
+		if err := unix.Mount("", target, "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
+			_ = unix.Unmount(target, unix.MNT_DETACH)
+			return fmt.Errorf("make %s a slave of the host's mount: %w", target, err)
+		}
+		if ro {
+			rflags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY)
+			if flags&unix.AT_RECURSIVE != 0 {
+				rflags |= unix.MS_REC
+			}
+			if err := unix.Mount("", target, "", rflags, ""); err != nil {
+				_ = unix.Unmount(target, unix.MNT_DETACH)
+				return fmt.Errorf("remount read-only: %w", err)
+			}
+		}
+		// "rro" (containerd 2.x's recursive read-only mounts) is applied by
+		// the guest's libcontainer with mount_setattr; the host side of the
+		// share is made recursively read-only too, so that the guest cannot
+		// write through virtio-fs into any of its submounts either.
+		if rro {
+			attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+			if err := unix.MountSetattr(-1, target, unix.AT_RECURSIVE, &attr); err != nil {
+				_ = unix.Unmount(target, unix.MNT_DETACH)
+				return fmt.Errorf("make recursively read-only (mount_setattr): %w", err)
+			}
+		}
+		return nil
+	})
 }
 
 // Remove unmounts everything under dir in the mount namespace ns (nil:
