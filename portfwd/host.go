@@ -117,6 +117,9 @@ func (f *Forwarder) open(req Request) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("port-forward to port %d: dial the agent: %w", req.Port, err)
 	}
+	// Close does not wait for the guest's answer.
+	stop := context.AfterFunc(f.ctx, func() { g.Close() })
+	defer stop()
 	// Bounded: the guest answers after its own dial, itself bounded.
 	_ = g.SetDeadline(time.Now().Add(requestTimeout + dialTimeout))
 	b := req.Encode()

@@ -184,18 +184,22 @@ type listener struct {
 	v6 bool
 }
 
+// A connection whose original destination cannot be read (it did not
+// come through the redirect) is reset, and the next one accepted.
 func (l *listener) Accept() (net.Conn, error) {
-	c, err := l.AcceptTCP()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			return nil, err
+		}
+		dst, err := originalDst(c, l.v6)
+		if err != nil {
+			c.SetLinger(0)
+			c.Close()
+			continue
+		}
+		return &conn{c, dst}, nil
 	}
-	dst, err := originalDst(c, l.v6)
-	if err != nil {
-		c.SetLinger(0)
-		c.Close()
-		return nil, fmt.Errorf("captured connection from %v: %w", c.RemoteAddr(), err)
-	}
-	return &conn{c, dst}, nil
 }
 
 // conn is a captured connection; LocalAddr is where the client meant to go.

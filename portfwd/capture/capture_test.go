@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
 	"github.com/vmpod/vmpod/internal/require"
@@ -160,14 +162,8 @@ func TestForwardThroughCapture(t *testing.T) {
 				t.Fatalf("forward %d never reached the server", i)
 			}
 		}
-		c, err := dialIn(ns, "tcp4", "127.0.0.1", hp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-			t.Fatalf("a third forward with a limit of two: %v, want a reset", err)
+		if err := resetIn(ns, hp); err != nil {
+			t.Fatalf("a third forward with a limit of two: %v", err)
 		}
 	})
 	t.Run("Refused", func(t *testing.T) {
@@ -177,11 +173,85 @@ func TestForwardThroughCapture(t *testing.T) {
 		}
 		closed := l.Addr().(*net.TCPAddr).Port
 		l.Close()
-		_, err = exchange(ns, closed, "x")
-		if !errors.Is(err, syscall.ECONNRESET) {
-			t.Fatalf("a refused port in the guest: got %v, want connection reset", err)
+		if err := resetIn(ns, closed); err != nil {
+			t.Fatalf("a refused port in the guest: %v", err)
 		}
 	})
+	t.Run("CloseEndsForwards", func(t *testing.T) {
+		hold, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hold.Close()
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			if c, err := hold.Accept(); err == nil {
+				accepted <- c
+			}
+		}()
+		c, err := dialIn(ns, "tcp4", "127.0.0.1", hold.Addr().(*net.TCPAddr).Port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		select {
+		case g := <-accepted:
+			defer g.Close()
+		case <-time.After(10 * time.Second):
+			t.Fatal("the forward never reached the server")
+		}
+		closed := make(chan error, 1)
+		go func() { closed <- f.Close() }()
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Close did not return with a forward open")
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("the client's connection is still open after Close")
+		}
+	})
+	t.Run("CloseRemovesTable", func(t *testing.T) {
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		nsf, err := os.Open(ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nsf.Close()
+		conn, err := nftables.New(nftables.WithNetNSFd(int(nsf.Fd())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.CloseLasting()
+		if _, err := conn.ListTableOfFamily(capture.TableName, nftables.TableFamilyINet); err == nil {
+			t.Errorf("table inet %s still in the namespace after Close", capture.TableName)
+		}
+	})
+}
+
+// resetIn dials 127.0.0.1:port in the namespace and expects the
+// connection reset: at once (connect may already see it) or on the first
+// read.
+func resetIn(ns string, port int) error {
+	c, err := dialIn(ns, "tcp4", "127.0.0.1", port)
+	if errors.Is(err, syscall.ECONNRESET) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		return fmt.Errorf("read: %v, want a reset", err)
+	}
+	return nil
 }
 
 // exchange dials 127.0.0.1:port in the namespace, writes msg, closes its
