@@ -131,6 +131,17 @@ func TestForwardThroughCapture(t *testing.T) {
 			t.Fatalf("got %q, %v", b, err)
 		}
 	})
+	t.Run("Refused", func(t *testing.T) {
+		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if err := resetIn(ns, closed); err != nil {
+			t.Fatalf("a refused port in the guest: %v", err)
+		}
+	})
 	t.Run("Limit", func(t *testing.T) {
 		// A server that accepts and holds: two forwards fill the limit.
 		hold, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -145,7 +156,11 @@ func TestForwardThroughCapture(t *testing.T) {
 				if err != nil {
 					return
 				}
-				accepted <- c
+				select {
+				case accepted <- c:
+				default:
+					c.Close()
+				}
 			}
 		}()
 		hp := hold.Addr().(*net.TCPAddr).Port
@@ -166,17 +181,6 @@ func TestForwardThroughCapture(t *testing.T) {
 			t.Fatalf("a third forward with a limit of two: %v", err)
 		}
 	})
-	t.Run("Refused", func(t *testing.T) {
-		l, err := net.Listen("tcp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		closed := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if err := resetIn(ns, closed); err != nil {
-			t.Fatalf("a refused port in the guest: %v", err)
-		}
-	})
 	t.Run("CloseEndsForwards", func(t *testing.T) {
 		hold, err := net.Listen("tcp4", "127.0.0.1:0")
 		if err != nil {
@@ -185,21 +189,39 @@ func TestForwardThroughCapture(t *testing.T) {
 		defer hold.Close()
 		accepted := make(chan net.Conn, 1)
 		go func() {
-			if c, err := hold.Accept(); err == nil {
-				accepted <- c
+			for {
+				c, err := hold.Accept()
+				if err != nil {
+					return
+				}
+				select {
+				case accepted <- c:
+				default:
+					c.Close()
+				}
 			}
 		}()
-		c, err := dialIn(ns, "tcp4", "127.0.0.1", hold.Addr().(*net.TCPAddr).Port)
-		if err != nil {
-			t.Fatal(err)
+		// The Limit test's forwards may still be ending: retry until one
+		// gets a slot.
+		var c net.Conn
+		deadline := time.Now().Add(10 * time.Second)
+		for c == nil {
+			conn, err := dialIn(ns, "tcp4", "127.0.0.1", hold.Addr().(*net.TCPAddr).Port)
+			if err == nil {
+				select {
+				case g := <-accepted:
+					defer g.Close()
+					c = conn
+					continue
+				case <-time.After(time.Second):
+				}
+				conn.Close()
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no forward reached the server")
+			}
 		}
 		defer c.Close()
-		select {
-		case g := <-accepted:
-			defer g.Close()
-		case <-time.After(10 * time.Second):
-			t.Fatal("the forward never reached the server")
-		}
 		closed := make(chan error, 1)
 		go func() { closed <- f.Close() }()
 		select {
