@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpod/vmpod/internal/mountns"
+
 	"github.com/containerd/ttrpc"
 	agentpb "github.com/vmpod/vmpod/proto"
 )
@@ -42,6 +44,7 @@ func newFakeSandbox(check func(ctx context.Context) error) *fakeSandbox {
 func (f *fakeSandbox) Agent() agentpb.AgentService { return f.agent }
 func (f *fakeSandbox) SharedDir() string           { return "" }
 func (f *fakeSandbox) GuestSharedDir() string      { return "" }
+func (f *fakeSandbox) MountNS() *mountns.NS        { return nil }
 func (f *fakeSandbox) Done() <-chan struct{}       { return f.done }
 func (f *fakeSandbox) Stop(context.Context) error {
 	f.stops.Add(1)

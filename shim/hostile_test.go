@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpod/vmpod/internal/mountns"
+
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/pkg/stdio"
 	"github.com/containerd/ttrpc"
@@ -266,6 +268,7 @@ type clientSandbox struct {
 func (c *clientSandbox) Agent() agentpb.AgentService { return c.agent }
 func (c *clientSandbox) SharedDir() string           { return "" }
 func (c *clientSandbox) GuestSharedDir() string      { return "" }
+func (c *clientSandbox) MountNS() *mountns.NS        { return nil }
 func (c *clientSandbox) Done() <-chan struct{}       { return c.done }
 func (c *clientSandbox) Stop(context.Context) error  { return nil }
 

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpod/vmpod/internal/mountns"
+
 	"github.com/containerd/ttrpc"
 	"github.com/vmpod/vmpod/internal/testbin"
 	agentpb "github.com/vmpod/vmpod/proto"
@@ -65,6 +67,7 @@ func hostSandboxFactory(t *testing.T) SandboxFactory {
 func (h *hostSandbox) Agent() agentpb.AgentService { return h.agent }
 func (h *hostSandbox) SharedDir() string           { return h.shared }
 func (h *hostSandbox) GuestSharedDir() string      { return h.shared }
+func (h *hostSandbox) MountNS() *mountns.NS        { return nil }
 func (h *hostSandbox) Done() <-chan struct{}       { return h.done }
 
 func (h *hostSandbox) Stop(ctx context.Context) error {

@@ -253,7 +253,7 @@ func (m *Manager) Stop(ctx context.Context, id string) (cshim.StopStatus, error)
 	}
 	if joins {
 		poststopAfterCrash(ctx, id, spec, filepath.Join(dir, SharedDirName, id), netns)
-		if err := rootfs.Remove(ctx, filepath.Join(dir, SharedDirName, id)); err != nil {
+		if err := rootfs.Remove(ctx, nil, filepath.Join(dir, SharedDirName, id)); err != nil {
 			return cshim.StopStatus{}, err
 		}
 	} else {
@@ -265,7 +265,7 @@ func (m *Manager) Stop(ctx context.Context, id string) (cshim.StopStatus, error)
 				deleteCgroup(ctx, cg)
 			}
 		}
-		if err := rootfs.Remove(ctx, dir); err != nil {
+		if err := rootfs.Remove(ctx, nil, dir); err != nil {
 			return cshim.StopStatus{}, err
 		}
 		if err := network.Cleanup(ctx, network.NamespacePath(spec)); err != nil {

@@ -8,6 +8,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vmpod/vmpod/config"
+	"github.com/vmpod/vmpod/internal/mountns"
 	agentpb "github.com/vmpod/vmpod/proto"
 )
 
@@ -24,6 +25,9 @@ type Sandbox interface {
 	// SharedDir is the host directory the guest sees at GuestSharedDir.
 	SharedDir() string
 	GuestSharedDir() string
+	// MountNS is the mount namespace of the sandbox's mounts, which
+	// virtiofsd shares; nil: the shim's own.
+	MountNS() *mountns.NS
 	// Done is closed when the sandbox stopped, for whatever reason.
 	Done() <-chan struct{}
 	// Stop ends the sandbox and releases what it holds on the host.

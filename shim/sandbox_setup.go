@@ -78,7 +78,7 @@ func (s *service) ensureSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	}
 	// Removing dir unmounts the network namespace made there, if any.
 	fail := func(err error) (Sandbox, error) {
-		if rerr := rootfs.Remove(ctx, dir); rerr != nil {
+		if rerr := rootfs.Remove(ctx, nil, dir); rerr != nil {
 			log.G(ctx).WithError(rerr).Warn("clean up after failed sandbox start")
 		}
 		return nil, err

@@ -111,7 +111,7 @@ func (s *service) stopSandbox(ctx context.Context) error {
 		timedStop(ctx, id, time.Since(begin), err)
 	}
 	if dir != "" {
-		if rerr := rootfs.Remove(ctx, dir); rerr != nil && err == nil {
+		if rerr := rootfs.Remove(ctx, nil, dir); rerr != nil && err == nil {
 			err = rerr
 		}
 	}

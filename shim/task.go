@@ -100,10 +100,11 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
-	// A container of a running pod that asks for more than its VM has
-	// grows the VM first (CPU and memory hot-plug).
+	layout.NS = sb.MountNS()
 	c := &container{id: r.ID, bundle: r.Bundle, layout: layout, hooks: hostHooks, state: state, execs: make(map[string]*process)}
 	c.podSandbox = spec.Annotations[annotationContainerType] == containerTypeSandbox
+	// A container of a running pod that asks for more than its VM has
+	// grows the VM first (CPU and memory hot-plug).
 	if spec.Linux != nil && !c.podSandbox {
 		c.demand = demandOf(spec.Linux.Resources)
 		if err := s.growFor(ctx, sb, r.ID, c.demand); err != nil {
@@ -114,7 +115,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	c.init = p
 	pid, err := s.createInSandbox(ctx, sb, c, r, spec)
 	if err != nil {
-		if rerr := rootfs.Remove(ctx, layout.HostDir); rerr != nil {
+		if rerr := rootfs.Remove(ctx, layout.NS, layout.HostDir); rerr != nil {
 			log.G(ctx).WithError(rerr).Warn("clean up after failed create")
 		}
 		return nil, err
@@ -420,7 +421,7 @@ func (s *service) removeContainer(ctx context.Context, sb Sandbox, c *container,
 		e.closeIO()
 	}
 	c.mu.Unlock()
-	if err := rootfs.Remove(ctx, c.layout.HostDir); err != nil {
+	if err := rootfs.Remove(ctx, c.layout.NS, c.layout.HostDir); err != nil {
 		return fmt.Errorf("remove rootfs of container %s: %w", c.id, err)
 	}
 	s.runPoststop(ctx, c)

@@ -18,7 +18,10 @@ import (
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/kernel/kernelcheck"
+	"github.com/vmpod/vmpod/internal/mountns"
 	"github.com/vmpod/vmpod/network"
+	"github.com/vmpod/vmpod/portfwd"
+	"github.com/vmpod/vmpod/portfwd/capture"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/sizing"
 	"github.com/vmpod/vmpod/vm"
@@ -45,6 +48,12 @@ type vmSandbox struct {
 	// hotplug: the VM may grow (resource_management and the machine
 	// type allow it).
 	hotplug bool
+	// mounts is the sandbox's mount namespace: the containers' rootfs and
+	// volumes, and virtiofsd (see internal/mountns).
+	mounts *mountns.NS
+	// stopForward ends the pod's port-forwarding (nil without a network
+	// namespace, or when it could not start).
+	stopForward func()
 
 	// Stop runs once: the health watcher stops a dead sandbox, and
 	// Shutdown stops it again.
@@ -115,6 +124,15 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 			leaveCgroup()
 		}
 	}()
+	mounts, err := mountns.New()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", req.ID, err)
+	}
+	defer func() {
+		if retErr != nil {
+			mounts.Close()
+		}
+	}()
 	log.G(ctx).WithFields(log.Fields{"vcpus": size.VCPUs, "memory_mib": size.MemoryMiB, "resource_management": cfg.Runtime.ResourceManagement, "machine": q.MachineType, "config": cfg.Source, "netns": nsPath, "nics": len(eps.List)}).Debug("starting VM")
 	hcfg := hypervisor.Config{
 		Path:         paths.VMM,
@@ -150,6 +168,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		Driver:        cfg.Hypervisor.Type,
 
 		AgentInterceptor: obs.interceptor(),
+		MountNS:       mounts,
 	})
 	if err != nil {
 		return nil, err
@@ -168,7 +187,8 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		return nil, err
 	}
 	obs.start(ctx, req, v)
-	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup, hotplug: hotplug, obs: obs}, nil
+	return &vmSandbox{v: v, shared: shared, net: eps, stopDebug: stopDebug, cgroup: cg, leaveCgroup: leaveCgroup, hotplug: hotplug, obs: obs, mounts: mounts,
+		stopForward: startForward(ctx, v, nsPath)}, nil
 }
 
 // hotplugAllowed says whether the pod's VM may grow while it runs: the
@@ -203,6 +223,28 @@ func (s *vmSandbox) Grow(ctx context.Context, want hypervisor.Resources) (hyperv
 		return cur, nil
 	}
 	return s.v.Grow(ctx, want)
+}
+
+// startForward captures the connections to localhost in the pod's network
+// namespace on the host, where containerd's CRI port-forward dials, and
+// carries each to the same port in the guest (package portfwd). A failure
+// costs only port-forwarding: logged, and the pod runs.
+func startForward(ctx context.Context, v *vm.VM, nsPath string) (stop func()) {
+	if nsPath == "" {
+		return nil
+	}
+	c, err := capture.Loopback(nsPath)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("no port-forwarding into this pod")
+		return nil
+	}
+	dial := func(ctx context.Context) (net.Conn, error) { return v.Dial(ctx, portfwd.VsockPort) }
+	f := portfwd.NewForwarder(ctx, c.Listeners, dial, portfwd.MaxForwards)
+	return func() {
+		if err := errors.Join(f.Close(), c.Close()); err != nil {
+			log.G(ctx).WithError(err).Warn("stop port-forwarding")
+		}
+	}
 }
 
 // createCgroup creates the host cgroup the sandbox's spec names
@@ -347,6 +389,7 @@ func (s *vmSandbox) Agent() agentpb.AgentService { return s.v.Agent() }
 func (s *vmSandbox) SharedDir() string           { return s.shared }
 func (s *vmSandbox) GuestSharedDir() string      { return s.v.GuestSharedDir() }
 func (s *vmSandbox) Done() <-chan struct{}       { return s.v.Done() }
+func (s *vmSandbox) MountNS() *mountns.NS        { return s.mounts }
 
 // Stop stops the VM (its daemons and state go with it), then removes the
 // taps and redirects from the pod's network namespace, leaving it as CNI
@@ -357,7 +400,12 @@ func (s *vmSandbox) Stop(ctx context.Context) error {
 		if s.stopDebug != nil {
 			s.stopDebug()
 		}
+		if s.stopForward != nil {
+			s.stopForward()
+		}
 		s.stopErr = s.v.Stop(ctx)
+		// virtiofsd is gone: the namespace goes with the last mount in it.
+		s.mounts.Close()
 		s.leaveCgroup()
 		deleteCgroup(ctx, s.cgroup)
 		if nerr := s.net.Teardown(ctx); nerr != nil {

@@ -2,10 +2,12 @@
 // host directory to a guest's virtio-fs device.
 //
 // virtiofsd puts itself in a mount namespace of its own, a slave of the
-// host's at the moment it starts. For mounts made under the shared
-// directory later (a container's rootfs) to reach the guest, the directory
-// must be a mount point with shared propagation before virtiofsd starts:
-// Start makes it one unless it already is, and Stop undoes what Start did.
+// one it starts in (Config.MountNS: the sandbox's, see internal/mountns;
+// nil: the caller's) at the moment it starts. For mounts made under the
+// shared directory later (a container's rootfs) to reach the guest, the
+// directory must be a mount point with shared propagation, in that
+// namespace, before virtiofsd starts: Start makes it one unless it already
+// is, and Stop undoes what Start did.
 package virtiofs
 
 import (
@@ -21,7 +23,7 @@ import (
 	"time"
 
 	"github.com/vmpod/vmpod/hostcgroup"
-	"github.com/vmpod/vmpod/internal/lockedfork"
+	"github.com/vmpod/vmpod/internal/mountns"
 	"github.com/vmpod/vmpod/internal/tail"
 
 	"github.com/containerd/log"
@@ -61,6 +63,9 @@ type Config struct {
 	Cgroup *hostcgroup.Group
 	// ExtraArgs are appended to virtiofsd's arguments.
 	ExtraArgs []string
+	// MountNS is the mount namespace virtiofsd starts in, where the
+	// shared directory's mounts are made; nil: the caller's.
+	MountNS *mountns.NS
 }
 
 // Daemon is a running virtiofsd.
@@ -117,7 +122,11 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 		return nil, fmt.Errorf("virtiofsd: shared directory: %w", err)
 	}
 	d := &Daemon{cfg: cfg, stderr: tail.New(maxStderr), done: make(chan struct{})}
-	made, err := makeShared(cfg.SharedDir)
+	var made bool
+	err := cfg.MountNS.Do(func() (err error) {
+		made, err = makeShared(cfg.SharedDir)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -147,8 +156,8 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 	cmd.ExtraFiles = []*os.File{lf}
 	cmd.Stderr = d.stderr
 	// Killed with this process, but not with the OS thread that forks it
-	// (see lockedfork).
-	waited, err := lockedfork.Start(cmd)
+	// (see lockedfork), in the sandbox's mount namespace.
+	waited, err := cfg.MountNS.Start(cmd)
 	if err != nil {
 		os.Remove(cfg.SocketPath)
 		return nil, fmt.Errorf("virtiofsd: starting %s: %w", cfg.Path, err)
@@ -246,7 +255,12 @@ func makeShared(dir string) (made bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("virtiofsd: shared directory: %w", err)
 	}
-	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dir))
+	f, err := os.Open(mountns.MountinfoPath)
+	if err != nil {
+		return false, fmt.Errorf("virtiofsd: reading mountinfo: %w", err)
+	}
+	defer f.Close()
+	mounts, err := mountinfo.GetMountsFromReader(f, mountinfo.SingleEntryFilter(dir))
 	if err != nil {
 		return false, fmt.Errorf("virtiofsd: reading mountinfo: %w", err)
 	}
@@ -287,10 +301,16 @@ func (d *Daemon) undoShared(ctx context.Context) error {
 		return nil
 	}
 	d.madeBind = false
-	err := unix.Unmount(d.cfg.SharedDir, 0)
-	if errors.Is(err, unix.EBUSY) {
-		log.G(ctx).WithField("shared", d.cfg.SharedDir).Warn("mounts remain under the shared directory; detaching it")
-		err = unix.Unmount(d.cfg.SharedDir, unix.MNT_DETACH)
+	err := d.cfg.MountNS.Do(func() error {
+		err := unix.Unmount(d.cfg.SharedDir, 0)
+		if errors.Is(err, unix.EBUSY) {
+			log.G(ctx).WithField("shared", d.cfg.SharedDir).Warn("mounts remain under the shared directory; detaching it")
+			err = unix.Unmount(d.cfg.SharedDir, unix.MNT_DETACH)
+		}
+		return err
+	})
+	if errors.Is(err, mountns.ErrClosed) {
+		return nil // the namespace went, and the bind with it
 	}
 	if err != nil && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("virtiofsd: unmount %s: %w", d.cfg.SharedDir, err)

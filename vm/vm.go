@@ -26,6 +26,7 @@ import (
 	"github.com/vmpod/vmpod/hypervisor/clh"
 	"github.com/vmpod/vmpod/hypervisor/jail"
 	"github.com/vmpod/vmpod/hypervisor/qemu"
+	"github.com/vmpod/vmpod/internal/mountns"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/virtiofs"
 	"github.com/vmpod/vmpod/vsock"
@@ -108,6 +109,10 @@ type Config struct {
 	// AgentInterceptor, when set, wraps every call of the agent client
 	// (the shim's RPC latency metrics).
 	AgentInterceptor ttrpc.UnaryClientInterceptor
+	// MountNS is the mount namespace virtiofsd runs in and the shared
+	// directory's mounts are made in (internal/mountns); nil: the
+	// caller's.
+	MountNS *mountns.NS
 }
 
 // driver is what VM needs of a hypervisor driver.
@@ -205,6 +210,7 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 		fs, err := virtiofs.Start(ctx, virtiofs.Config{
 			Path: cfg.VirtiofsdPath, SocketPath: filepath.Join(cfg.StateDir, "fs.sock"),
 			SharedDir: cfg.SharedDir, Cache: cfg.VirtiofsCache, Cgroup: cfg.Cgroup,
+			MountNS: cfg.MountNS,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)

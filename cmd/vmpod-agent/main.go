@@ -1,5 +1,5 @@
 // Command vmpod-agent is the guest agent: PID 1 of a vmpod VM, serving the
-// Agent API on vsock port 1024. Run as "vmpod-agent init" it is
+// Agent API on vsock port 1024 (and CRI port-forwards on 1025). Run as "vmpod-agent init" it is
 // libcontainer's container init instead, and run as "modprobe" (the
 // image's /sbin/modprobe) the kernel's module helper.
 package main
@@ -24,6 +24,7 @@ import (
 	"github.com/vmpod/vmpod/agent"
 	"github.com/vmpod/vmpod/agent/pid1"
 	"github.com/vmpod/vmpod/internal/consolelog"
+	"github.com/vmpod/vmpod/portfwd"
 )
 
 func init() {
@@ -86,6 +87,21 @@ func run(ctx context.Context, listen, stateDir string, debugConsole bool) error 
 	}
 	ctx, stop := signal.NotifyContext(ctx, unix.SIGTERM, unix.SIGINT)
 	defer stop()
+	if guest {
+		// CRI port-forwards arrive on a port of their own, one vsock
+		// stream each (package portfwd); the agent API is unaffected
+		// should it fail.
+		pl, err := vsock.Listen(portfwd.VsockPort, nil)
+		if err != nil {
+			log.G(ctx).WithError(err).Error("port-forward: listen; no port-forwards into this pod")
+		} else {
+			go func() {
+				if err := portfwd.Serve(ctx, pl); err != nil {
+					log.G(ctx).WithError(err).Error("port-forward stopped")
+				}
+			}()
+		}
+	}
 	log.G(ctx).WithField("listen", listen).Info("vmpod-agent serving")
 	return srv.Serve(ctx, l)
 }

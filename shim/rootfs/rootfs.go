@@ -7,8 +7,11 @@
 //	<shared>/<container-id>/rootfs      the rootfs mounts containerd passed in Create
 //	<shared>/<container-id>/mounts/<n>  the spec's n-th mount, when it is a bind mount
 //
+// The mounts are made in the sandbox's mount namespace (Layout.NS; see
+// internal/mountns), which virtiofsd shares, never in the host's.
 // Everything is undone by Remove, which unmounts whatever lies under the
-// container's directory (so it also cleans up after a crashed shim).
+// container's directory; after a crashed shim that namespace is gone with
+// its mounts, and Remove only removes the directories.
 package rootfs
 
 import (
@@ -27,6 +30,8 @@ import (
 	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmpod/vmpod/internal/mountns"
 )
 
 // Layout names the directories of one container in a sandbox.
@@ -35,6 +40,8 @@ type Layout struct {
 	HostDir string
 	// GuestDir is the same directory as the guest sees it.
 	GuestDir string
+	// NS is the mount namespace the mounts go in; nil: the caller's.
+	NS *mountns.NS
 }
 
 // NewLayout returns the layout of container id in a shared directory that the
@@ -76,20 +83,26 @@ func (l Layout) guestMount(n int) string {
 // root path, relative to bundle when not absolute.
 func (l Layout) MountRootfs(ctx context.Context, mounts []mount.Mount, bundle string, spec *specs.Spec) error {
 	target := l.HostRootfs()
-	if err := os.MkdirAll(target, 0o711); err != nil {
-		return fmt.Errorf("create rootfs directory %s: %w", target, err)
+	if len(mounts) > 0 {
+		return l.NS.Do(func() error {
+			if err := os.MkdirAll(target, 0o711); err != nil {
+				return fmt.Errorf("create rootfs directory %s: %w", target, err)
+			}
+			if err := mount.All(mounts, target); err != nil {
+				return fmt.Errorf("mount rootfs at %s: %w", target, err)
+			}
+			log.G(ctx).WithField("target", target).Debug("mounted rootfs")
+			return nil
+		})
 	}
-	if len(mounts) == 0 {
-		if spec.Root == nil || spec.Root.Path == "" {
-			return fmt.Errorf("container has neither rootfs mounts nor root.path in its spec")
-		}
-		src := spec.Root.Path
-		if !filepath.IsAbs(src) {
-			src = filepath.Join(bundle, src)
-		}
-		mounts = []mount.Mount{{Type: "bind", Source: src, Options: []string{"rbind"}}}
+	if spec.Root == nil || spec.Root.Path == "" {
+		return fmt.Errorf("container has neither rootfs mounts nor root.path in its spec")
 	}
-	if err := mount.All(mounts, target); err != nil {
+	src := spec.Root.Path
+	if !filepath.IsAbs(src) {
+		src = filepath.Join(bundle, src)
+	}
+	if err := l.bind(specs.Mount{Source: src, Options: []string{"rbind"}}, target); err != nil {
 		return fmt.Errorf("mount rootfs at %s: %w", target, err)
 	}
 	log.G(ctx).WithField("target", target).Debug("mounted rootfs")
@@ -130,14 +143,18 @@ func (l Layout) BindMounts(ctx context.Context, spec *specs.Spec) error {
 			return fmt.Errorf("bind mount %d (%s): source %q is not absolute", i, m.Destination, m.Source)
 		}
 		target := l.hostMount(i)
-		if err := bindInto(m, target); err != nil {
+		if err := l.bind(m, target); err != nil {
 			return fmt.Errorf("bind mount %d: %s onto %s: %w", i, m.Source, m.Destination, err)
 		}
 		guest := m
 		guest.Source = l.guestMount(i)
 		mounts = append(mounts, guest)
 		log.G(ctx).WithFields(log.Fields{"source": m.Source, "guest": guest.Source}).Debug("shared bind mount")
-		sub, err := submountBinds(guest, target)
+		var sub []specs.Mount
+		err := l.NS.Do(func() (err error) {
+			sub, err = submountBinds(guest, target)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("bind mount %d (%s): %w", i, m.Destination, err)
 		}
@@ -159,9 +176,9 @@ func submountBinds(m specs.Mount, target string) ([]specs.Mount, error) {
 	if !hasOption(m.Options, "ro") || !hasOption(m.Options, "rbind") {
 		return nil, nil
 	}
-	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(target))
+	infos, err := mountsUnder(target)
 	if err != nil {
-		return nil, fmt.Errorf("read mounts under %s: %w", target, err)
+		return nil, err
 	}
 	sort.Slice(infos, func(a, b int) bool { return infos[a].Mountpoint < infos[b].Mountpoint })
 	var out []specs.Mount
@@ -193,80 +210,130 @@ func hasOption(opts []string, o string) bool {
 	return false
 }
 
-func bindInto(m specs.Mount, target string) error {
-	fi, err := os.Stat(m.Source)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(target), 0o711); err != nil {
-		return err
-	}
-	if fi.IsDir() {
-		err = os.Mkdir(target, 0o755)
-	} else {
-		var f *os.File
-		f, err = os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-		if err == nil {
-			err = f.Close()
-		}
-	}
-	if err != nil {
-		return err
-	}
-	flags := uintptr(unix.MS_BIND)
+// bind binds m.Source onto target in the layout's mount namespace. The
+// source is cloned in the caller's namespace (the host's), with open_tree,
+// and the clone attached in the sandbox's: the host's mounts at and below
+// the source are what the guest gets, even those the host made after the
+// sandbox's namespace was copied from it (a volume's own mount, made just
+// before the container, on a host whose / has private propagation), and
+// the clone keeps the source's propagation, so later host mounts below it
+// keep arriving when the host's mount is shared.
+func (l Layout) bind(m specs.Mount, target string) error {
+	flags := uint(unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC)
 	ro, rro := false, false
 	for _, o := range m.Options {
 		switch o {
 		case "rbind":
-			flags |= unix.MS_REC
+			flags |= unix.AT_RECURSIVE
 		case "ro":
 			ro = true
 		case "rro":
 			rro = true
 		}
 	}
-	if err := unix.Mount(m.Source, target, "", flags, ""); err != nil {
+	fi, err := os.Stat(m.Source)
+	if err != nil {
 		return err
 	}
-	if ro {
-		if err := unix.Mount("", target, "", flags|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-			_ = unix.Unmount(target, unix.MNT_DETACH)
-			return fmt.Errorf("remount read-only: %w", err)
-		}
+	fd, err := unix.OpenTree(unix.AT_FDCWD, m.Source, flags)
+	if err != nil {
+		return fmt.Errorf("open_tree %s: %w", m.Source, err)
 	}
-	// "rro" (containerd 2.x's recursive read-only mounts) is applied by
-	// the guest's libcontainer with mount_setattr; the host side of the
-	// share is made recursively read-only too, so that the guest cannot
-	// write through virtio-fs into any of its submounts either.
-	if rro {
-		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
-		if err := unix.MountSetattr(-1, target, unix.AT_RECURSIVE, &attr); err != nil {
-			_ = unix.Unmount(target, unix.MNT_DETACH)
-			return fmt.Errorf("make recursively read-only (mount_setattr): %w", err)
+	defer unix.Close(fd)
+	return l.NS.Do(func() error {
+		if err := os.MkdirAll(filepath.Dir(target), 0o711); err != nil {
+			return err
 		}
-	}
-	return nil
+		if fi.IsDir() {
+			err = os.Mkdir(target, 0o755)
+		} else {
+			var f *os.File
+			f, err = os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+			if err == nil {
+				err = f.Close()
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("move_mount onto %s: %w", target, err)
+		}
+		// A clone of a shared mount is the host's peer: a slave, it still
+		// receives the host's mounts, and nothing goes back.
+		if err := unix.Mount("", target, "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
+			_ = unix.Unmount(target, unix.MNT_DETACH)
+			return fmt.Errorf("make %s a slave of the host's mount: %w", target, err)
+		}
+		if ro {
+			rflags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY)
+			if flags&unix.AT_RECURSIVE != 0 {
+				rflags |= unix.MS_REC
+			}
+			if err := unix.Mount("", target, "", rflags, ""); err != nil {
+				_ = unix.Unmount(target, unix.MNT_DETACH)
+				return fmt.Errorf("remount read-only: %w", err)
+			}
+		}
+		// "rro" (containerd 2.x's recursive read-only mounts) is applied by
+		// the guest's libcontainer with mount_setattr; the host side of the
+		// share is made recursively read-only too, so that the guest cannot
+		// write through virtio-fs into any of its submounts either.
+		if rro {
+			attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+			if err := unix.MountSetattr(-1, target, unix.AT_RECURSIVE, &attr); err != nil {
+				_ = unix.Unmount(target, unix.MNT_DETACH)
+				return fmt.Errorf("make recursively read-only (mount_setattr): %w", err)
+			}
+		}
+		return nil
+	})
 }
 
-// Remove unmounts everything under dir, deepest first (lazily when a mount
-// is busy), then removes dir. It is safe on a partly built or already removed
-// directory.
-func Remove(ctx context.Context, dir string) error {
-	if err := UnmountUnder(ctx, dir); err != nil {
-		return err
+// Remove unmounts everything under dir in the mount namespace ns (nil:
+// the caller's), deepest first (lazily when a mount is busy), then removes
+// dir. It is safe on a partly built or already removed directory.
+// A namespace already closed (the sandbox stopped) took its mounts with
+// it: only the directories are left to remove.
+func Remove(ctx context.Context, ns *mountns.NS, dir string) error {
+	remove := func() error {
+		if err := UnmountUnder(ctx, dir); err != nil {
+			return err
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("remove %s: %w", dir, err)
+		}
+		return nil
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("remove %s: %w", dir, err)
+	err := ns.Do(remove)
+	if errors.Is(err, mountns.ErrClosed) {
+		return remove()
 	}
-	return nil
+	return err
 }
 
-// UnmountUnder unmounts every mount point at or below dir, deepest first.
+// mountsUnder lists the mounts at or below dir in the calling thread's
+// mount namespace.
+func mountsUnder(dir string) ([]*mountinfo.Info, error) {
+	f, err := os.Open(mountns.MountinfoPath)
+	if err != nil {
+		return nil, fmt.Errorf("read mounts under %s: %w", dir, err)
+	}
+	defer f.Close()
+	infos, err := mountinfo.GetMountsFromReader(f, mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return nil, fmt.Errorf("read mounts under %s: %w", dir, err)
+	}
+	return infos, nil
+}
+
+// UnmountUnder unmounts every mount point at or below dir, deepest first,
+// in the calling thread's mount namespace.
 func UnmountUnder(ctx context.Context, dir string) error {
 	dir = filepath.Clean(dir)
-	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	infos, err := mountsUnder(dir)
 	if err != nil {
-		return fmt.Errorf("read mounts under %s: %w", dir, err)
+		return err
 	}
 	points := make([]string, 0, len(infos))
 	for _, m := range infos {

@@ -2,6 +2,7 @@ package rootfs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -10,6 +11,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/mountns"
 	"github.com/vmpod/vmpod/internal/require"
 	"golang.org/x/sys/unix"
 )
@@ -97,7 +99,7 @@ func TestBindMountsRewriteSpec(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "shared/c1/mounts/2"), []byte("y"), 0o644); err == nil {
 		t.Error("write through a read-only bind succeeded")
 	}
-	if err := Remove(ctx, l.HostDir); err != nil {
+	if err := Remove(ctx, l.NS, l.HostDir); err != nil {
 		t.Fatal(err)
 	}
 	if ms, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(root)); len(ms) != 0 {
@@ -156,7 +158,7 @@ func TestReadOnlyBindKeepsSubmounts(t *testing.T) {
 	if err := l.BindMounts(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	defer Remove(ctx, l.HostDir)
+	defer Remove(ctx, l.NS, l.HostDir)
 	want := []specs.Mount{
 		{Destination: "/mnt", Type: "bind", Source: "/run/vmpod/shared/c1/mounts/0", Options: []string{"rbind", "ro"}},
 		{Destination: "/mnt/ro", Type: "bind", Source: "/run/vmpod/shared/c1/mounts/0/ro", Options: []string{"rbind", "ro"}},
@@ -172,7 +174,7 @@ func TestReadOnlyBindKeepsSubmounts(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(l.HostDir, "mounts/0/rw/f"), []byte("x"), 0o644); err != nil {
 		t.Errorf("write to the writable submount through the read-only bind: %v", err)
 	}
-	if err := Remove(ctx, l.HostDir); err != nil {
+	if err := Remove(ctx, l.NS, l.HostDir); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -206,7 +208,7 @@ func TestRecursiveReadOnlyBind(t *testing.T) {
 	if err := l.BindMounts(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	defer Remove(ctx, l.HostDir)
+	defer Remove(ctx, l.NS, l.HostDir)
 	want := []specs.Mount{
 		{Destination: "/mnt", Type: "bind", Source: "/run/vmpod/shared/c1/mounts/0", Options: []string{"rbind", "rprivate", "rro"}},
 	}
@@ -222,7 +224,50 @@ func TestRecursiveReadOnlyBind(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(src, "rw/f"), []byte("x"), 0o644); err != nil {
 		t.Errorf("write to the source's submount: %v", err)
 	}
-	if err := Remove(ctx, l.HostDir); err != nil {
+	if err := Remove(ctx, l.NS, l.HostDir); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestMountsInNamespace: with a mount namespace, the binds stay out of
+// the caller's mount table, and Remove works before and after the
+// namespace is closed (a stopped sandbox took its mounts with it).
+func TestMountsInNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		require.Missing(t, "needs root to bind-mount")
+	}
+	root := t.TempDir()
+	src := filepath.Join(root, "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := mountns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	ctx := context.Background()
+	for i, closeFirst := range []bool{false, true} {
+		l, err := NewLayout(filepath.Join(root, "shared"), "/run/vmpod/shared", fmt.Sprintf("c%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.NS = ns
+		spec := &specs.Spec{Mounts: []specs.Mount{{Destination: "/data", Type: "bind", Source: src, Options: []string{"rbind"}}}}
+		if err := l.BindMounts(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		if ms, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(root)); len(ms) != 0 {
+			t.Errorf("the namespace's binds show in the caller's mount table: %v", ms)
+		}
+		if closeFirst {
+			ns.Close()
+		}
+		if err := Remove(ctx, l.NS, l.HostDir); err != nil {
+			t.Fatalf("Remove (namespace closed: %v): %v", closeFirst, err)
+		}
+		if _, err := os.Stat(l.HostDir); !os.IsNotExist(err) {
+			t.Errorf("%s not removed: %v", l.HostDir, err)
+		}
 	}
 }
