@@ -17,8 +17,8 @@ import (
 	"github.com/vmpod/vmpod/hostcgroup"
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/hypervisor/jail"
-	"github.com/vmpod/vmpod/kernel/kernelcheck"
 	"github.com/vmpod/vmpod/internal/mountns"
+	"github.com/vmpod/vmpod/kernel/kernelcheck"
 	"github.com/vmpod/vmpod/network"
 	"github.com/vmpod/vmpod/portfwd"
 	"github.com/vmpod/vmpod/portfwd/capture"
@@ -168,7 +168,7 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		Driver:        cfg.Hypervisor.Type,
 
 		AgentInterceptor: obs.interceptor(),
-		MountNS:       mounts,
+		MountNS:          mounts,
 	})
 	if err != nil {
 		return nil, err
