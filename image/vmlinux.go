@@ -3,13 +3,14 @@ package image
 import (
 	"bytes"
 	"compress/gzip"
-	"debug/elf"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/vmpod/vmpod/kernel/kernelcheck"
 )
 
 // Under TCG, booting the uncompressed kernel ELF through its PVH entry
@@ -204,45 +205,19 @@ func lz4Block(dst, src []byte, limit int) ([]byte, error) {
 	return dst, nil
 }
 
-// checkPVH accepts an x86-64 ELF with a Xen PVH entry note
-// (XEN_ELFNOTE_PHYS32_ENTRY), which QEMU needs to boot it with -kernel.
+// checkPVH accepts a decompressed kernel that QEMU boots by its PVH entry
+// (kernelcheck.CheckPVH); one without the entry note is ErrNoPVH.
 func checkPVH(vmlinux []byte) error {
-	f, err := elf.NewFile(bytes.NewReader(vmlinux))
-	if err != nil {
-		return fmt.Errorf("decompressed kernel is not an ELF: %w", err)
+	err := kernelcheck.CheckPVH(bytes.NewReader(vmlinux))
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, kernelcheck.ErrNotELF):
+		return fmt.Errorf("decompressed kernel: %w", err)
+	default:
+		return fmt.Errorf("decompressed kernel: %w: %w", err, ErrNoPVH)
 	}
-	defer f.Close()
-	if f.Machine != elf.EM_X86_64 {
-		return fmt.Errorf("decompressed kernel is for %v: %w", f.Machine, ErrNoPVH)
-	}
-	const xenElfnotePhys32Entry = 18
-	for _, prog := range f.Progs {
-		if prog.Type != elf.PT_NOTE {
-			continue
-		}
-		notes, err := io.ReadAll(io.LimitReader(prog.Open(), 1<<20))
-		if err != nil {
-			return fmt.Errorf("reading ELF notes: %w", err)
-		}
-		for len(notes) >= 12 {
-			nameSz := int(binary.LittleEndian.Uint32(notes))
-			descSz := int(binary.LittleEndian.Uint32(notes[4:]))
-			typ := binary.LittleEndian.Uint32(notes[8:])
-			nameEnd := 12 + align4(nameSz)
-			end := nameEnd + align4(descSz)
-			if nameSz < 0 || descSz < 0 || end > len(notes) || end < 12 {
-				break
-			}
-			if typ == xenElfnotePhys32Entry && bytes.Equal(bytes.TrimRight(notes[12:12+nameSz], "\x00"), []byte("Xen")) {
-				return nil
-			}
-			notes = notes[end:]
-		}
-	}
-	return fmt.Errorf("no PVH entry note (CONFIG_PVH): %w", ErrNoPVH)
 }
-
-func align4(n int) int { return (n + 3) &^ 3 }
 
 // writeFileAtomic replaces path with data through a temporary file.
 func writeFileAtomic(path string, data []byte) error {

@@ -61,7 +61,7 @@ func Check(path string) (Report, error) {
 	head = head[:n]
 	switch {
 	case bytes.HasPrefix(head, []byte("\x7fELF")):
-		if err := checkPVH(f); err != nil {
+		if err := CheckPVH(f); err != nil {
 			return r, fmt.Errorf("kernel %s: %w: %w", path, ErrUnsuitable, err)
 		}
 		r.Format = "vmlinux (PVH)"
@@ -127,10 +127,15 @@ func readConfig(path string, kernel *os.File) (kconfig.Config, string, error) {
 // (XEN_ELFNOTE_PHYS32_ENTRY), which QEMU needs to boot a vmlinux.
 const xenElfnotePhys32Entry = 18
 
-func checkPVH(r io.ReaderAt) error {
+// ErrNotELF means CheckPVH was given something that is not an ELF file.
+var ErrNotELF = errors.New("not a readable ELF")
+
+// CheckPVH accepts an x86-64 ELF with a Xen PVH entry note
+// (XEN_ELFNOTE_PHYS32_ENTRY), which QEMU needs to boot it with -kernel.
+func CheckPVH(r io.ReaderAt) error {
 	f, err := elf.NewFile(r)
 	if err != nil {
-		return fmt.Errorf("not a readable ELF: %w", err)
+		return fmt.Errorf("%w: %w", ErrNotELF, err)
 	}
 	defer f.Close()
 	if f.Machine != elf.EM_X86_64 {
