@@ -322,15 +322,7 @@ func (c *CLH) Stop(ctx context.Context) error {
 	}
 	defer os.Remove(c.ConsolePath())
 	defer os.Remove(c.APISocket())
-	select {
-	case <-c.proc.Done():
-	default:
-		qctx := ctx
-		if _, ok := ctx.Deadline(); !ok {
-			var cancel context.CancelFunc
-			qctx, cancel = context.WithTimeout(ctx, quitGrace)
-			defer cancel()
-		}
+	return c.proc.Stop(ctx, quitGrace, func(qctx context.Context) {
 		logger := log.G(ctx).WithField("vm", c.cfg.ID)
 		if c.booted {
 			if err := c.api.do(qctx, "PUT", "vm.shutdown", nil, nil); err != nil {
@@ -340,12 +332,7 @@ func (c *CLH) Stop(ctx context.Context) error {
 		if err := c.api.do(qctx, "PUT", "vmm.shutdown", nil, nil); err != nil {
 			logger.WithError(err).Warn("vmm.shutdown failed; killing cloud-hypervisor")
 		}
-		select {
-		case <-c.proc.Done():
-		case <-qctx.Done():
-		}
-	}
-	return c.proc.WaitKilled()
+	})
 }
 
 // Done is closed when CH has exited.

@@ -204,29 +204,18 @@ func (q *QEMU) Stop(ctx context.Context) error {
 		return nil
 	}
 	defer os.Remove(q.QMPSocket())
-	select {
-	case <-q.proc.Done():
-	default:
-		qctx := ctx
-		if _, ok := ctx.Deadline(); !ok {
-			var cancel context.CancelFunc
-			qctx, cancel = context.WithTimeout(ctx, quitGrace)
-			defer cancel()
+	err := q.proc.Stop(ctx, quitGrace, func(qctx context.Context) {
+		if q.qmp == nil {
+			return
 		}
-		if q.qmp != nil {
-			if err := q.qmp.Quit(qctx); err != nil {
-				log.G(ctx).WithField("vm", q.cfg.ID).WithError(err).Warn("qmp quit failed; killing qemu")
-			}
+		if err := q.qmp.Quit(qctx); err != nil {
+			log.G(ctx).WithField("vm", q.cfg.ID).WithError(err).Warn("qmp quit failed; killing qemu")
 		}
-		select {
-		case <-q.proc.Done():
-		case <-qctx.Done():
-		}
-	}
+	})
 	if q.qmp != nil {
 		q.qmp.Close()
 	}
-	return q.proc.WaitKilled()
+	return err
 }
 
 // Done is closed when QEMU has exited.

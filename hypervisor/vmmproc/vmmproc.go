@@ -5,6 +5,7 @@
 package vmmproc
 
 import (
+	"context"
 	"fmt"
 	"os/exec"
 	"sync/atomic"
@@ -112,6 +113,28 @@ func (p *Proc) StartError(err error) error {
 	case <-time.After(startErrorWait):
 		return fmt.Errorf("%s %s: %w%s", p.name, p.id, err, p.outputSuffix())
 	}
+}
+
+// Stop ends the process unless it has exited: quit, the VMM's own way to
+// shut down, gets until ctx's deadline (grace when ctx has none) to end
+// it; then it is killed, and Stop waits, bounded, until it is reaped.
+func (p *Proc) Stop(ctx context.Context, grace time.Duration, quit func(context.Context)) error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, grace)
+		defer cancel()
+	}
+	quit(ctx)
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+	}
+	return p.WaitKilled()
 }
 
 // WaitKilled kills the process unless it has exited and waits, bounded,

@@ -1,9 +1,11 @@
 package vmmproc
 
 import (
+	"context"
 	"errors"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -72,5 +74,41 @@ func TestStartFails(t *testing.T) {
 	}
 	if p.Started() {
 		t.Error("Started after a failed fork")
+	}
+}
+
+// Stop gives quit its grace, then kills; a process that quits is not
+// killed.
+func TestStop(t *testing.T) {
+	p := New("qemu", "vm4", 1024)
+	if err := p.Start(exec.Command("sleep", "1000"), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	asked := false
+	if err := p.Stop(context.Background(), 100*time.Millisecond, func(ctx context.Context) {
+		asked = true
+		if _, ok := ctx.Deadline(); !ok {
+			t.Error("quit got no deadline")
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !asked {
+		t.Error("quit not asked")
+	}
+	if err := p.Err(); err == nil || !strings.Contains(err.Error(), "signal: killed") {
+		t.Errorf("Err = %v, want the kill after the grace", err)
+	}
+
+	q := New("qemu", "vm5", 1024)
+	cmd := exec.Command("sleep", "1000")
+	if err := q.Start(cmd, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Stop(context.Background(), time.Minute, func(context.Context) { cmd.Process.Signal(syscall.SIGTERM) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Err(); err == nil || !strings.Contains(err.Error(), "signal: terminated") {
+		t.Errorf("Err = %v, want the exit quit caused", err)
 	}
 }
