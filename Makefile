@@ -178,7 +178,7 @@ clean:
 # and density figures for a quick run. A bad figure never fails it.
 RUNS ?= $(or $(BENCH_RUNS),5)
 STDOUT_MIB ?= 256
-DENSITY ?= 8
+DENSITY ?= 16
 BENCH_REPORT ?= $(CURDIR)/docs/benchmarks.md
 bench: build image
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench -args \

@@ -56,9 +56,10 @@ func newEnv(b *testing.B) *env {
 	if err != nil {
 		b.Fatal(err)
 	}
+	memorySettings(b) // checks the flags, notes them for the report
 	cfg := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\nmachine_type = %q\naccel = %q\n"+
-		"default_vcpus = %d\ndefault_memory = %d\n%s[agent]\ndial_timeout = %q\n[runtime]\ndebug = true\n",
-		kernel, initrd, *machine, a, *vcpus, *memoryMiB, params, dialTimeout.String())
+		"default_vcpus = %d\ndefault_memory = %d\n%s%s[agent]\ndial_timeout = %q\n[runtime]\ndebug = true\n",
+		kernel, initrd, *machine, a, *vcpus, *memoryMiB, params, memoryTOML(), dialTimeout.String())
 	cfgPath := filepath.Join(b.TempDir(), "configuration.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		b.Fatal(err)

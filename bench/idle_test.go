@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +53,7 @@ func BenchmarkRunningContainer(b *testing.B) {
 	}
 	results.add(row{section: "exec", name: "ctr task exec true", unit: seconds, value: execV.summary(), base: "runc", baseVal: execR.summary()})
 	measureStdout(b, e)
+	measureGiveBack(b, e)
 	b.ReportMetric(execV.summary().median, "exec-s")
 	b.ReportMetric(0, "ns/op")
 }
@@ -89,6 +91,44 @@ func measureStdout(b *testing.B, e *env) {
 		}
 	}
 	b.ReportMetric(rateV.summary().median, "stdout-MiB/s")
+}
+
+// giveBackMiB is what a container writes to /dev/shm (a tmpfs in the
+// guest, 64 MiB by default) and deletes, for measureGiveBack.
+const giveBackMiB = 60
+
+// giveBackWait is how long measureGiveBack leaves the guest to report the
+// freed memory (it reports free 2 MiB blocks about 2 s after they are
+// freed).
+const giveBackWait = 6 * time.Second
+
+// measureGiveBack has the idle vmpod container write giveBackMiB into
+// /dev/shm and delete it, and reads the guest RAM the pod holds on the
+// host (memfd PSS over its processes) before and giveBackWait after: with
+// free_page_reporting the freed memory goes back to the host.
+func measureGiveBack(b *testing.B, e *env) {
+	guestRAM := func() float64 {
+		procs, err := listProcesses("/proc")
+		if err != nil {
+			b.Fatal(err)
+		}
+		var ram float64
+		for _, p := range podProcesses(procs, e.c.Address, "idle") {
+			if ms, err := readSmaps("/proc", p.pid); err == nil {
+				ram += guestRAMMiB(ms)
+			}
+		}
+		return ram
+	}
+	before := guestRAM()
+	script := fmt.Sprintf("head -c %dm /dev/zero > /dev/shm/giveback && rm /dev/shm/giveback", giveBackMiB)
+	if _, err := e.exec("idle", "giveback", "sh", "-c", script); err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(giveBackWait)
+	after := guestRAM()
+	results.add(row{section: "memory", name: fmt.Sprintf("guest RAM (memfd PSS) %s after a container wrote and deleted %d MiB in /dev/shm", giveBackWait, giveBackMiB),
+		unit: mib, value: summarize([]float64{after}), base: "before", baseVal: summarize([]float64{before})})
 }
 
 // cpuMeter reads the CPU time of container id's shim and of its other
@@ -134,7 +174,11 @@ func podShim(b *testing.B, e *env, id string) int {
 // and sleep), and the shim's RSS against runc's shim. It returns the idle
 // vmpod pod's PSS.
 func measureIdleMemory(b *testing.B, e *env) summary {
-	var pod, podRunc, shim, shimRunc, qemuPSS, virtiofsd, shimPSS samples
+	var pod, podRunc, shim, shimRunc, qemuPSS, virtiofsd, shimPSS, guestRAM samples
+	parts := map[string]*samples{}
+	for _, p := range qemuParts {
+		parts[p] = &samples{}
+	}
 	for i := 0; i < *runsFlag; i++ {
 		if i > 0 {
 			time.Sleep(time.Second)
@@ -153,20 +197,34 @@ func measureIdleMemory(b *testing.B, e *env) summary {
 		shim.add(rss(b, v[0]))
 		shimRunc.add(rss(b, r[0]))
 		shimPSS.add(totalPSS("/proc", v[:1]))
-		var q, fs float64
+		var q, fs, ram float64
+		for _, p := range v {
+			if ms, err := readSmaps("/proc", p.pid); err == nil {
+				ram += guestRAMMiB(ms)
+			}
+		}
 		for _, p := range v[1:] {
 			switch {
 			case strings.HasPrefix(p.comm, "qemu"):
 				q += totalPSS("/proc", []process{p})
+				ms, err := readSmaps("/proc", p.pid)
+				if err != nil {
+					b.Fatal(err)
+				}
+				exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.pid))
+				for part, mib := range classifyQEMU(ms, exe, e.kernel, e.initrd) {
+					parts[part].add(mib)
+				}
 			case strings.Contains(p.comm, "virtiofsd"):
 				fs += totalPSS("/proc", []process{p})
 			}
 		}
 		qemuPSS.add(q)
 		virtiofsd.add(fs)
+		guestRAM.add(ram)
 	}
 	results.add(row{section: "memory", name: "idle pod PSS (shim + QEMU + virtiofsd)", unit: mib, value: pod.summary(),
-		base: "runc pod (shim + sleep)", baseVal: podRunc.summary(), target: &target{atMost: true, limit: 160}})
+		base: "runc pod (shim + sleep)", baseVal: podRunc.summary(), target: &target{atMost: true, limit: 120}})
 	results.add(row{section: "memory", name: "shim RSS", unit: mib, value: shim.summary(),
 		base: "runc shim", baseVal: shimRunc.summary(), target: &target{atMost: true, limit: 25}})
 	for _, part := range []struct {
@@ -175,6 +233,13 @@ func measureIdleMemory(b *testing.B, e *env) summary {
 	}{{"QEMU", qemuPSS}, {"virtiofsd (all its processes)", virtiofsd}, {"shim", shimPSS}} {
 		results.add(row{section: "memory", name: "idle pod PSS: " + part.name, unit: mib, value: part.s.summary()})
 	}
+	// Where QEMU's memory goes, mapping by mapping (docs/performance.md,
+	// "Where an idle pod's memory goes"), and the guest RAM across the
+	// pod's processes (QEMU's share and the vhost-user backends').
+	for _, part := range qemuParts {
+		results.add(row{section: "memory", name: "idle pod PSS: QEMU, " + part, unit: mib, value: parts[part].summary()})
+	}
+	results.add(row{section: "memory", name: "idle pod PSS: guest RAM (memfd, all the pod's processes)", unit: mib, value: guestRAM.summary()})
 	return pod.summary()
 }
 
@@ -235,6 +300,8 @@ func agentGuest(b *testing.B, kernel, initrd string) (agentMiB, qemuMiB float64,
 	dir := b.TempDir()
 	leakcheck.Check(b, leakcheck.Options{Roots: []string{dir}})
 	hcfg := vmConfig(b, kernel, initrd)
+	m := memorySettings(b)
+	hcfg.FreePageReporting, hcfg.TCGTBSizeMiB = m.FreePageReporting, int(m.TCGTBSize)
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
 	v, err := vm.Start(ctx, vm.Config{

@@ -9,9 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/vmpod/vmpod/config"
 	"github.com/vmpod/vmpod/hypervisor"
 	"github.com/vmpod/vmpod/image"
 	"github.com/vmpod/vmpod/image/imagetest"
@@ -31,10 +33,44 @@ var (
 	machine    = flag.String("machine", hypervisor.MachineQ35, "machine type of the pod VMs and the floor")
 	memoryMiB  = flag.Int("memory", 256, "guest memory in MiB")
 	vcpus      = flag.Int("vcpus", 1, "guest vCPUs")
-	densityN   = flag.Int("density", 8, "containers started at once for the density figure")
+	densityN   = flag.Int("density", 16, "containers started at once for the density figure")
 	stdoutMiB  = flag.Int("stdout-mib", 256, "MiB streamed to stdout per run")
 	agentPath  = flag.String("agent", "", "static vmpod-agent for the agent-sized floor initrd (default: built from this tree)")
+	fprFlag    = flag.String("free-page-reporting", "", "[hypervisor.qemu] free_page_reporting of the pod VMs and the agent guest: true or false (default: configuration.toml's)")
+	tbSizeFlag = flag.Int("tcg-tb-size", -1, "[hypervisor.qemu] tcg_tb_size of the pod VMs and the agent guest, MiB (default: configuration.toml's)")
 )
+
+// memoryTOML is the [hypervisor.qemu] lines the memory flags set, for the
+// pods' configuration file; empty when they are left at their defaults.
+func memoryTOML() string {
+	var s string
+	if *fprFlag != "" {
+		s += "free_page_reporting = " + *fprFlag + "\n"
+	}
+	if *tbSizeFlag >= 0 {
+		s += fmt.Sprintf("tcg_tb_size = %d\n", *tbSizeFlag)
+	}
+	return s
+}
+
+// memorySettings is what the pods run with: configuration.toml's
+// free_page_reporting and tcg_tb_size under the flags, read the way the
+// shim reads them.
+func memorySettings(b *testing.B) config.QEMU {
+	p := filepath.Join(b.TempDir(), "memory.toml")
+	if err := os.WriteFile(p, []byte("[hypervisor.qemu]\n"+memoryTOML()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	cfg, err := config.Load(p)
+	if err != nil {
+		b.Fatalf("-free-page-reporting, -tcg-tb-size: %v", err)
+	}
+	memoryUsed.Store(fmt.Sprintf("free_page_reporting %v, tcg_tb_size %d MiB", cfg.Hypervisor.QEMU.FreePageReporting, cfg.Hypervisor.QEMU.TCGTBSize))
+	return cfg.Hypervisor.QEMU
+}
+
+// memoryUsed is memorySettings' last answer, for the report.
+var memoryUsed atomic.Value
 
 // kernelParams go to every guest of the run, pods and floors alike, on top
 // of the QEMU driver's own (which include no_timer_check: see
@@ -107,6 +143,9 @@ func finishReport(version string) error {
 	}
 	results.fact("VM", fmt.Sprintf("machine %s, %d vCPU, %d MiB, vsock: %s, virtio-fs (virtiofsd), kernel parameters %q, agent dial timeout %s, shim debug log on",
 		*machine, *vcpus, *memoryMiB, vsockMode(), kernelParams, dialTimeout))
+	if m, ok := memoryUsed.Load().(string); ok {
+		results.fact("VM memory settings (pods, agent guest)", m)
+	}
 	results.fact("Go", commandLine(ctx, "", "go", "version"))
 	if err := results.writeText(os.Stdout); err != nil {
 		return err

@@ -38,6 +38,8 @@ const (
 	MinMemoryMiB   = 64
 	MaxMemoryMiB   = 256 * 1024
 	MaxDialTimeout = 10 * time.Minute
+	// MaxTCGTBSizeMiB bounds tcg_tb_size (QEMU's own limit is about 2 GiB).
+	MaxTCGTBSizeMiB = 2048
 	// MaxJailUIDEnd bounds jail_uid_start + jail_uid_count: (uid_t)-1 is
 	// not a uid.
 	MaxJailUIDEnd    = 1<<32 - 1
@@ -138,6 +140,12 @@ type QEMU struct {
 	// MaxMemory is in MiB. Neither is below its default_ key.
 	MaxVCPUs  uint32 `toml:"max_vcpus"`
 	MaxMemory uint32 `toml:"max_memory"`
+	// FreePageReporting gives each VM a virtio-balloon with free page
+	// reporting, so that memory the guest frees goes back to the host.
+	FreePageReporting bool `toml:"free_page_reporting"`
+	// TCGTBSize bounds QEMU's TCG translation cache, in MiB, when a VM
+	// runs under TCG: 0 is QEMU's default (1 GiB).
+	TCGTBSize uint32 `toml:"tcg_tb_size"`
 }
 
 // EffectiveMaxVCPUs is max_vcpus with 0 resolved to hostCPUs, capped at

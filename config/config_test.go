@@ -49,6 +49,8 @@ func defaults() Config {
 
 			EnableAnnotations: []string{},
 			MaxMemory:         4096,
+			FreePageReporting: true,
+			TCGTBSize:         64,
 		},
 			CLH: CLH{
 				Path:          "cloud-hypervisor",
@@ -299,6 +301,9 @@ func TestBadFiles(t *testing.T) {
 		{"max vcpus below default", "[hypervisor.qemu]\ndefault_vcpus = 4\nmax_vcpus = 2\n", []string{"hypervisor.qemu.max_vcpus in ", "2 is below default_vcpus 4"}},
 		{"max memory below default", "[hypervisor.qemu]\ndefault_memory = 2048\nmax_memory = 1024\n", []string{"hypervisor.qemu.max_memory in ", "1024 MiB is below default_memory 2048 MiB"}},
 		{"huge max memory", "[hypervisor.qemu]\nmax_memory = 300000\n", []string{"hypervisor.qemu.max_memory in ", "outside 64..262144"}},
+		{"negative tb size", "[hypervisor.qemu]\ntcg_tb_size = -1\n", []string{"hypervisor.qemu.tcg_tb_size in ", "-1 is negative"}},
+		{"huge tb size", "[hypervisor.qemu]\ntcg_tb_size = 4096\n", []string{"hypervisor.qemu.tcg_tb_size in ", "outside 0..2048"}},
+		{"free page reporting not a bool", "[hypervisor.qemu]\nfree_page_reporting = 1\n", []string{"free_page_reporting"}},
 		{"syntax", "[hypervisor.qemu\n", []string{"bad.toml:2: ", "table name"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -372,5 +377,19 @@ func TestCLHSelected(t *testing.T) {
 	}
 	if def.Hypervisor.Type != TypeQEMU || !reflect.DeepEqual(def.Hypervisor.Selected(), def.Hypervisor.QEMU) {
 		t.Errorf("the default type is %q, Selected %+v", def.Hypervisor.Type, def.Hypervisor.Selected())
+	}
+}
+
+// TestMemoryKeys: free_page_reporting and tcg_tb_size reach the QEMU
+// section as written.
+func TestMemoryKeys(t *testing.T) {
+	isolate(t)
+	p := writeFile(t, filepath.Join(t.TempDir(), "memory.toml"), "[hypervisor.qemu]\nfree_page_reporting = false\ntcg_tb_size = 0\n")
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := cfg.Hypervisor.QEMU; q.FreePageReporting || q.TCGTBSize != 0 {
+		t.Errorf("free_page_reporting %v, tcg_tb_size %d; want false, 0", q.FreePageReporting, q.TCGTBSize)
 	}
 }

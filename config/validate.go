@@ -40,6 +40,8 @@ type rawQEMU struct {
 	EnableAnnotations []string `toml:"enable_annotations"`
 	MaxVCPUs          int64    `toml:"max_vcpus"`
 	MaxMemory         int64    `toml:"max_memory"`
+	FreePageReporting bool     `toml:"free_page_reporting"`
+	TCGTBSize         int64    `toml:"tcg_tb_size"`
 }
 
 type rawCLH struct {
@@ -188,6 +190,7 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 			v.failf(s+"max_memory", "%d MiB is below default_memory %d MiB", q.MaxMemory, q.DefaultMemory)
 		}
 	}
+	v.intRange(s+"tcg_tb_size", q.TCGTBSize, 0, MaxTCGTBSizeMiB)
 	if d := r.Agent.DialTimeout.Duration; d <= 0 || d > MaxDialTimeout {
 		v.failf("agent.dial_timeout", "%s is not more than 0 and at most %s", d, MaxDialTimeout)
 	}
@@ -227,6 +230,8 @@ func (r *raw) validate(from func(key string) string) (*Config, error) {
 			EnableAnnotations: slices.Clone(q.EnableAnnotations),
 			MaxVCPUs:          uint32(q.MaxVCPUs),
 			MaxMemory:         uint32(q.MaxMemory),
+			FreePageReporting: q.FreePageReporting,
+			TCGTBSize:         uint32(q.TCGTBSize),
 		},
 			CLH: CLH{
 				Path:          c.Path,

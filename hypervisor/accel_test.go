@@ -78,6 +78,7 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.Vsock = &Vsock{GuestCID: 2} }, "CID 2"},
 		{func(c *Config) { c.Net = []NetDevice{{MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}} }, "no tap"},
 		{func(c *Config) { c.Net = []NetDevice{{Tap: os.Stdin, MAC: net.HardwareAddr{2}}} }, "6-byte"},
+		{func(c *Config) { c.TCGTBSizeMiB = -1 }, "translation cache"},
 	}
 	for _, b := range bad {
 		c := good

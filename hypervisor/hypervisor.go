@@ -62,6 +62,13 @@ type Config struct {
 	Console io.Writer
 	// ExtraArgs are appended to the VMM's command line as they are.
 	ExtraArgs []string
+	// FreePageReporting gives the guest a virtio-balloon device with free
+	// page reporting: memory the guest frees goes back to the host.
+	FreePageReporting bool
+	// TCGTBSizeMiB bounds the TCG translation cache (QEMU's tb-size)
+	// when the guest runs under TCG; 0 leaves QEMU's default (1 GiB of
+	// address space, filled as code is translated).
+	TCGTBSizeMiB int
 }
 
 // Vsock is the guest's vsock device: vmpod's vhost-user backend listening
@@ -138,6 +145,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxVCPUs > MaxVCPUs {
 		return fmt.Errorf("hypervisor %s: max vcpus %d out of range 1-%d", c.ID, c.MaxVCPUs, MaxVCPUs)
+	}
+	if c.TCGTBSizeMiB < 0 {
+		return fmt.Errorf("hypervisor %s: negative TCG translation cache size %d MiB", c.ID, c.TCGTBSizeMiB)
 	}
 	if c.MaxMemoryMiB < 0 {
 		return fmt.Errorf("hypervisor %s: negative max memory %d MiB", c.ID, c.MaxMemoryMiB)

@@ -11,7 +11,9 @@ import (
 
 // DefaultModules are the modules the guest needs: virtio transports (PCI
 // for q35, MMIO for microvm), vsock for the agent, virtio-fs for the shared
-// directory, overlay for container root filesystems and virtio-net.
+// directory, overlay for container root filesystems, virtio-net, and
+// virtio-balloon, whose free page reporting gives freed guest memory back
+// to the host ([hypervisor.qemu] free_page_reporting).
 var DefaultModules = []string{
 	"virtio_pci",
 	"virtio_mmio",
@@ -21,6 +23,7 @@ var DefaultModules = []string{
 	"virtiofs",
 	"overlay",
 	"virtio_net",
+	"virtio_balloon",
 }
 
 // moduleName turns a module path or name into the kernel's canonical name:

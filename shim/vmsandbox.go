@@ -143,6 +143,9 @@ func NewVMSandbox(ctx context.Context, req SandboxRequest) (_ Sandbox, retErr er
 		Accel:        q.Accel,
 		VCPUs:        int(size.VCPUs),
 		MemoryMiB:    int(size.MemoryMiB),
+
+		FreePageReporting: q.FreePageReporting,
+		TCGTBSizeMiB:      int(q.TCGTBSize),
 	}
 	hotplug := hotplugAllowed(ctx, cfg)
 	if hotplug {

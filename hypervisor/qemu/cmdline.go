@@ -54,7 +54,7 @@ func (c commandLine) args() []string {
 	a := []string{
 		"-name", "vmpod-" + cfg.ID + ",debug-threads=on",
 		"-machine", machine,
-		"-accel", c.accel,
+		"-accel", c.accelArg(),
 		"-m", memoryArg(cfg),
 		"-smp", smpArg(cfg),
 	}
@@ -110,6 +110,14 @@ func (c commandLine) args() []string {
 			"-netdev", fmt.Sprintf("tap,id=net%d,fd=%d,vhost=off", i, c.tapFDs[i]),
 			"-device", nic)
 	}
+	if cfg.FreePageReporting {
+		// The guest reports free 2 MiB blocks (pageblock order) a couple
+		// of seconds after they are freed; QEMU punches them out of the
+		// memfd (fallocate), which frees them for the vhost-user
+		// backends that map it too. No inflation target is ever set: the
+		// balloon only gives back what the guest does not use.
+		a = append(a, "-device", dev("virtio-balloon-pci", "virtio-balloon-device")+",free-page-reporting=on")
+	}
 	if j := c.jail; j != nil {
 		// Both take effect once everything is open, just before the guest
 		// runs: chroot first (as root), then setgid, setgroups, setuid.
@@ -119,6 +127,16 @@ func (c commandLine) args() []string {
 		a = append(a, "-chroot", j.Dir, "-runas", fmt.Sprintf("%d:%d", j.UID, j.GID))
 	}
 	return append(a, cfg.ExtraArgs...)
+}
+
+// accelArg is -accel: under TCG with a bounded translation cache, its
+// size in MiB (QEMU otherwise reserves 1 GiB and fills as much of it as
+// the guest's code needs).
+func (c commandLine) accelArg() string {
+	if c.accel == hypervisor.AccelTCG && c.cfg.TCGTBSizeMiB > 0 {
+		return fmt.Sprintf("%s,tb-size=%d", c.accel, c.cfg.TCGTBSizeMiB)
+	}
+	return c.accel
 }
 
 // memoryArg is -m: the boot RAM, and room for DIMMs up to the maximum

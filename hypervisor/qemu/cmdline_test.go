@@ -190,3 +190,51 @@ func TestNewRefusesCHOnlyDevices(t *testing.T) {
 		t.Errorf("hybrid vsock: %v", err)
 	}
 }
+
+// TestArgsFreePageReporting: the balloon device on both machine types,
+// and none unless asked for.
+func TestArgsFreePageReporting(t *testing.T) {
+	for _, tc := range []struct {
+		machine string
+		on      bool
+		want    []string
+	}{
+		{hypervisor.MachineQ35, true, []string{"virtio-balloon-pci,free-page-reporting=on"}},
+		{hypervisor.MachineMicrovm, true, []string{"virtio-balloon-device,free-page-reporting=on"}},
+		{hypervisor.MachineQ35, false, nil},
+	} {
+		cfg := baseConfig()
+		cfg.Machine = tc.machine
+		cfg.FreePageReporting = tc.on
+		a := commandLine{cfg: cfg, accel: hypervisor.AccelTCG, qmpSocket: "/q"}.args()
+		var got []string
+		for _, d := range argsAfter(a, "-device") {
+			if strings.Contains(d, "balloon") {
+				got = append(got, d)
+			}
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s, free page reporting %v: balloon devices %q, want %q", tc.machine, tc.on, got, tc.want)
+		}
+	}
+}
+
+// TestArgsTBSize: tb-size bounds the translation cache under TCG only.
+func TestArgsTBSize(t *testing.T) {
+	for _, tc := range []struct {
+		accel string
+		size  int
+		want  string
+	}{
+		{hypervisor.AccelTCG, 32, "tcg,tb-size=32"},
+		{hypervisor.AccelTCG, 0, "tcg"},
+		{hypervisor.AccelKVM, 32, "kvm"},
+	} {
+		cfg := baseConfig()
+		cfg.TCGTBSizeMiB = tc.size
+		a := commandLine{cfg: cfg, accel: tc.accel, qmpSocket: "/q"}.args()
+		if got := argsAfter(a, "-accel"); !slices.Equal(got, []string{tc.want}) {
+			t.Errorf("%s, tb size %d: -accel %q, want %q", tc.accel, tc.size, got, tc.want)
+		}
+	}
+}

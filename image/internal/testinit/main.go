@@ -5,11 +5,16 @@
 // it sleeps instead, standing in for an agent that never answers. With
 // vmpod_testinit=modules it first loads the image's boot modules (as the
 // agent does), so that a floor on a modular kernel brings its virtio,
-// vsock and virtio-fs drivers up like a usable VM would.
+// vsock and virtio-fs drivers up like a usable VM would. With
+// vmpod_testinit=alloc it writes 128 MiB, frees it, prints the features
+// the guest's virtio-balloon driver negotiated, and sleeps: the host can
+// then see whether the freed memory came back (free page reporting).
 package main
 
 import (
 	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/vmpod/vmpod/kmod"
@@ -19,6 +24,13 @@ import (
 func main() {
 	if os.Getenv("vmpod_testinit") == "sleep" {
 		os.Stdout.WriteString("vmpod-testinit: sleeping\n")
+		sleep()
+	}
+	if os.Getenv("vmpod_testinit") == "alloc" {
+		if _, err := os.Stat(kmod.ListPath); err == nil {
+			loadModules() // a modular kernel's virtio_balloon
+		}
+		allocAndFree(128 << 20)
 		sleep()
 	}
 	if os.Getenv("vmpod_testinit") == "modules" {
@@ -50,4 +62,33 @@ func loadModules() {
 	if err != nil {
 		os.Stderr.WriteString("vmpod-testinit: " + err.Error() + "\n")
 	}
+}
+
+// allocAndFree writes n bytes of fresh anonymous memory and unmaps them,
+// then prints "vmpod-testinit: freed N MiB, balloon features F", F being
+// the virtio-balloon device's negotiated feature bits as sysfs shows them
+// (bit 5 is free page reporting), or "none" without a balloon.
+func allocAndFree(n int) {
+	mem, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		os.Stderr.WriteString("vmpod-testinit: mmap: " + err.Error() + "\n")
+		return
+	}
+	for i := 0; i < n; i += 4096 {
+		mem[i] = 1
+	}
+	if err := unix.Munmap(mem); err != nil {
+		os.Stderr.WriteString("vmpod-testinit: munmap: " + err.Error() + "\n")
+	}
+	features := "none"
+	os.MkdirAll("/sys", 0o755)
+	if err := unix.Mount("sysfs", "/sys", "sysfs", 0, ""); err != nil {
+		os.Stderr.WriteString("vmpod-testinit: mount /sys: " + err.Error() + "\n")
+	}
+	if m, _ := filepath.Glob("/sys/bus/virtio/drivers/virtio_balloon/virtio*/features"); len(m) > 0 {
+		if b, err := os.ReadFile(m[0]); err == nil {
+			features = string(b[:len(b)-min(len(b), 1)])
+		}
+	}
+	os.Stdout.WriteString("vmpod-testinit: freed " + strconv.Itoa(n>>20) + " MiB, balloon features " + features + "\n")
 }
