@@ -295,6 +295,19 @@ func TestMicrovm(t *testing.T) {
 	if out, code := runContainer(t, v, "c1", "sh", "-c", "echo on the share"); out != "on the share\n" || code != 0 {
 		t.Errorf("container on the microvm share: stdout %q exit %d", out, code)
 	}
+	// A virtiofsd that dies under the guest takes the VM with it, with
+	// the reason, instead of leaving the share's users hanging.
+	if err := unix.Kill(v.VirtiofsdPid(), unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-v.Done():
+		if err := v.Err(); err == nil || !strings.Contains(err.Error(), "shared directory is gone") || !strings.Contains(err.Error(), "virtiofsd") {
+			t.Errorf("VM error after virtiofsd died: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("QEMU still runs 30 s after virtiofsd was killed")
+	}
 	if err := v.Stop(ctxFor(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
 	}
