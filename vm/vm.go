@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
@@ -153,6 +154,7 @@ type VM struct {
 
 	stopOnce sync.Once
 	stopErr  error
+	fsErr    atomic.Pointer[error] // set when virtiofsd died under the guest
 }
 
 // testHookBeforeHypervisor runs after the devices' daemons started and
@@ -259,7 +261,50 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 		"agent_ready": v.phases.AgentReady,
 		"duration":    v.phases.Total(),
 	}).Info("vm started")
+	if v.fs != nil {
+		go v.watchVirtiofsd(context.WithoutCancel(ctx))
+	}
 	return v, nil
+}
+
+const (
+	// fsExitGrace is how long a virtiofsd exit waits for QEMU's before it
+	// counts as virtiofsd failing: QEMU closes its vhost-user sockets as it
+	// exits, and virtiofsd exits when they close.
+	fsExitGrace = 2 * time.Second
+	// fsStopTimeout bounds stopping QEMU after virtiofsd failed.
+	fsStopTimeout = 10 * time.Second
+)
+
+// watchVirtiofsd stops QEMU when virtiofsd exits under a running guest.
+// Every container's rootfs is on the share, and a request to a virtio-fs
+// device nobody serves waits in the guest forever: the pod would hang
+// (as microvm pods did while virtiofsd refused their legacy virtio-mmio
+// device). A stopped QEMU is a dead sandbox the shim reports; Err says
+// why.
+func (v *VM) watchVirtiofsd(ctx context.Context) {
+	select {
+	case <-v.hv.Done():
+		return
+	case <-v.fs.Done():
+	}
+	select {
+	case <-v.hv.Done():
+		return
+	case <-time.After(fsExitGrace):
+	}
+	err := v.fs.Err()
+	if err == nil {
+		err = fmt.Errorf("virtiofsd (pid %d) exited", v.fs.Pid())
+	}
+	err = fmt.Errorf("vm %s: the guest's shared directory is gone: %w", v.cfg.ID, err)
+	v.fsErr.Store(&err)
+	log.G(ctx).WithError(err).Error("stopping the VM")
+	sctx, cancel := context.WithTimeout(ctx, fsStopTimeout)
+	defer cancel()
+	if serr := v.hv.Stop(sctx); serr != nil {
+		log.G(ctx).WithError(serr).WithField("vm", v.cfg.ID).Warn("stopping the VM after virtiofsd exited")
+	}
 }
 
 // Phases says how long the VM's start took, by phase.
@@ -519,9 +564,15 @@ func (v *VM) Agent() agentpb.AgentService { return v.agent }
 // Done is closed when QEMU has exited.
 func (v *VM) Done() <-chan struct{} { return v.hv.Done() }
 
-// Err is why QEMU exited (with its stderr); nil while running or after a
-// clean exit.
-func (v *VM) Err() error { return v.hv.Err() }
+// Err is why QEMU exited (with its stderr), or that virtiofsd did first
+// and QEMU was stopped for it (watchVirtiofsd); nil while running or after
+// a clean exit.
+func (v *VM) Err() error {
+	if e := v.fsErr.Load(); e != nil {
+		return errors.Join(*e, v.hv.Err())
+	}
+	return v.hv.Err()
+}
 
 // Pid is QEMU's process id.
 func (v *VM) Pid() int { return v.hv.Pid() }

@@ -275,16 +275,38 @@ func TestMicrovm(t *testing.T) {
 	cfg.SharedDir = filepath.Join(dir, "shared")
 	// The agent must accept the arguments Debug passes it.
 	cfg.Debug = true
+	if err := testrootfs.Busybox(filepath.Join(cfg.SharedDir, "c1", "rootfs")); err != nil {
+		t.Fatal(err)
+	}
 	v, err := Start(ctxFor(t, 2*time.Minute), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer v.Stop(ctxFor(t, 30*time.Second))
 	_, err = v.Agent().CreateSandbox(ctxFor(t, 20*time.Second), &agentpb.CreateSandboxRequest{
-		SandboxId: cfg.ID, Mounts: []*agentpb.Mount{v.SharedMount()},
+		SandboxId: cfg.ID, Hostname: "vmtest", Mounts: []*agentpb.Mount{v.SharedMount()},
 	})
 	if err != nil {
 		t.Fatalf("mounting virtio-fs on microvm: %v", err)
+	}
+	// The mount alone returns before virtiofsd answered FUSE_INIT; a
+	// container on the share is the first real request. It hung while
+	// microvm's virtio-mmio was legacy, which virtiofsd refuses.
+	if out, code := runContainer(t, v, "c1", "sh", "-c", "echo on the share"); out != "on the share\n" || code != 0 {
+		t.Errorf("container on the microvm share: stdout %q exit %d", out, code)
+	}
+	// A virtiofsd that dies under the guest takes the VM with it, with
+	// the reason, instead of leaving the share's users hanging.
+	if err := unix.Kill(v.VirtiofsdPid(), unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-v.Done():
+		if err := v.Err(); err == nil || !strings.Contains(err.Error(), "shared directory is gone") || !strings.Contains(err.Error(), "virtiofsd") {
+			t.Errorf("VM error after virtiofsd died: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("QEMU still runs 30 s after virtiofsd was killed")
 	}
 	if err := v.Stop(ctxFor(t, 30*time.Second)); err != nil {
 		t.Fatal(err)

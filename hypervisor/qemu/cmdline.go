@@ -61,6 +61,17 @@ func (c commandLine) args() []string {
 	if c.accel == hypervisor.AccelKVM {
 		a = append(a, "-cpu", "host")
 	}
+	if microvm {
+		// QEMU 7.2's virtio-mmio transports are legacy (virtio 0.9.5)
+		// unless told otherwise, and a legacy guest driver never offers
+		// VIRTIO_F_VERSION_1. libvhost-user, which virtiofsd is built on,
+		// refuses such a device ("virtio legacy devices aren't supported
+		// by libvhost-user") and exits when the driver starts it; the
+		// guest's FUSE_INIT then waits forever, and so did the first use
+		// of the pod's share. Modern virtio-mmio (version 2) is what
+		// Kata and Firecracker run too.
+		a = append(a, "-global", "virtio-mmio.force-legacy=false")
+	}
 	if shared {
 		a = append(a, "-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", cfg.MemoryMiB))
 	}

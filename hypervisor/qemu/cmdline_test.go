@@ -80,6 +80,10 @@ func TestArgsMicrovmKernelVsock(t *testing.T) {
 	if got := argsAfter(a, "-cpu"); !slices.Equal(got, []string{"host"}) {
 		t.Errorf("-cpu %q under KVM", got)
 	}
+	// virtiofsd (libvhost-user) refuses a legacy virtio device.
+	if got := argsAfter(a, "-global"); !slices.Equal(got, []string{"virtio-mmio.force-legacy=false"}) {
+		t.Errorf("microvm -global %q, want modern virtio-mmio", got)
+	}
 	if app := argsAfter(a, "-append")[0]; !strings.Contains(app, "tsc_early_khz=2600000") {
 		t.Errorf("microvm command line lacks tsc_early_khz: %q", app)
 	}
@@ -100,6 +104,9 @@ func TestArgsQ35NoTSC(t *testing.T) {
 	}
 	if got := argsAfter(a, "-device"); len(got) != 0 {
 		t.Errorf("devices without any configured: %q", got)
+	}
+	if got := argsAfter(a, "-global"); len(got) != 0 {
+		t.Errorf("q35 -global %q: virtio-mmio is microvm's", got)
 	}
 }
 

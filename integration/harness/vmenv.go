@@ -89,13 +89,20 @@ func RunVMTests(m *testing.M) int {
 // VMPODConfig is a vmpod configuration for the tests: TCG (no usable KVM
 // here), the given guest image, debug logs; extra is appended as is.
 func VMPODConfig(kernel, initrd, extra string) string {
+	return VMPODConfigQEMU(kernel, initrd, "", extra)
+}
+
+// VMPODConfigQEMU is VMPODConfig with qemuKeys added to its
+// [hypervisor.qemu] table (TOML refuses a second one in extra).
+func VMPODConfigQEMU(kernel, initrd, qemuKeys, extra string) string {
 	return fmt.Sprintf(`[hypervisor.qemu]
 kernel = %q
 initrd = %q
 accel = "tcg"
+%s
 [runtime]
 debug = true
-%s`, kernel, initrd, extra)
+%s`, kernel, initrd, qemuKeys, extra)
 }
 
 // PidsWith lists the processes, other than this one, whose command line
@@ -151,6 +158,12 @@ func WaitNoProcess(t testing.TB, timeout time.Duration, substrings ...string) {
 // go when the test ends.
 func TestConfig(t testing.TB, extra string) (cfg, stateRoot string) {
 	t.Helper()
+	return TestConfigQEMU(t, "", extra)
+}
+
+// TestConfigQEMU is TestConfig with qemuKeys in [hypervisor.qemu].
+func TestConfigQEMU(t testing.TB, qemuKeys, extra string) (cfg, stateRoot string) {
+	t.Helper()
 	kernel, initrd := GuestImage(t)
 	stateRoot, err := os.MkdirTemp("", "vmpod-sb-")
 	if err != nil {
@@ -158,7 +171,7 @@ func TestConfig(t testing.TB, extra string) (cfg, stateRoot string) {
 	}
 	t.Cleanup(func() { os.RemoveAll(stateRoot) })
 	cfg = filepath.Join(t.TempDir(), "configuration.toml")
-	if err := os.WriteFile(cfg, []byte(VMPODConfig(kernel, initrd, extra)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(VMPODConfigQEMU(kernel, initrd, qemuKeys, extra)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return cfg, stateRoot
@@ -170,9 +183,15 @@ func TestConfig(t testing.TB, extra string) (cfg, stateRoot string) {
 // be left (AssertClean).
 func StartVMPod(t testing.TB, extra string) (c *Containerd, image, stateRoot, cfg string) {
 	t.Helper()
+	return StartVMPodQEMU(t, "", extra)
+}
+
+// StartVMPodQEMU is StartVMPod with qemuKeys in [hypervisor.qemu].
+func StartVMPodQEMU(t testing.TB, qemuKeys, extra string) (c *Containerd, image, stateRoot, cfg string) {
+	t.Helper()
 	RequireVMs(t)
 	shimBin := Shim(t)
-	cfg, stateRoot = TestConfig(t, extra)
+	cfg, stateRoot = TestConfigQEMU(t, qemuKeys, extra)
 	c = StartContainerd(t, Options{
 		ShimPath:    shimBin,
 		VMPODConfig: cfg,
