@@ -3,6 +3,7 @@ package device_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/vmpod/vmpod/vsock/device"
 	"github.com/vmpod/vmpod/vsock/internal/testdriver"
+	"github.com/vmpod/vmpod/vsock/virtq"
 )
 
 func listen(t *testing.T, d *device.Device, port uint32) net.Listener {
@@ -423,5 +425,52 @@ func TestPauseResume(t *testing.T) {
 	buf := make([]byte, 16)
 	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "resumed" {
 		t.Fatalf("host read %q, %v", buf[:n], err)
+	}
+}
+
+// TestNotificationSuppression: a guest that turned interrupts off (it is
+// polling) gets its chains back without one, one that has them on gets
+// one; and once the device has drained the tx queue kicks are on again,
+// or the next packet would wait forever.
+func TestNotificationSuppression(t *testing.T) {
+	g := newGuest(t, device.Options{})
+	l := listen(t, g.dev, 1234)
+	c := g.connect(l, 5555, 1234, 1<<20)
+	rw := func(data string) {
+		h := device.Header{SrcCID: cid, DstCID: device.HostCID, SrcPort: 5555, DstPort: 1234,
+			Type: device.TypeStream, Op: device.OpRW, Len: uint32(len(data)), BufAlloc: 1 << 20}
+		h.Encode(g.f.Mem.At(g.txHdr, device.HeaderSize))
+		copy(g.f.Mem.At(g.txData, len(data)), data)
+		if _, ok := g.tx.AddChain([]testdriver.Buf{{Addr: g.txHdr, Len: device.HeaderSize}, {Addr: g.txData, Len: uint32(len(data))}}); !ok {
+			t.Fatal("tx ring full")
+		}
+		g.f.Kick(device.QueueTX)
+	}
+	for g.f.WaitCall(device.QueueTX, 50*time.Millisecond) { // interrupts left from connecting
+	}
+	buf := make([]byte, 16)
+	for _, tc := range []struct {
+		data      string
+		interrupt bool
+	}{{"quiet", false}, {"loud", true}} {
+		flags := uint16(virtq.AvailFNoInterrupt)
+		if tc.interrupt {
+			flags = 0
+		}
+		binary.LittleEndian.PutUint16(g.f.Mem.At(g.tx.Avail, 2), flags)
+		rw(tc.data)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(buf); err != nil || string(buf[:n]) != tc.data {
+			t.Fatalf("host read %q, %v; want %q", buf[:n], err, tc.data)
+		}
+		if got := g.f.WaitCall(device.QueueTX, 300*time.Millisecond); got != tc.interrupt {
+			t.Errorf("%s: interrupt %v, want %v", tc.data, got, tc.interrupt)
+		}
+		if u := g.tx.TakeUsed(); len(u) != 1 {
+			t.Fatalf("%s: %d used chains, want 1", tc.data, len(u))
+		}
+		if f := binary.LittleEndian.Uint16(g.f.Mem.At(g.tx.Used, 2)); f&virtq.UsedFNoNotify != 0 {
+			t.Fatalf("%s: tx queue idle with kicks off (used flags %#x)", tc.data, f)
+		}
 	}
 }
