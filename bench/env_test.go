@@ -39,6 +39,8 @@ type env struct {
 	image  string
 	kernel string
 	initrd string
+	// stateRoot holds the shim's sandbox directories (VMPOD_STATE_ROOT).
+	stateRoot string
 }
 
 func newEnv(b *testing.B) *env {
@@ -57,8 +59,8 @@ func newEnv(b *testing.B) *env {
 		b.Fatal(err)
 	}
 	cfg := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\nmachine_type = %q\naccel = %q\n"+
-		"default_vcpus = %d\ndefault_memory = %d\n%s[agent]\ndial_timeout = %q\n[runtime]\ndebug = true\n",
-		kernel, initrd, *machine, a, *vcpus, *memoryMiB, params, dialTimeout.String())
+		"default_vcpus = %d\ndefault_memory = %d\n%s[agent]\ndial_timeout = %q\n[runtime]\ndebug = true\nenable_pprof = %v\n",
+		kernel, initrd, *machine, a, *vcpus, *memoryMiB, params, dialTimeout.String(), *shimProfile != "")
 	cfgPath := filepath.Join(b.TempDir(), "configuration.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		b.Fatal(err)
@@ -75,7 +77,7 @@ func newEnv(b *testing.B) *env {
 		StateDirs:   []string{stateRoot},
 	})
 	b.Cleanup(func() { c.AssertClean(b) })
-	return &env{b: b, c: c, image: harness.ImportBusybox(b, c), kernel: kernel, initrd: initrd}
+	return &env{b: b, c: c, image: harness.ImportBusybox(b, c), kernel: kernel, initrd: initrd, stateRoot: stateRoot}
 }
 
 func ctrContext() (context.Context, context.CancelFunc) {

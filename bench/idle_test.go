@@ -3,6 +3,11 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -71,7 +76,14 @@ func measureStdout(b *testing.B, e *env) {
 			id string
 			to *samples
 		}{{"idle", &rateV}, {"idle-runc", &rateR}} {
+			var profiled func()
+			if *shimProfile != "" && i == 0 && m.id == "idle" {
+				profiled = profileShim(b, e, m.id, shimProfileSeconds)
+			}
 			r, err := e.stream(m.id, fmt.Sprintf("zero%d", i), size)
+			if profiled != nil {
+				profiled()
+			}
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -106,6 +118,54 @@ func measureStdout(b *testing.B, e *env) {
 	}
 	b.ReportMetric(rateV.summary().median, "stdout-MiB/s")
 	b.ReportMetric(rateF.summary().median, "floor-MiB/s")
+}
+
+// shimProfileSeconds is how long -shim-profile profiles the shim.
+const shimProfileSeconds = 5
+
+// profileShim asks the pprof socket of pod id's shim for a CPU profile of
+// the next seconds, and halfway for its goroutines; the function it
+// returns waits for both, writes them to -shim-profile and notes in the
+// report whether the vsock backend's goroutines were among them.
+func profileShim(b *testing.B, e *env, id string, seconds int) func() {
+	sock := filepath.Join(e.stateRoot, id, "pprof.sock")
+	client := &http.Client{Timeout: time.Duration(seconds+30) * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+	get := func(path, out string) error {
+		resp, err := client.Get("http://shim" + path)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s on %s: %s %v", path, sock, resp.Status, err)
+		}
+		return os.WriteFile(out, body, 0o644)
+	}
+	done := make(chan error, 2)
+	go func() { done <- get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), *shimProfile) }()
+	go func() {
+		time.Sleep(time.Duration(seconds) * time.Second / 2)
+		done <- get("/debug/pprof/goroutine?debug=1", *shimProfile+".goroutines")
+	}()
+	return func() {
+		for range 2 {
+			if err := <-done; err != nil {
+				b.Fatalf("shim profile: %v", err)
+			}
+		}
+		g, err := os.ReadFile(*shimProfile + ".goroutines")
+		if err != nil {
+			b.Fatal(err)
+		}
+		results.note("shim profile over the first vmpod stdout run: %s (CPU, %d s), %s.goroutines; the vsock backend's worker among the goroutines: %v",
+			*shimProfile, seconds, *shimProfile, strings.Contains(string(g), "vsock/device.(*Device).run"))
+	}
 }
 
 // cpuMeter reads the CPU time of container id's shim and of its other
