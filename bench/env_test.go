@@ -60,7 +60,7 @@ func newEnv(b *testing.B) *env {
 	}
 	cfg := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\nmachine_type = %q\naccel = %q\n"+
 		"default_vcpus = %d\ndefault_memory = %d\n%s[agent]\ndial_timeout = %q\n[runtime]\ndebug = true\nenable_pprof = %v\n",
-		kernel, initrd, *machine, a, *vcpus, *memoryMiB, params, dialTimeout.String(), *shimProfile != "")
+		kernel, initrd, *machine, a, *vcpus, *memoryMiB, params, dialTimeout.String(), *shimProf != "")
 	cfgPath := filepath.Join(b.TempDir(), "configuration.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		b.Fatal(err)

@@ -77,7 +77,7 @@ func measureStdout(b *testing.B, e *env) {
 			to *samples
 		}{{"idle", &rateV}, {"idle-runc", &rateR}} {
 			var profiled func()
-			if *shimProfile != "" && i == 0 && m.id == "idle" {
+			if *shimProf != "" && i == 0 && m.id == "idle" {
 				profiled = profileShim(b, e, m.id, shimProfileSeconds)
 			}
 			r, err := e.stream(m.id, fmt.Sprintf("zero%d", i), size)
@@ -148,10 +148,10 @@ func profileShim(b *testing.B, e *env, id string, seconds int) func() {
 		return os.WriteFile(out, body, 0o644)
 	}
 	done := make(chan error, 2)
-	go func() { done <- get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), *shimProfile) }()
+	go func() { done <- get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), *shimProf) }()
 	go func() {
 		time.Sleep(time.Duration(seconds) * time.Second / 2)
-		done <- get("/debug/pprof/goroutine?debug=1", *shimProfile+".goroutines")
+		done <- get("/debug/pprof/goroutine?debug=1", *shimProf+".goroutines")
 	}()
 	return func() {
 		for range 2 {
@@ -159,12 +159,12 @@ func profileShim(b *testing.B, e *env, id string, seconds int) func() {
 				b.Fatalf("shim profile: %v", err)
 			}
 		}
-		g, err := os.ReadFile(*shimProfile + ".goroutines")
+		g, err := os.ReadFile(*shimProf + ".goroutines")
 		if err != nil {
 			b.Fatal(err)
 		}
 		results.note("shim profile over the first vmpod stdout run: %s (CPU, %d s), %s.goroutines; the vsock backend's worker among the goroutines: %v",
-			*shimProfile, seconds, *shimProfile, strings.Contains(string(g), "vsock/device.(*Device).run"))
+			*shimProf, seconds, *shimProf, strings.Contains(string(g), "vsock/device.(*Device).run"))
 	}
 }
 

@@ -22,19 +22,19 @@ import (
 
 // Flags; `make bench` sets them. Empty paths mean "build from this tree".
 var (
-	runsFlag    = flag.Int("runs", envInt("BENCH_RUNS", 3), "runs per figure (default $BENCH_RUNS, else 3)")
-	reportPath  = flag.String("report", "", "write the markdown report to this file")
-	shimPath    = flag.String("shim", "", "containerd-shim-kata-v2 binary (default: built from this tree)")
-	kernelPath  = flag.String("kernel", "", "guest kernel (default: the installed cloud kernel)")
-	stockPath   = flag.String("stock-kernel", "", "Debian's cloud kernel for the stock floor, as make image ships it (default: the installed one's uncompressed vmlinux)")
-	initrdPath  = flag.String("initrd", "", "guest initrd with the agent (default: built from this tree)")
-	machine     = flag.String("machine", hypervisor.MachineQ35, "machine type of the pod VMs and the floor")
-	memoryMiB   = flag.Int("memory", 256, "guest memory in MiB")
-	vcpus       = flag.Int("vcpus", 1, "guest vCPUs")
-	densityN    = flag.Int("density", 8, "containers started at once for the density figure")
-	stdoutMiB   = flag.Int("stdout-mib", 256, "MiB streamed to stdout per run")
-	shimProfile = flag.String("shim-profile", "", "turn the shim's [runtime] enable_pprof on and write its CPU profile over the first vmpod stdout run to this file (and its goroutines, mid-stream, to this file + .goroutines)")
-	agentPath   = flag.String("agent", "", "static vmpod-agent for the agent-sized floor initrd (default: built from this tree)")
+	runsFlag   = flag.Int("runs", envInt("BENCH_RUNS", 3), "runs per figure (default $BENCH_RUNS, else 3)")
+	reportPath = flag.String("report", "", "write the markdown report to this file")
+	shimPath   = flag.String("shim", "", "containerd-shim-kata-v2 binary (default: built from this tree)")
+	kernelPath = flag.String("kernel", "", "guest kernel (default: the installed cloud kernel)")
+	stockPath  = flag.String("stock-kernel", "", "Debian's cloud kernel for the stock floor, as make image ships it (default: the installed one's uncompressed vmlinux)")
+	initrdPath = flag.String("initrd", "", "guest initrd with the agent (default: built from this tree)")
+	machine    = flag.String("machine", hypervisor.MachineQ35, "machine type of the pod VMs and the floor")
+	memoryMiB  = flag.Int("memory", 256, "guest memory in MiB")
+	vcpus      = flag.Int("vcpus", 1, "guest vCPUs")
+	densityN   = flag.Int("density", 8, "containers started at once for the density figure")
+	stdoutMiB  = flag.Int("stdout-mib", 256, "MiB streamed to stdout per run")
+	shimProf   = flag.String("shim-profile", "", "turn the shim's [runtime] enable_pprof on and write its CPU profile over the first vmpod stdout run to this file (and its goroutines, mid-stream, to this file + .goroutines)")
+	agentPath  = flag.String("agent", "", "static vmpod-agent for the agent-sized floor initrd (default: built from this tree)")
 )
 
 // kernelParams go to every guest of the run, pods and floors alike, on top
