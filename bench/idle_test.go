@@ -154,6 +154,7 @@ func profileShim(b *testing.B, e *env, id string, seconds int) func() {
 		done <- get("/debug/pprof/goroutine?debug=1", *shimProf+".goroutines")
 	}()
 	return func() {
+		defer client.CloseIdleConnections()
 		for range 2 {
 			if err := <-done; err != nil {
 				b.Fatalf("shim profile: %v", err)

@@ -120,7 +120,7 @@ type floorRun struct {
 // stream asks the guest for size zero bytes and reads them. The rate runs
 // from the first byte to the last, as for the streams through ctr.
 func (f *streamFloor) stream(size int64) (floorRun, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), ctrTimeoutFor(size))
+	ctx, cancel := context.WithTimeout(context.Background(), floorStreamTimeout(size))
 	defer cancel()
 	c, err := f.backend.Dial(ctx, floorPortZeros)
 	if err != nil {
@@ -170,9 +170,9 @@ func selfCPU() float64 {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
-// ctrTimeoutFor bounds one stream of size bytes: generous, a stalled
+// floorStreamTimeout bounds one stream of size bytes: generous, a stalled
 // stream still fails.
-func ctrTimeoutFor(size int64) time.Duration {
+func floorStreamTimeout(size int64) time.Duration {
 	return 2*time.Minute + time.Duration(size>>20)*time.Second
 }
 
