@@ -1,6 +1,7 @@
 package device
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -243,7 +244,8 @@ func (c *Conn) consumed(n int) (kick bool) {
 }
 
 // waitData returns with d.mu held once the connection has buffered data,
-// or with the error (io.EOF at a clean end) and d.mu released.
+// or with the error (io.EOF at a clean end; errNoData at once when
+// nonblock and nothing is buffered) and d.mu released.
 func (c *Conn) waitData(nonblock bool) error {
 	d := c.d
 	for {
@@ -276,7 +278,7 @@ func (c *Conn) waitData(nonblock bool) error {
 	}
 }
 
-var errNoData = fmt.Errorf("no data")
+var errNoData = errors.New("no data")
 
 // Read reads data the guest sent.
 func (c *Conn) Read(p []byte) (int, error) {
