@@ -39,6 +39,8 @@ type env struct {
 	image  string
 	kernel string
 	initrd string
+	// stateRoot holds the shim's sandbox directories (VMPOD_STATE_ROOT).
+	stateRoot string
 }
 
 func newEnv(b *testing.B) *env {
@@ -58,8 +60,8 @@ func newEnv(b *testing.B) *env {
 	}
 	memorySettings(b) // checks the flags, notes them for the report
 	cfg := fmt.Sprintf("[hypervisor.qemu]\nkernel = %q\ninitrd = %q\nmachine_type = %q\naccel = %q\n"+
-		"default_vcpus = %d\ndefault_memory = %d\n%s%s[agent]\ndial_timeout = %q\n[runtime]\ndebug = true\n",
-		kernel, initrd, *machine, a, *vcpus, *memoryMiB, params, memoryTOML(), dialTimeout.String())
+		"default_vcpus = %d\ndefault_memory = %d\n%s%s[agent]\ndial_timeout = %q\n[runtime]\ndebug = true\nenable_pprof = %v\n",
+		kernel, initrd, *machine, a, *vcpus, *memoryMiB, params, memoryTOML(), dialTimeout.String(), *shimProf != "")
 	cfgPath := filepath.Join(b.TempDir(), "configuration.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		b.Fatal(err)
@@ -76,7 +78,7 @@ func newEnv(b *testing.B) *env {
 		StateDirs:   []string{stateRoot},
 	})
 	b.Cleanup(func() { c.AssertClean(b) })
-	return &env{b: b, c: c, image: harness.ImportBusybox(b, c), kernel: kernel, initrd: initrd}
+	return &env{b: b, c: c, image: harness.ImportBusybox(b, c), kernel: kernel, initrd: initrd, stateRoot: stateRoot}
 }
 
 func ctrContext() (context.Context, context.CancelFunc) {

@@ -35,6 +35,7 @@ var (
 	vcpus      = flag.Int("vcpus", 1, "guest vCPUs")
 	densityN   = flag.Int("density", 16, "containers started at once for the density figure")
 	stdoutMiB  = flag.Int("stdout-mib", 256, "MiB streamed to stdout per run")
+	shimProf   = flag.String("shim-profile", "", "turn the shim's [runtime] enable_pprof on and write its CPU profile over the first vmpod stdout run to this file (and its goroutines, mid-stream, to this file + .goroutines)")
 	agentPath  = flag.String("agent", "", "static vmpod-agent for the agent-sized floor initrd (default: built from this tree)")
 	fprFlag    = flag.String("free-page-reporting", "", "[hypervisor.qemu] free_page_reporting of the pod VMs and the agent guest: true or false (default: configuration.toml's)")
 	tbSizeFlag = flag.Int("tcg-tb-size", -1, "[hypervisor.qemu] tcg_tb_size of the pod VMs and the agent guest, MiB (default: configuration.toml's)")

@@ -74,6 +74,12 @@ func TestFormatSummaryEqualEnds(t *testing.T) {
 	}
 }
 
+func TestFormatSecondsPerMiB(t *testing.T) {
+	if got := secondsPerMiB.format(0.02281); got != "22.81 ms/MiB" {
+		t.Errorf("got %q, want 22.81 ms/MiB", got)
+	}
+}
+
 func TestRecommendOverhead(t *testing.T) {
 	for _, tc := range []struct {
 		name            string

@@ -34,7 +34,8 @@ const (
 	seconds unit = iota
 	mib
 	mibPerSec
-	cpus // CPU time per wall-clock time: 1 is one core busy
+	cpus          // CPU time per wall-clock time: 1 is one core busy
+	secondsPerMiB // CPU time per MiB moved
 )
 
 func (u unit) format(v float64) string {
@@ -51,6 +52,8 @@ func (u unit) format(v float64) string {
 		return fmt.Sprintf("%.1f MiB/s", v)
 	case cpus:
 		return fmt.Sprintf("%.0f mCPU", v*1000)
+	case secondsPerMiB:
+		return fmt.Sprintf("%.2f ms/MiB", v*1000)
 	}
 	return fmt.Sprint(v)
 }

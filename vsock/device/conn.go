@@ -1,10 +1,12 @@
 package device
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -54,6 +56,10 @@ type Conn struct {
 
 	readCh, writeCh chan struct{}
 	rdl, wdl        *deadline
+
+	// rmu makes Read and WriteTo one reader at a time: WriteTo hands
+	// buffered bytes to its writer without d.mu held.
+	rmu sync.Mutex
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -225,49 +231,117 @@ func (c *Conn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: "vsock", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
-// Read reads data the guest sent.
-func (c *Conn) Read(p []byte) (int, error) {
+// consumed records that the host application took n bytes and reports
+// whether the guest must hear of the credit now. d.mu is held.
+func (c *Conn) consumed(n int) (kick bool) {
+	c.fwdCnt += uint32(n)
+	if c.wantCredit() {
+		c.flags |= needCredit
+		c.d.enqueue(c)
+		return true
+	}
+	return false
+}
+
+// waitData returns with d.mu held once the connection has buffered data,
+// or with the error (io.EOF at a clean end; errNoData at once when
+// nonblock and nothing is buffered) and d.mu released.
+func (c *Conn) waitData(nonblock bool) error {
 	d := c.d
 	for {
 		d.mu.Lock()
 		if c.closedLocal {
 			d.mu.Unlock()
-			return 0, c.opError("read", net.ErrClosed)
+			return c.opError("read", net.ErrClosed)
 		}
 		if c.rbuf.Len() > 0 {
-			n := c.rbuf.Read(p)
-			c.fwdCnt += uint32(n)
-			kick := c.wantCredit()
-			if kick {
-				c.flags |= needCredit
-				d.enqueue(c)
-			}
-			if c.rbuf.Len() > 0 {
-				c.signalRead()
-			}
-			d.mu.Unlock()
-			if kick {
-				d.wake()
-			}
-			return n, nil
+			return nil
 		}
 		if c.peerShut&ShutdownSend != 0 || (c.state == stateClosed && c.err == nil) {
 			d.mu.Unlock()
-			return 0, io.EOF
+			return io.EOF
 		}
 		if c.state == stateClosed {
 			err := c.err
 			d.mu.Unlock()
-			return 0, c.opError("read", err)
+			return c.opError("read", err)
 		}
 		d.mu.Unlock()
-		if len(p) == 0 {
-			return 0, nil
+		if nonblock {
+			return errNoData
 		}
 		select {
 		case <-c.readCh:
 		case <-c.rdl.wait():
-			return 0, c.opError("read", os.ErrDeadlineExceeded)
+			return c.opError("read", os.ErrDeadlineExceeded)
+		}
+	}
+}
+
+var errNoData = errors.New("no data")
+
+// Read reads data the guest sent.
+func (c *Conn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	d := c.d
+	if err := c.waitData(len(p) == 0); err != nil {
+		if err == errNoData {
+			return 0, nil
+		}
+		return 0, err
+	}
+	n := c.rbuf.Read(p)
+	kick := c.consumed(n)
+	if c.rbuf.Len() > 0 {
+		c.signalRead()
+	}
+	d.mu.Unlock()
+	if kick {
+		d.wake()
+	}
+	return n, nil
+}
+
+// WriteTo writes what the guest sends to w until the guest ends the
+// stream, straight from the connection's buffer: io.Copy(w, conn) takes
+// this path and saves the copy through a Read buffer.
+func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	d := c.d
+	var total int64
+	for {
+		if err := c.waitData(false); err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return total, err
+		}
+		// The worker only appends into the free space, so the bytes
+		// peeked here stay put while w takes them without d.mu.
+		first, second := c.rbuf.Peek(c.rbuf.Len())
+		d.mu.Unlock()
+		n, werr := w.Write(first)
+		if werr == nil && len(second) > 0 {
+			var k int
+			k, werr = w.Write(second)
+			n += k
+		}
+		d.mu.Lock()
+		if c.closedLocal {
+			d.mu.Unlock()
+			return total + int64(n), c.opError("read", net.ErrClosed)
+		}
+		c.rbuf.Discard(n)
+		kick := c.consumed(n)
+		d.mu.Unlock()
+		if kick {
+			d.wake()
+		}
+		total += int64(n)
+		if werr != nil {
+			return total, werr
 		}
 	}
 }

@@ -3,6 +3,7 @@ package device_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/vmpod/vmpod/vsock/device"
 	"github.com/vmpod/vmpod/vsock/internal/testdriver"
+	"github.com/vmpod/vmpod/vsock/virtq"
 )
 
 func listen(t *testing.T, d *device.Device, port uint32) net.Listener {
@@ -423,5 +425,94 @@ func TestPauseResume(t *testing.T) {
 	buf := make([]byte, 16)
 	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "resumed" {
 		t.Fatalf("host read %q, %v", buf[:n], err)
+	}
+}
+
+// TestNotificationSuppression: a guest that turned interrupts off (it is
+// polling) gets its chains back without one, one that has them on gets
+// one; and once the device has drained the tx queue kicks are on again,
+// or the next packet would wait forever.
+func TestNotificationSuppression(t *testing.T) {
+	g := newGuest(t, device.Options{})
+	l := listen(t, g.dev, 1234)
+	c := g.connect(l, 5555, 1234, 1<<20)
+	rw := func(data string) {
+		h := device.Header{SrcCID: cid, DstCID: device.HostCID, SrcPort: 5555, DstPort: 1234,
+			Type: device.TypeStream, Op: device.OpRW, Len: uint32(len(data)), BufAlloc: 1 << 20}
+		h.Encode(g.f.Mem.At(g.txHdr, device.HeaderSize))
+		copy(g.f.Mem.At(g.txData, len(data)), data)
+		if _, ok := g.tx.AddChain([]testdriver.Buf{{Addr: g.txHdr, Len: device.HeaderSize}, {Addr: g.txData, Len: uint32(len(data))}}); !ok {
+			t.Fatal("tx ring full")
+		}
+		g.f.Kick(device.QueueTX)
+	}
+	for g.f.WaitCall(device.QueueTX, 50*time.Millisecond) { // interrupts left from connecting
+	}
+	buf := make([]byte, 16)
+	for _, tc := range []struct {
+		data      string
+		interrupt bool
+	}{{"quiet", false}, {"loud", true}} {
+		flags := uint16(virtq.AvailFNoInterrupt)
+		if tc.interrupt {
+			flags = 0
+		}
+		binary.LittleEndian.PutUint16(g.f.Mem.At(g.tx.Avail, 2), flags)
+		rw(tc.data)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(buf); err != nil || string(buf[:n]) != tc.data {
+			t.Fatalf("host read %q, %v; want %q", buf[:n], err, tc.data)
+		}
+		if got := g.f.WaitCall(device.QueueTX, 300*time.Millisecond); got != tc.interrupt {
+			t.Errorf("%s: interrupt %v, want %v", tc.data, got, tc.interrupt)
+		}
+		if u := g.tx.TakeUsed(); len(u) != 1 {
+			t.Fatalf("%s: %d used chains, want 1", tc.data, len(u))
+		}
+		if f := binary.LittleEndian.Uint16(g.f.Mem.At(g.tx.Used, 2)); f&virtq.UsedFNoNotify != 0 {
+			t.Fatalf("%s: tx queue idle with kicks off (used flags %#x)", tc.data, f)
+		}
+	}
+}
+
+// TestWriteTo: io.Copy from a connection takes WriteTo, which hands the
+// buffered bytes to the writer in order, grants credit as Read does, and
+// ends cleanly when the guest shuts its side down.
+func TestWriteTo(t *testing.T) {
+	g := newGuest(t, device.Options{BufferSize: device.MaxPacketData})
+	l := listen(t, g.dev, 1)
+	c := g.connect(l, 2, 1, 1<<20)
+	if _, ok := c.(io.WriterTo); !ok {
+		t.Fatal("a connection is no io.WriterTo")
+	}
+	var want bytes.Buffer
+	copied := make(chan error, 1)
+	var got bytes.Buffer
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	go func() {
+		_, err := io.Copy(&got, c)
+		copied <- err
+	}()
+	for i := range 3 {
+		data := bytes.Repeat([]byte{byte('a' + i)}, device.MaxPacketData)
+		want.Write(data)
+		g.send(device.Header{SrcPort: 2, DstPort: 1, Op: device.OpRW}, data)
+		// The whole buffer went to the copy: the guest hears of it
+		// before it may send more.
+		if p := g.expect(device.OpCreditUpdate); p.FwdCnt != uint32((i+1)*device.MaxPacketData) {
+			t.Fatalf("credit update %v after %d packets", p.Header, i+1)
+		}
+	}
+	g.send(device.Header{SrcPort: 2, DstPort: 1, Op: device.OpShutdown, Flags: device.ShutdownSend}, nil)
+	select {
+	case err := <-copied:
+		if err != nil {
+			t.Fatalf("io.Copy: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("io.Copy did not end at the guest's shutdown")
+	}
+	if !bytes.Equal(got.Bytes(), want.Bytes()) {
+		t.Fatalf("copied %d bytes, not the %d the guest sent", got.Len(), want.Len())
 	}
 }

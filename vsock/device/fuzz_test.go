@@ -96,8 +96,8 @@ func (d *Device) drainForTest(t *testing.T, bufLen int) {
 	if len(d.conns) > d.opts.MaxConns {
 		t.Fatalf("%d connections, limit %d", len(d.conns), d.opts.MaxConns)
 	}
-	if len(d.control) > maxControl {
-		t.Fatalf("%d control packets queued", len(d.control))
+	if d.control.len() > maxControl {
+		t.Fatalf("%d control packets queued", d.control.len())
 	}
 	for _, c := range d.conns {
 		if c.rbuf.Len() > d.opts.BufferSize || c.wbuf.Len() > d.opts.BufferSize {

@@ -99,3 +99,37 @@ func (b *ring) WriteFunc(n int, fill func(dst []byte, off int) int) int {
 	}
 	return total
 }
+
+// fifo is a queue whose storage is reused once drained, so that a steady
+// stream of pushes and pops does not allocate.
+type fifo[T any] struct {
+	buf  []T
+	head int
+}
+
+func (f *fifo[T]) len() int { return len(f.buf) - f.head }
+
+func (f *fifo[T]) peek() T { return f.buf[f.head] }
+
+func (f *fifo[T]) push(v T) {
+	if f.head > 0 && len(f.buf) == cap(f.buf) {
+		// Full at the back with room at the front: slide down.
+		n := copy(f.buf, f.buf[f.head:])
+		clear(f.buf[n:])
+		f.buf, f.head = f.buf[:n], 0
+	}
+	f.buf = append(f.buf, v)
+}
+
+func (f *fifo[T]) pop() T {
+	var zero T
+	v := f.buf[f.head]
+	f.buf[f.head] = zero // no stale pointer keeps a closed Conn alive
+	f.head++
+	if f.head == len(f.buf) {
+		f.buf, f.head = f.buf[:0], 0
+	}
+	return v
+}
+
+func (f *fifo[T]) reset() { clear(f.buf); f.buf, f.head = f.buf[:0], 0 }

@@ -20,6 +20,16 @@ import (
 	"github.com/vmpod/vmpod/vsock/guestmem"
 )
 
+// Ring flags (without VIRTIO_RING_F_EVENT_IDX, which the device does not
+// offer, they are how either side asks the other not to signal).
+const (
+	// UsedFNoNotify, in the used ring, asks the driver not to kick.
+	UsedFNoNotify = 1
+	// AvailFNoInterrupt, in the available ring, asks the device not to
+	// interrupt.
+	AvailFNoInterrupt = 1
+)
+
 // Descriptor flags.
 const (
 	DescFNext     = 1
@@ -46,6 +56,7 @@ type Queue struct {
 	used      []byte // 4 + 8*size (+2 avail_event, unused)
 	nextAvail uint16
 	nextUsed  uint16
+	usedFlags uint16 // the used ring's flags as we last wrote them
 }
 
 // Config locates a queue in guest memory.
@@ -85,6 +96,8 @@ func New(mem *guestmem.Memory, cfg Config) (*Queue, error) {
 		return nil, fmt.Errorf("used ring at %#x is not 4-byte aligned in this process", cfg.UsedAddr)
 	}
 	q.nextUsed = binary.LittleEndian.Uint16(q.used[2:4])
+	// Kicks on: a queue stopped while it had them off must not stay silent.
+	q.storeUsedWord()
 	return q, nil
 }
 
@@ -123,20 +136,30 @@ func (q *Queue) Pending() (uint16, error) {
 // still give it back with AddUsed(c.Head, 0) so the guest can reuse it. An
 // error return (with ok false) means the queue itself is broken.
 func (q *Queue) Pop() (c *Chain, ok bool, err error) {
+	c = new(Chain)
+	if ok, err = q.PopInto(c); !ok {
+		return nil, false, err
+	}
+	return c, true, nil
+}
+
+// PopInto is Pop into a chain the caller reuses: its buffer lists keep
+// their storage, so that taking a packet allocates nothing.
+func (q *Queue) PopInto(c *Chain) (ok bool, err error) {
 	n, err := q.Pending()
 	if err != nil || n == 0 {
-		return nil, false, err
+		return false, err
 	}
 	slot := 4 + 2*uint64(q.nextAvail%q.size)
 	head := binary.LittleEndian.Uint16(q.avail[slot : slot+2])
 	q.nextAvail++
-	c = &Chain{Head: head}
+	c.Head, c.Readable, c.Writable, c.Err = head, c.Readable[:0], c.Writable[:0], nil
 	if head >= q.size {
 		c.Err = fmt.Errorf("head descriptor %d out of range (queue size %d)", head, q.size)
-		return c, true, nil
+		return true, nil
 	}
 	c.Err = q.walk(c)
-	return c, true, nil
+	return true, nil
 }
 
 // walk reads the chain starting at c.Head into c.
@@ -191,10 +214,36 @@ func (q *Queue) AddUsed(head uint16, n uint32) error {
 	binary.LittleEndian.PutUint32(q.used[slot+4:], n)
 	q.nextUsed++
 	// The element must be visible before the index; the atomic store is a
-	// full barrier on amd64. The used flags (low half) stay 0: we always
-	// want kicks.
-	atomic.StoreUint32((*uint32)(unsafe.Pointer(&q.used[0])), uint32(q.nextUsed)<<16)
+	// full barrier on amd64.
+	q.storeUsedWord()
 	return nil
+}
+
+// storeUsedWord publishes the used ring's flags and index in one store.
+func (q *Queue) storeUsedWord() {
+	atomic.StoreUint32((*uint32)(unsafe.Pointer(&q.used[0])), uint32(q.nextUsed)<<16|uint32(q.usedFlags))
+}
+
+// SetNotify asks the guest to kick the device for new buffers (on) or to
+// spare itself the kicks (off) while the device is draining the queue
+// anyway. After turning kicks back on, the caller must check Pending once
+// more: a chain added just before may have come without a kick. The store
+// is a full barrier, so that check sees it.
+func (q *Queue) SetNotify(on bool) {
+	if on {
+		q.usedFlags &^= UsedFNoNotify
+	} else {
+		q.usedFlags |= UsedFNoNotify
+	}
+	q.storeUsedWord()
+}
+
+// WantsInterrupt reports whether the guest wants an interrupt for the
+// chains used so far: false while it has interrupts off because it is
+// polling the used ring. Call it after AddUsed, whose store orders this
+// read after the used index the guest will re-check on turning them on.
+func (q *Queue) WantsInterrupt() bool {
+	return load32(q.avail[0:4])&AvailFNoInterrupt == 0
 }
 
 // Chain is one descriptor chain: device-readable buffers, then

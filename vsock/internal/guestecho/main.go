@@ -9,6 +9,9 @@
 //	5003 dialer: reads "<port> <bytes> <seed>\n", connects to the host's
 //	     port, answers "OK\n" and sends the pattern there, or answers
 //	     "ERR <errno name>\n"
+//	5005 zeros: reads "<bytes>\n", writes that many zero bytes in large
+//	     writes (the bench's stream floor: like `head -c N /dev/zero`,
+//	     with nothing to compute in the guest)
 package main
 
 import (
@@ -46,7 +49,7 @@ func run() error {
 	if err := kmod.LoadListed(kmod.ListPath, dir); err != nil {
 		return fmt.Errorf("load modules: %w", err)
 	}
-	services := map[uint32]func(net.Conn){5000: echo, 5001: sink, 5002: source, 5003: dialer, 5004: discard}
+	services := map[uint32]func(net.Conn){5000: echo, 5001: sink, 5002: source, 5003: dialer, 5004: discard, 5005: zeros}
 	for port, h := range services {
 		l, err := vsock.Listen(port, nil)
 		if err != nil {
@@ -101,6 +104,29 @@ func source(c net.Conn) {
 		return
 	}
 	io.CopyN(c, pattern.New(seed), n)
+}
+
+// zeroWrite is the size of one write of the zeros service: large, so that
+// the guest spends its time in the transport, not in system calls.
+const zeroWrite = 256 << 10
+
+func zeros(c net.Conn) {
+	var n int64
+	if _, err := fmt.Fscanf(bufio.NewReader(io.LimitReader(c, 32)), "%d\n", &n); err != nil || n < 0 {
+		fmt.Fprintf(c, "ERR bad request: %v\n", err)
+		return
+	}
+	buf := make([]byte, zeroWrite)
+	for n > 0 {
+		k := int64(len(buf))
+		if n < k {
+			k = n
+		}
+		if _, err := c.Write(buf[:k]); err != nil {
+			return
+		}
+		n -= k
+	}
 }
 
 func dialer(c net.Conn) {
