@@ -103,6 +103,10 @@ func TestShimRun(t *testing.T) {
 		}
 	})
 
+	t.Run("process start seals the agent without copying it", func(t *testing.T) {
+		testSealedInit(t, e)
+	})
+
 	t.Run("bind mount", func(t *testing.T) {
 		dir := t.TempDir()
 		if err := os.WriteFile(filepath.Join(dir, "in"), []byte("from host\n"), 0o644); err != nil {
@@ -540,5 +544,46 @@ func waitFileLines(t *testing.T, path string, lines ...string) {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Lines of libcontainer's debug log (kept "for tests" in runc) that say how
+// it protected its init binary, the agent, before starting a process: a
+// read-only overlayfs view of it (no copy), or a copy of all 9 MB of it.
+const (
+	sealedByOverlay = "runc exeseal: using overlayfs for sealed /proc/self/exe"
+	sealedByCopy    = "falling back to making a temporary copy"
+	copyingBinary   = "cloning /proc/self/exe binary"
+)
+
+// testSealedInit checks, in a guest, that starting a container and an exec
+// re-executes the agent through exeseal's overlayfs view and never copies
+// it (docs/performance.md, "Exec and process start"): the copy is what
+// libcontainer falls back to when the guest cannot mount that overlay, and
+// it would cost every process start a 9 MB copy under TCG.
+func testSealedInit(t *testing.T, e *vmpodEnv) {
+	// [agent] debug: the agent, and so libcontainer, log at debug level to
+	// the guest console, which debug = true puts into containerd's log.
+	cfg := e.configWith(t, "agent-debug.toml", "[agent]\ndebug = true\n")
+	const id = "sealed"
+	e.runDetached(id, []string{"--runtime-config-path", cfg}, "sleep", "1000")
+	defer e.stopTask(id)
+	e.ctr("task", "exec", "--exec-id", "x1", id, "true")
+
+	var overlay int
+	for _, l := range strings.Split(e.c.Logs(), "\n") {
+		if !strings.Contains(l, "sandbox="+id) {
+			continue
+		}
+		if strings.Contains(l, sealedByOverlay) {
+			overlay++
+		}
+		if strings.Contains(l, sealedByCopy) || strings.Contains(l, copyingBinary) {
+			t.Errorf("libcontainer copied the agent to start a process: %s", l)
+		}
+	}
+	// One for the container's init, one for the exec.
+	if overlay < 2 {
+		t.Errorf("%d process starts sealed the agent with overlayfs, want 2 (the container's init and the exec): is the agent's debug log (%q) in containerd's log?", overlay, sealedByOverlay)
 	}
 }
