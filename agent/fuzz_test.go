@@ -71,12 +71,11 @@ func FuzzParseMount(f *testing.F) {
 }
 
 func FuzzValidators(f *testing.F) {
-	f.Add("abc", "/a/b", int64(10), "host")
-	f.Fuzz(func(t *testing.T, id, path string, n int64, host string) {
+	f.Add("abc", "/a/b", "host")
+	f.Fuzz(func(t *testing.T, id, path string, host string) {
 		_ = validateID("id", id)
 		_ = validateExecID(id)
 		_ = validateGuestPath("p", path)
-		_ = validateReadLen(n)
 		_ = validateHostname(host)
 		_, _ = resolvConf(&agentpb.DNS{Nameservers: []string{id}, Searches: []string{path}, Options: []string{host}})
 	})
