@@ -26,12 +26,8 @@ import (
 // output stream is then discarded, and stdin closed.
 const AttachTimeout = 30 * time.Second
 
-// copyBufSize is the buffer of a stream that is copied rather than
-// spliced: a terminal, or a kernel that cannot splice into the socket.
+// copyBufSize is the buffer of one stream's copy: four vsock packets.
 const copyBufSize = 256 << 10
-
-// spliceChunk is how much one splice(2) call may move: a whole pipe.
-const spliceChunk = 1 << 20
 
 // closeWait bounds how long an output stream, half-closed, waits for the
 // shim to close its side before closing the connection.
@@ -160,7 +156,7 @@ func (o *outputStream) run(ctx context.Context) {
 	}
 	defer a.close()
 	// A removed process's stream stops at once: closing the connection
-	// ends a splice or write blocked on it.
+	// ends a write blocked on it.
 	stop := whenClosed(o.abandon, func() { a.conn.Close() })
 	defer stop()
 	if err := sendOutput(a.conn, o.src, o.owned); err != nil {
@@ -197,26 +193,22 @@ func discard(src *os.File) {
 	}
 }
 
-// sendOutput moves src to c until src ends (nil) or either fails. A pipe
-// goes with splice(2) where the kernel can, with no copy through user
-// space; a pty master, or a socket splice refuses, with one copy.
+// sendOutput moves src to c until src ends (nil) or either fails, with
+// one copy through a large buffer. A pipe is first left to fill a little
+// (gather). Not splice(2): on the guest's 6.1 kernel AF_VSOCK has no
+// sendpage, and the generic fallback sends every pipe page as a vsock
+// packet of its own, 4 KiB each; under TCG, where the cost is per packet,
+// that measured slower than this copy (docs/performance.md).
 func sendOutput(c net.Conn, src *os.File, pipe bool) error {
-	if pipe {
-		if sc, ok := c.(syscall.Conn); ok {
-			spliced, err := spliceOut(sc, src)
-			if spliced || !errors.Is(err, unix.EINVAL) {
-				return err
-			}
-		}
-	}
-	return copyOut(c, src)
-}
-
-// copyOut copies src to c with one large buffer. EIO is how a pty master
-// reports that the terminal's slave side is gone: its EOF.
-func copyOut(c net.Conn, src *os.File) error {
 	buf := make([]byte, copyBufSize)
+	var raw syscall.RawConn
+	if pipe {
+		raw, _ = src.SyscallConn()
+	}
 	for {
+		if raw != nil {
+			gather(raw)
+		}
 		n, err := src.Read(buf)
 		if n > 0 {
 			if _, werr := c.Write(buf[:n]); werr != nil {
@@ -224,6 +216,8 @@ func copyOut(c net.Conn, src *os.File) error {
 			}
 		}
 		if err != nil {
+			// EIO is how a pty master reports that the terminal's slave
+			// side is gone: its EOF.
 			if errors.Is(err, io.EOF) || errors.Is(err, syscall.EIO) {
 				return nil
 			}
@@ -232,67 +226,36 @@ func copyOut(c net.Conn, src *os.File) error {
 	}
 }
 
-// spliceOut splices the pipe src into the socket of c until the pipe's
-// EOF, waiting in Go's poller on whichever side blocks. spliced reports
-// whether any splice succeeded: EINVAL on the first one means the kernel
-// cannot splice into this socket, and the caller copies instead.
-func spliceOut(sc syscall.Conn, src *os.File) (spliced bool, err error) {
-	dst, err := sc.SyscallConn()
-	if err != nil {
-		return false, err
-	}
-	pipe, err := src.SyscallConn()
-	if err != nil {
-		return false, err
-	}
-	for {
-		var n int64
-		var serr error
-		empty := false
-		rerr := pipe.Read(func(pfd uintptr) bool {
-			werr := dst.Write(func(sfd uintptr) bool {
-				n, serr = unix.Splice(int(pfd), nil, int(sfd), nil, spliceChunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
-				if serr != unix.EAGAIN {
-					return true
-				}
-				if pipeEmpty(pfd) {
-					empty = true
-					return true
-				}
-				// The pipe holds data, so an EAGAIN now is the socket's
-				// (full): wait until it can take more.
-				n, serr = unix.Splice(int(pfd), nil, int(sfd), nil, spliceChunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
-				return serr != unix.EAGAIN
-			})
-			if werr != nil {
-				serr = werr
-				return true
+// gather lets a busy writer fill the pipe a little before the next
+// read: a process writing in small chunks (4 KiB is common) would
+// otherwise make one vsock packet per chunk, and under emulation the cost
+// is per packet, not per byte. It waits only while the pipe holds some
+// data, less than gatherTarget, and keeps growing: output that stopped
+// coming waits one timer tick, a busy writer's at most gatherRounds.
+func gather(pipe syscall.RawConn) {
+	prev := -1
+	for round := 0; ; round++ {
+		n := -1
+		_ = pipe.Control(func(fd uintptr) {
+			if v, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ); err == nil {
+				n = v
 			}
-			if empty {
-				// Wait until the process writes again.
-				empty = false
-				return false
-			}
-			return true
 		})
-		if rerr != nil {
-			return spliced, rerr
+		if n <= 0 || n >= gatherTarget || n == prev || round == gatherRounds {
+			return
 		}
-		switch {
-		case serr != nil:
-			return spliced, serr
-		case n == 0:
-			return true, nil // EOF: every writer of the pipe is gone
-		}
-		spliced = true
+		prev = n
+		time.Sleep(gatherTick)
 	}
 }
 
-// pipeEmpty reports whether the pipe read end fd holds no data.
-func pipeEmpty(fd uintptr) bool {
-	n, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ)
-	return err == nil && n == 0
-}
+const (
+	// gatherTarget is the pipe fill at which a read goes without
+	// waiting: one full vsock packet.
+	gatherTarget = 64 << 10
+	gatherRounds = 2
+	gatherTick   = 500 * time.Microsecond
+)
 
 // inputStream is a process's stdin: the pipe's write end, or the pty
 // master of a terminal.
