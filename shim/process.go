@@ -244,7 +244,7 @@ func (p *process) attach(ctx context.Context, dial dialFunc, kind stdiostream.Ki
 }
 
 // copyOut moves one output stream from its connection to the host until
-// the agent's half-close (EOF), with one large buffer: the connection is a
+// the agent's close (EOF), with one large buffer: the connection is a
 // user-space object, which the kernel cannot splice from. A host writer
 // that blocks (a fifo nobody reads) stalls this stream only: the guest's
 // credit runs out and the process blocks on its pipe.

@@ -11,10 +11,10 @@
 // and stderr, to its stdin for stdin. Any other status is followed by the
 // agent's close.
 //
-// The end of an output stream is the agent's half-close (shutdown of its
-// write side) once the process's pipe reached EOF; the end of stdin is the
-// shim's half-close. Flow control is the transport's: a reader that stops
-// stalls only its own stream.
+// The end of an output stream is the agent's close once the process's
+// pipe reached EOF; the end of stdin is the shim's half-close (shutdown of
+// its write side), after which the agent closes. Flow control is the
+// transport's: a reader that stops stalls only its own stream.
 package stdiostream
 
 import (
