@@ -189,8 +189,8 @@ func discard(src *os.File) {
 }
 
 // sendOutput moves src to c until src ends (nil) or either fails, with
-// one copy through a large buffer. A pipe is first left to fill a little
-// (gather). Not splice(2): on the guest's 6.1 kernel AF_VSOCK has no
+// one copy through a large buffer. A pipe's output is gathered a little
+// first (gather). Not splice(2): on the guest's 6.1 kernel AF_VSOCK has no
 // sendpage, and the generic fallback sends every pipe page as a vsock
 // packet of its own, 4 KiB each; under TCG, where the cost is per packet,
 // that measured slower than this copy (docs/performance.md).
@@ -201,10 +201,11 @@ func sendOutput(c net.Conn, src *os.File, pipe bool) error {
 		raw, _ = src.SyscallConn()
 	}
 	for {
-		if raw != nil {
-			gather(raw)
-		}
 		n, err := src.Read(buf)
+		if raw != nil && err == nil && n < gatherTarget {
+			gather(raw)
+			n += readNow(raw, buf[n:])
+		}
 		if n > 0 {
 			if _, werr := c.Write(buf[:n]); werr != nil {
 				return werr
@@ -221,22 +222,22 @@ func sendOutput(c net.Conn, src *os.File, pipe bool) error {
 	}
 }
 
-// gather lets a busy writer fill the pipe a little before the next
-// read: a process writing in small chunks (4 KiB is common) would
-// otherwise make one vsock packet per chunk, and under emulation the cost
-// is per packet, not per byte. It waits only while the pipe holds some
-// data, less than gatherTarget, and keeps growing: output that stopped
-// coming waits one timer tick, a busy writer's at most gatherRounds.
+// gather gives a busy writer a moment to fill the pipe before the agent
+// sends what it read: a process writing in small chunks (4 KiB is common)
+// would otherwise make one vsock packet per chunk, and under emulation
+// the cost is per packet, not per byte. It waits one timer tick, and more
+// (up to gatherRounds) only while the pipe keeps growing and holds less
+// than gatherTarget: output that stopped coming waits one tick.
 func gather(pipe syscall.RawConn) {
 	prev := -1
-	for round := 0; ; round++ {
+	for round := 0; round < gatherRounds; round++ {
 		n := -1
 		_ = pipe.Control(func(fd uintptr) {
 			if v, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ); err == nil {
 				n = v
 			}
 		})
-		if n <= 0 || n >= gatherTarget || n == prev || round == gatherRounds {
+		if n < 0 || n >= gatherTarget || n == prev {
 			return
 		}
 		prev = n
@@ -244,11 +245,25 @@ func gather(pipe syscall.RawConn) {
 	}
 }
 
+// readNow reads what the pipe holds into p without waiting; 0 when it is
+// empty or at EOF (the next read reports that).
+func readNow(pipe syscall.RawConn, p []byte) int {
+	n := 0
+	_ = pipe.Read(func(fd uintptr) bool {
+		m, err := unix.Read(int(fd), p)
+		if err == nil && m > 0 {
+			n = m
+		}
+		return true
+	})
+	return n
+}
+
 const (
-	// gatherTarget is the pipe fill at which a read goes without
-	// waiting: one full vsock packet.
+	// gatherTarget is what a read must bring for its data to go without
+	// gathering: one full vsock packet.
 	gatherTarget = 64 << 10
-	gatherRounds = 2
+	gatherRounds = 3
 	gatherTick   = 500 * time.Microsecond
 )
 
