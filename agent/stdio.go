@@ -26,8 +26,12 @@ import (
 // output stream is then discarded, and stdin closed.
 const AttachTimeout = 30 * time.Second
 
-// copyBufSize is the buffer of one stream's copy: four vsock packets.
-const copyBufSize = 256 << 10
+// copyBufSize is the buffer of one output stream's copy: four vsock
+// packets. Stdin, typed or piped in small amounts, gets less.
+const (
+	copyBufSize  = 256 << 10
+	stdinBufSize = 32 << 10
+)
 
 // attachment is a connection attached to a stream; release is called once
 // the stream is done with it and has closed it.
@@ -299,7 +303,7 @@ func newInputStream(name string, dst *os.File, owned bool) *inputStream {
 func (s *inputStream) receive(ctx context.Context, c net.Conn) {
 	stop := whenClosed(s.abandon, func() { c.Close() })
 	defer stop()
-	buf := make([]byte, copyBufSize)
+	buf := make([]byte, stdinBufSize)
 	for {
 		n, err := c.Read(buf)
 		if n > 0 {

@@ -281,7 +281,8 @@ func TestShimLongRunning(t *testing.T) {
 		// An exec whose client stops reading: its ctr's stdout is a pipe
 		// this test leaves unread, so the fifo, the shim's copy, the
 		// vsock credit and the guest pipe fill, and the process blocks.
-		const stalledSize = 16 << 20
+		// 24 MiB is several times what all of those hold together.
+		const stalledSize = 24 << 20
 		pattern := func(n int) []byte { return bytes.Repeat([]byte("0123456789abcdef\n"), n/17+1)[:n] }
 		r, w, err := os.Pipe()
 		if err != nil {
