@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -32,7 +31,6 @@ type Container struct {
 	cgroupPaths  map[string]string
 	reaper       *Reaper
 	init         *Process
-	outputLimit  int
 
 	mu        sync.Mutex          // guards execs, execOrder and removing
 	execs     map[string]*Process // exec id → process
@@ -55,7 +53,6 @@ type containerParams struct {
 	rootfsMounts []mountSpec
 	stdin        bool
 	reaper       *Reaper
-	outputLimit  int
 }
 
 // createContainer mounts the root file system, creates the libcontainer
@@ -90,7 +87,6 @@ func createContainer(ctx context.Context, p containerParams) (_ *Container, retE
 		lc:           lc,
 		rootfsMounts: p.rootfsMounts,
 		reaper:       p.reaper,
-		outputLimit:  p.outputLimit,
 		execs:        map[string]*Process{},
 	}
 	defer func() {
@@ -260,8 +256,6 @@ func (c *Container) startProcess(ctx context.Context, spec *specs.Process, execI
 		execID:      execID,
 		lc:          lp,
 		pid:         pid,
-		stdout:      newOutputBuffer(c.outputLimit),
-		stderr:      newOutputBuffer(c.outputLimit),
 		pumpsDone:   make(chan struct{}),
 		exited:      make(chan struct{}),
 	}
@@ -280,33 +274,34 @@ func (c *Container) startProcess(ctx context.Context, spec *specs.Process, execI
 		}
 		p.console = master
 		if stdin {
-			p.stdin = &stdinWriter{w: master}
+			p.stdin = newInputStream("stdin of "+p.name(), master, false)
 		}
-		p.startPumps(io.NopCloser(master), nil)
+		p.stdout = newOutputStream("output of "+p.name(), master, false)
 	} else {
 		if pio.stdinW != nil {
-			p.stdin = &stdinWriter{w: pio.stdinW, owned: true}
+			p.stdin = newInputStream("stdin of "+p.name(), pio.stdinW, true)
 		}
-		p.startPumps(pio.stdoutR, pio.stderrR)
+		p.stdout = newOutputStream("stdout of "+p.name(), pio.stdoutR, true)
+		p.stderr = newOutputStream("stderr of "+p.name(), pio.stderrR, true)
 	}
+	p.startPumps(bg)
 	go p.waitExit(bg, c.reaper)
 	return p, nil
 }
 
-// startPumps copies the process's output into its buffers. A terminal has
-// only one output stream, which goes to stdout.
-func (p *Process) startPumps(stdout, stderr io.ReadCloser) {
-	outDone, errDone := make(chan struct{}), make(chan struct{})
-	go pump(stdout, p.stdout, outDone)
-	if stderr != nil {
-		go pump(stderr, p.stderr, errDone)
-	} else {
-		p.stderr.CloseWrite()
-		close(errDone)
+// startPumps moves the process's output to the shim's stream
+// connections once they are attached. A terminal has only one output
+// stream, stdout.
+func (p *Process) startPumps(ctx context.Context) {
+	go p.stdout.run(ctx)
+	if p.stderr != nil {
+		go p.stderr.run(ctx)
 	}
 	go func() {
-		<-outDone
-		<-errDone
+		<-p.stdout.done
+		if p.stderr != nil {
+			<-p.stderr.done
+		}
 		close(p.pumpsDone)
 	}()
 }

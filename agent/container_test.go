@@ -7,11 +7,10 @@ import (
 
 // finishedProcess is an exec that exited and whose output was read.
 func finishedProcess(done bool) *Process {
-	p := &Process{stdout: newOutputBuffer(16), stderr: newOutputBuffer(16), exited: make(chan struct{})}
+	p := &Process{exited: make(chan struct{}), pumpsDone: make(chan struct{})}
 	if done {
 		close(p.exited)
-		p.stdout.CloseWrite()
-		p.stderr.CloseWrite()
+		close(p.pumpsDone)
 	}
 	return p
 }

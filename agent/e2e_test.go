@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -32,6 +33,7 @@ import (
 	"github.com/vmpod/vmpod/internal/testbin"
 	"github.com/vmpod/vmpod/internal/testrootfs"
 	agentpb "github.com/vmpod/vmpod/proto"
+	"github.com/vmpod/vmpod/stdiostream"
 )
 
 func TestMain(m *testing.M) {
@@ -51,6 +53,7 @@ func TestMain(m *testing.M) {
 type env struct {
 	t        testing.TB
 	client   agentpb.AgentService
+	stdio    string // the agent's stdio stream socket
 	rootfs   string
 	prefix   string // makes container ids unique on the machine
 	agentPid int
@@ -74,7 +77,8 @@ func startAgent(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--listen", "unix://"+sock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug")
+	stdioSock := filepath.Join(dir, "stdio.sock")
+	cmd := exec.Command(bin, "--listen", "unix://"+sock, "--stdio-listen", "unix://"+stdioSock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -111,7 +115,7 @@ func startAgent(t testing.TB) *env {
 	}
 	tc := ttrpc.NewClient(conn)
 	t.Cleanup(func() { tc.Close() })
-	return &env{t: t, client: agentpb.NewAgentClient(tc), rootfs: rootfs, prefix: fmt.Sprintf("e2e%d-", os.Getpid()), agentPid: cmd.Process.Pid}
+	return &env{t: t, client: agentpb.NewAgentClient(tc), stdio: stdioSock, rootfs: rootfs, prefix: fmt.Sprintf("e2e%d-", os.Getpid()), agentPid: cmd.Process.Pid}
 }
 
 func ctxT(t testing.TB, d time.Duration) context.Context {
@@ -155,24 +159,56 @@ func (e *env) create(id string, s *specs.Spec, stdin, start bool) {
 	}
 }
 
-// readAll reads a stream until EOF.
+// attach opens a stdio stream of a process, as the shim does.
+func (e *env) attach(id, execID string, kind stdiostream.Kind) (net.Conn, error) {
+	ctx := ctxT(e.t, 10*time.Second)
+	c, err := net.Dial("unix", e.stdio)
+	if err != nil {
+		return nil, err
+	}
+	if err := stdiostream.Attach(ctx, c, stdiostream.Header{Kind: kind, ContainerID: id, ExecID: execID}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// readAll reads an output stream until EOF.
 func (e *env) readAll(id, execID string, stderr bool) []byte {
 	e.t.Helper()
-	ctx := ctxT(e.t, 30*time.Second)
-	read := e.client.ReadStdout
+	kind := stdiostream.Stdout
 	if stderr {
-		read = e.client.ReadStderr
+		kind = stdiostream.Stderr
 	}
-	var out []byte
-	for {
-		r, err := read(ctx, &agentpb.ReadStreamRequest{ContainerId: id, ExecId: execID, Len: 1 << 20})
-		if err != nil {
-			e.t.Fatalf("read %s/%s: %v", id, execID, err)
-		}
-		out = append(out, r.Data...)
-		if r.Eof {
-			return out
-		}
+	c, err := e.attach(id, execID, kind)
+	if err != nil {
+		e.t.Fatalf("attach %s of %s/%s: %v", kind, id, execID, err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	out, err := io.ReadAll(c)
+	if err != nil {
+		e.t.Fatalf("read %s of %s/%s: %v", kind, id, execID, err)
+	}
+	return out
+}
+
+// writeStdin sends data to a process's stdin and ends it, waiting for the
+// agent to close the stream.
+func (e *env) writeStdin(id, execID string, data []byte) {
+	e.t.Helper()
+	c, err := e.attach(id, execID, stdiostream.Stdin)
+	if err != nil {
+		e.t.Fatalf("attach stdin of %s/%s: %v", id, execID, err)
+	}
+	defer c.Close()
+	if _, err := c.Write(data); err != nil {
+		e.t.Fatalf("write stdin of %s/%s: %v", id, execID, err)
+	}
+	_ = c.(*net.UnixConn).CloseWrite()
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadAll(c); err != nil {
+		e.t.Fatalf("end stdin of %s/%s: %v", id, execID, err)
 	}
 }
 
@@ -363,13 +399,7 @@ func testStdin(t *testing.T, e *env, ctx context.Context) {
 	id := e.prefix + "cat"
 	e.create(id, spec("cat"), true, true)
 	msg := []byte("ping\nsecond line\n")
-	w, err := e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, Data: msg})
-	if err != nil || int(w.Len) != len(msg) {
-		t.Fatalf("write stdin: %v %v", w, err)
-	}
-	if _, err := e.client.CloseStdin(ctx, &agentpb.ProcessRequest{ContainerId: id}); err != nil {
-		t.Fatal(err)
-	}
+	e.writeStdin(id, "", msg)
 	if out := e.readAll(id, "", false); !bytes.Equal(out, msg) {
 		t.Errorf("cat echoed %q, want %q", out, msg)
 	}
@@ -387,15 +417,13 @@ func testTTY(t *testing.T, e *env, ctx context.Context) {
 	if _, err := e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, Rows: 40, Columns: 100}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, Data: []byte("go\n")}); err != nil {
-		t.Fatal(err)
-	}
+	e.writeStdin(id, "", []byte("go\n"))
 	out := e.readAll(id, "", false)
 	if !strings.Contains(string(out), "40 100") {
 		t.Errorf("stty size printed %q, want 40 100", out)
 	}
-	if errOut := e.readAll(id, "", true); len(errOut) != 0 {
-		t.Errorf("a terminal has no stderr, got %q", errOut)
+	if _, err := e.attach(id, "", stdiostream.Stderr); !errors.Is(err, stdiostream.ErrNoStream) {
+		t.Errorf("attach stderr of a terminal: %v, want %v", err, stdiostream.ErrNoStream)
 	}
 	e.wait(id, "")
 	_, err := e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, Rows: 1, Columns: 1})
@@ -486,16 +514,16 @@ func testBadInput(t *testing.T, e *env, ctx context.Context) {
 	wantCode(t, "wait unknown exec", err, codes.NotFound)
 	_, err = e.client.StatsContainer(ctx, &agentpb.ContainerRequest{ContainerId: "nope"})
 	wantCode(t, "stats of unknown container", err, codes.NotFound)
-	for _, n := range []int64{0, -1, 1<<20 + 1} {
-		_, err = e.client.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: id, Len: n})
-		wantCode(t, fmt.Sprintf("read length %d", n), err, codes.InvalidArgument)
+	if _, err := e.attach("nope", "", stdiostream.Stdout); !errors.Is(err, stdiostream.ErrNoProcess) {
+		t.Errorf("attach stdout of an unknown container: %v", err)
 	}
 	_, err = e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, Rows: 10, Columns: 10})
 	wantCode(t, "resize without a terminal", err, codes.FailedPrecondition)
 	_, err = e.client.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: id, ExecId: "x", Process: []byte(`{"args":["true"]}`)})
 	wantCode(t, "exec without cwd", err, codes.InvalidArgument)
-	_, err = e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, Data: []byte("x")})
-	wantCode(t, "stdin of a process without stdin", err, codes.FailedPrecondition)
+	if _, err := e.attach(id, "", stdiostream.Stdin); !errors.Is(err, stdiostream.ErrNoStream) {
+		t.Errorf("attach stdin of a process without stdin: %v", err)
+	}
 	_, err = e.client.UpdateContainer(ctx, &agentpb.UpdateContainerRequest{ContainerId: id, Resources: []byte("[")})
 	wantCode(t, "update with invalid JSON", err, codes.InvalidArgument)
 	_, err = e.client.SetHostname(ctx, &agentpb.SetHostnameRequest{Hostname: "bad host"})
@@ -504,8 +532,9 @@ func testBadInput(t *testing.T, e *env, ctx context.Context) {
 	wantCode(t, "invalid signal", err, codes.InvalidArgument)
 
 	e.remove(id)
-	_, err = e.client.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: id, Len: 10})
-	wantCode(t, "read from a removed container", err, codes.NotFound)
+	if _, err := e.attach(id, "", stdiostream.Stdout); !errors.Is(err, stdiostream.ErrNoProcess) {
+		t.Errorf("attach stdout of a removed container: %v", err)
+	}
 	_, err = e.client.RemoveContainer(ctx, &agentpb.ContainerRequest{ContainerId: id})
 	wantCode(t, "remove twice", err, codes.NotFound)
 	if errors.Is(err, context.DeadlineExceeded) {
@@ -644,9 +673,7 @@ func testExecTerminal(t *testing.T, e *env, ctx context.Context, dir string) {
 	if _, err := e.client.ResizeTty(ctx, &agentpb.ResizeTtyRequest{ContainerId: id, ExecId: "tty", Rows: 40, Columns: 100}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.client.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: id, ExecId: "tty", Data: []byte("x\n")}); err != nil {
-		t.Fatal(err)
-	}
+	e.writeStdin(id, "tty", []byte("x\n"))
 	if out := e.readAll(id, "tty", false); !strings.Contains(string(out), "40 100") {
 		t.Errorf("stty size in an exec printed %q", out)
 	}
@@ -730,36 +757,25 @@ func isMountPoint(t *testing.T, path string) bool {
 	return false
 }
 
-// BenchmarkReadStdout measures output throughput through ReadStdout over a
-// Unix socket: a container writes b.N bytes as fast as it can.
-func BenchmarkReadStdout(b *testing.B) {
+// BenchmarkStdoutStream measures output throughput through a stdio
+// stream over a Unix socket: a container writes 64 MiB as fast as it can.
+func BenchmarkStdoutStream(b *testing.B) {
 	e := startAgent(b)
-	for _, chunk := range []int64{64 << 10, 1 << 20} {
-		b.Run(fmt.Sprintf("chunk=%dKiB", chunk>>10), func(b *testing.B) {
-			e.t = b
-			const size = 64 << 20
-			id := fmt.Sprintf("%sbench%d", e.prefix, chunk)
-			e.create(id, spec("head", "-c", fmt.Sprint(size), "/dev/zero"), false, true)
-			ctx := ctxT(b, 60*time.Second)
-			b.SetBytes(size)
-			b.ResetTimer()
-			var n int
-			for {
-				r, err := e.client.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: id, Len: chunk})
-				if err != nil {
-					b.Fatal(err)
-				}
-				n += len(r.Data)
-				if r.Eof {
-					break
-				}
-			}
-			b.StopTimer()
-			if n != size {
-				b.Fatalf("read %d bytes, want %d", n, size)
-			}
-			e.wait(id, "")
-			e.remove(id)
-		})
+	const size = 64 << 20
+	b.SetBytes(size)
+	for i := 0; i < b.N; i++ {
+		id := fmt.Sprintf("%sbench%d", e.prefix, i)
+		e.create(id, spec("head", "-c", fmt.Sprint(size), "/dev/zero"), false, true)
+		c, err := e.attach(id, "", stdiostream.Stdout)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, c)
+		c.Close()
+		if err != nil || n != size {
+			b.Fatalf("read %d bytes, %v; want %d", n, err, size)
+		}
+		e.wait(id, "")
+		e.remove(id)
 	}
 }

@@ -58,7 +58,7 @@ func TestAgentAsPID1(t *testing.T) {
 	// its mount namespace, so a path there would be invisible to the test.
 	sock := fmt.Sprintf("@vmpod-agent-pid1-test-%d", os.Getpid())
 	cmd := exec.Command(unshare, "--pid", "--fork", "--mount", "--propagation", "private", "--uts", "--ipc",
-		bin, "--listen", "unix://"+sock, "--log-level", "debug")
+		bin, "--listen", "unix://"+sock, "--stdio-listen", "unix://"+sock+".stdio", "--log-level", "debug")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -110,7 +110,7 @@ func TestAgentAsPID1(t *testing.T) {
 		t.Errorf("set hostname in its own UTS namespace: %v", err)
 	}
 
-	testContainerOnCgroup2(t, client, rootfs)
+	testContainerOnCgroup2(t, client, sock+".stdio", rootfs)
 
 	agent := childOf(t, cmd.Process.Pid)
 	if err := unix.Kill(agent, unix.SIGTERM); err != nil {
@@ -137,7 +137,7 @@ func TestAgentAsPID1(t *testing.T) {
 // testContainerOnCgroup2 runs a container under the PID-1 agent, whose
 // libcontainer sees the cgroup v2 hierarchy it mounted (without controllers
 // on a hybrid host), as in the guest.
-func testContainerOnCgroup2(t *testing.T, client agentpb.AgentService, rootfs string) {
+func testContainerOnCgroup2(t *testing.T, client agentpb.AgentService, stdioSock, rootfs string) {
 	ctx := ctxT(t, 30*time.Second)
 	id := fmt.Sprintf("pid1-%d", os.Getpid())
 	_, err := client.CreateContainer(ctx, &agentpb.CreateContainerRequest{
@@ -149,17 +149,8 @@ func testContainerOnCgroup2(t *testing.T, client agentpb.AgentService, rootfs st
 	if _, err := client.StartContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
 		t.Fatal(err)
 	}
-	var out []byte
-	for {
-		r, err := client.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: id, Len: 4096})
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, r.Data...)
-		if r.Eof {
-			break
-		}
-	}
+	e := &env{t: t, stdio: stdioSock}
+	out := e.readAll(id, "", false)
 	if string(out) != "hello\n" {
 		t.Errorf("stdout %q", out)
 	}

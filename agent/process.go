@@ -24,11 +24,12 @@ type Process struct {
 	lc          *libcontainer.Process
 	pid         int
 
-	stdin   *stdinWriter  // nil without stdin
-	stdout  *outputBuffer // a terminal's output arrives here only
-	stderr  *outputBuffer // stays empty (EOF) for a terminal
+	stdin   *inputStream  // nil without stdin
+	stdout  *outputStream // a terminal's output goes here only
+	stderr  *outputStream // nil for a terminal
 	console *os.File      // pty master; nil without a terminal
-	// pumpsDone is closed once stdout and stderr reached EOF.
+	// pumpsDone is closed once stdout and stderr reached EOF (or were
+	// given up).
 	pumpsDone chan struct{}
 
 	exited chan struct{} // closed once the exit status is recorded
@@ -96,10 +97,18 @@ func (p *Process) Exited() bool {
 	}
 }
 
-// finished reports whether the process exited and its output was read to
-// the end, so that nobody needs it any more.
+// finished reports whether the process exited and its output streams
+// ended, so that nobody needs it any more.
 func (p *Process) finished() bool {
-	return p.Exited() && p.stdout.drained() && p.stderr.drained()
+	if !p.Exited() {
+		return false
+	}
+	select {
+	case <-p.pumpsDone:
+		return true
+	default:
+		return false
+	}
 }
 
 // waitExit collects the exit status through libcontainer (which owns the
@@ -120,14 +129,21 @@ func (p *Process) waitExit(ctx context.Context, r *Reaper) {
 	log.G(ctx).WithField("pid", p.pid).WithField("status", status).Debugf("%s exited", p.name())
 }
 
-// closeIO releases the stdio of a removed process: readers see EOF and the
-// pumps stop.
+// closeIO releases the stdio of a removed process: its stream
+// connections close and the pumps stop.
 func (p *Process) closeIO() {
 	if p.stdin != nil {
+		p.stdin.slot.close()
 		_ = p.stdin.Close()
 	}
-	p.stdout.Close()
-	p.stderr.Close()
+	for _, o := range []*outputStream{p.stdout, p.stderr} {
+		if o != nil {
+			o.slot.close()
+			if o.owned {
+				_ = o.src.Close()
+			}
+		}
+	}
 	if p.console != nil {
 		_ = p.console.Close()
 	}

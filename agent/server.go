@@ -33,9 +33,9 @@ type Config struct {
 	// NoPivotRoot makes containers enter their root with MS_MOVE and
 	// chroot: pivot_root fails when the agent's root is the initramfs.
 	NoPivotRoot bool
-	// OutputLimit bounds the buffered output of one stream of one process;
-	// DefaultOutputLimit when zero.
-	OutputLimit int
+	// MaxStreams bounds the stdio stream connections held at once
+	// (ServeStdio); DefaultMaxStreams when zero.
+	MaxStreams int
 	// DebugConsole allows DebugExec: commands in the guest outside any
 	// container. Off unless [runtime] debug_console = true.
 	DebugConsole bool
@@ -73,8 +73,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.StateDir == "" {
 		return nil, errors.New("agent: no state directory")
 	}
-	if cfg.OutputLimit <= 0 {
-		cfg.OutputLimit = DefaultOutputLimit
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = DefaultMaxStreams
 	}
 	return &Server{
 		cfg:        cfg,
@@ -231,7 +231,6 @@ func (s *Server) CreateContainer(ctx context.Context, req *agentpb.CreateContain
 		rootfsMounts: mounts,
 		stdin:        req.GetStdin(),
 		reaper:       s.reaper,
-		outputLimit:  s.cfg.OutputLimit,
 	})
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -29,63 +29,6 @@ func (s *Server) SignalProcess(ctx context.Context, req *agentpb.SignalProcessRe
 	return &agentpb.Empty{}, p.Signal(c, unix.Signal(sig))
 }
 
-// WriteStdin writes to the process's stdin.
-func (s *Server) WriteStdin(ctx context.Context, req *agentpb.WriteStdinRequest) (*agentpb.WriteStdinResponse, error) {
-	_, p, err := s.process(req.GetContainerId(), req.GetExecId())
-	if err != nil {
-		return nil, err
-	}
-	if p.stdin == nil {
-		return nil, fmt.Errorf("%s has no stdin: %w", p.name(), errdefs.ErrFailedPrecondition)
-	}
-	n, err := p.stdin.Write(ctx, req.GetData())
-	if err != nil {
-		return nil, fmt.Errorf("stdin of %s: %w", p.name(), err)
-	}
-	return &agentpb.WriteStdinResponse{Len: uint32(n)}, nil
-}
-
-// CloseStdin closes the process's stdin so that it reads EOF.
-func (s *Server) CloseStdin(ctx context.Context, req *agentpb.ProcessRequest) (*agentpb.Empty, error) {
-	_, p, err := s.process(req.GetContainerId(), req.GetExecId())
-	if err != nil {
-		return nil, err
-	}
-	if p.stdin != nil {
-		if err := p.stdin.Close(); err != nil {
-			return nil, fmt.Errorf("close stdin of %s: %w", p.name(), err)
-		}
-	}
-	return &agentpb.Empty{}, nil
-}
-
-// ReadStdout returns the process's next output; a terminal's output comes
-// here.
-func (s *Server) ReadStdout(ctx context.Context, req *agentpb.ReadStreamRequest) (*agentpb.ReadStreamResponse, error) {
-	return s.readStream(ctx, req, func(p *Process) *outputBuffer { return p.stdout })
-}
-
-// ReadStderr returns the process's next error output (EOF at once for a
-// terminal).
-func (s *Server) ReadStderr(ctx context.Context, req *agentpb.ReadStreamRequest) (*agentpb.ReadStreamResponse, error) {
-	return s.readStream(ctx, req, func(p *Process) *outputBuffer { return p.stderr })
-}
-
-func (s *Server) readStream(ctx context.Context, req *agentpb.ReadStreamRequest, stream func(*Process) *outputBuffer) (*agentpb.ReadStreamResponse, error) {
-	if err := validateReadLen(req.GetLen()); err != nil {
-		return nil, err
-	}
-	_, p, err := s.process(req.GetContainerId(), req.GetExecId())
-	if err != nil {
-		return nil, err
-	}
-	data, eof, err := stream(p).Read(ctx, int(req.GetLen()))
-	if err != nil {
-		return nil, fmt.Errorf("read output of %s: %w", p.name(), err)
-	}
-	return &agentpb.ReadStreamResponse{Data: data, Eof: eof}, nil
-}
-
 // ResizeTty sets the terminal size of a process started with a terminal.
 func (s *Server) ResizeTty(ctx context.Context, req *agentpb.ResizeTtyRequest) (*agentpb.Empty, error) {
 	rows, cols := req.GetRows(), req.GetColumns()

@@ -177,19 +177,6 @@ func TestValidateGuestPath(t *testing.T) {
 	}
 }
 
-func TestValidateReadLen(t *testing.T) {
-	for _, n := range []int64{1, MaxReadLen} {
-		if err := validateReadLen(n); err != nil {
-			t.Errorf("%d rejected", n)
-		}
-	}
-	for _, n := range []int64{0, -1, MaxReadLen + 1} {
-		if err := validateReadLen(n); !errdefs.IsInvalidArgument(err) {
-			t.Errorf("%d accepted", n)
-		}
-	}
-}
-
 func TestExitStatus(t *testing.T) {
 	// WaitStatus encodings: exit code in bits 8-15; a signal in bits 0-6.
 	for _, c := range []struct {

@@ -1,215 +1,340 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
+	"net"
 	"os"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/vmpod/vmpod/stdiostream"
 )
 
-// DefaultOutputLimit is how much output of one stream the agent holds for
-// the host before it stops reading the process's pipe.
-const DefaultOutputLimit = 1 << 20
+// A process's stdio reaches the host on vsock streams the shim opens, one
+// per stream (package stdiostream, served by ServeStdio). The process's
+// pipes hold its output until the shim attaches; a stream the shim never
+// attaches is given up after AttachTimeout, so that no process blocks
+// forever on output nobody will read.
 
-// releaseAbove is the capacity above which a drained buffer frees its
-// memory.
-const releaseAbove = 64 << 10
+// AttachTimeout bounds the wait for the shim to attach a stream: an
+// output stream is then discarded, and stdin closed.
+const AttachTimeout = 30 * time.Second
 
-// errBufferClosed is returned to a writer whose buffer was abandoned.
-var errBufferClosed = errors.New("output buffer closed")
+// copyBufSize is the buffer of one output stream's copy: four vsock
+// packets. Stdin, typed or piped in small amounts, gets less.
+const (
+	copyBufSize  = 256 << 10
+	stdinBufSize = 32 << 10
+)
 
-// outputBuffer holds one output stream of a process between the pipe and
-// the host's ReadStdout/ReadStderr calls. It never holds more than limit
-// bytes: a writer blocks while it is full, so that a process that writes
-// faster than the host reads is slowed down by its pipe (back-pressure)
-// instead of growing the agent's memory.
-type outputBuffer struct {
-	limit int
-
-	mu     sync.Mutex    // guards the fields below
-	data   bytes.Buffer  // bytes written and not read yet
-	eof    bool          // the writer is done: nothing more will be added
-	closed bool          // the buffer was abandoned: writes fail, reads see EOF
-	wake   chan struct{} // closed and replaced on every change, to wake waiters
+// attachment is a connection attached to a stream; release is called once
+// the stream is done with it and has closed it.
+type attachment struct {
+	conn    net.Conn
+	release func()
 }
 
-func newOutputBuffer(limit int) *outputBuffer {
-	return &outputBuffer{limit: limit, wake: make(chan struct{})}
+func (a *attachment) close() {
+	a.conn.Close()
+	a.release()
 }
 
-// broadcast wakes every waiter; b.mu must be held.
-func (b *outputBuffer) broadcast() {
-	close(b.wake)
-	b.wake = make(chan struct{})
+// slot is where the shim's connection for one stream of a process arrives:
+// once only, and not after the stream was given up.
+type slot struct {
+	mu    sync.Mutex
+	state slotState
+	// conn receives the attachment once its status went out (nil if that
+	// failed).
+	conn chan *attachment
+	// abandon is closed when the process is removed.
+	abandon     chan struct{}
+	abandonOnce sync.Once
 }
 
-// Write appends p, blocking while the buffer is full. It fails only when
-// the buffer was closed.
-func (b *outputBuffer) Write(p []byte) (int, error) {
-	written := 0
-	for len(p) > 0 {
-		b.mu.Lock()
-		if b.closed {
-			b.mu.Unlock()
-			return written, errBufferClosed
-		}
-		space := b.limit - b.data.Len()
-		if space == 0 {
-			wake := b.wake
-			b.mu.Unlock()
-			<-wake
-			continue
-		}
-		n := min(space, len(p))
-		b.data.Write(p[:n])
-		b.broadcast()
-		b.mu.Unlock()
-		written += n
-		p = p[n:]
+type slotState int
+
+const (
+	slotWaiting slotState = iota
+	slotAttached
+	slotGone
+)
+
+func newSlot() slot {
+	return slot{conn: make(chan *attachment, 1), abandon: make(chan struct{})}
+}
+
+// reserve claims the slot for a connection whose header named it; the
+// status says whether it may go on. The caller then sends the status and
+// calls deliver.
+func (s *slot) reserve() byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.state {
+	case slotAttached:
+		return stdiostream.StatusAttached
+	case slotGone:
+		return stdiostream.StatusGone
 	}
-	return written, nil
+	s.state = slotAttached
+	return stdiostream.StatusOK
 }
 
-// CloseWrite marks the end of the stream: once drained, reads report EOF.
-func (b *outputBuffer) CloseWrite() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.eof = true
-	b.broadcast()
+// deliver hands a reserved slot its connection (nil: the status could not
+// be sent).
+func (s *slot) deliver(a *attachment) { s.conn <- a }
+
+// giveUp ends the wait for a connection: it returns the one attached, if
+// any (waiting for it to be delivered), or marks the slot gone.
+func (s *slot) giveUp() *attachment {
+	if s.expire() {
+		return nil
+	}
+	// Reserved: delivered at once, or once its status write (bounded)
+	// is over.
+	return <-s.conn
 }
 
-// drained reports whether the stream ended and everything was read.
-func (b *outputBuffer) drained() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.closed || (b.eof && b.data.Len() == 0)
+// expire marks a slot still waiting as gone, and reports whether it was.
+func (s *slot) expire() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != slotWaiting {
+		return false
+	}
+	s.state = slotGone
+	return true
 }
 
-// Close abandons the buffer: pending data is dropped, a blocked writer
-// returns errBufferClosed and readers see EOF.
-func (b *outputBuffer) Close() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.closed = true
-	b.data = bytes.Buffer{}
-	b.broadcast()
+func (s *slot) close() { s.abandonOnce.Do(func() { close(s.abandon) }) }
+
+// outputStream is a process's stdout or stderr: its pipe (or the pty
+// master of a terminal) and the shim's connection.
+type outputStream struct {
+	slot
+	name  string // for logs: "stdout of ..."
+	src   *os.File
+	owned bool          // src is a pipe end that closes with the stream, not a pty master
+	done  chan struct{} // closed once the stream ended and src is closed
 }
 
-// Read returns at most n bytes, waiting until at least one byte is there or
-// the stream ended. eof is true only when the stream ended and nothing is
-// left to read, so that the last data and the EOF may come together.
-func (b *outputBuffer) Read(ctx context.Context, n int) (data []byte, eof bool, err error) {
-	for {
-		b.mu.Lock()
-		if b.data.Len() > 0 {
-			data = make([]byte, min(n, b.data.Len()))
-			b.data.Read(data)
-			eof = b.eof && b.data.Len() == 0
-			// Give the memory back once drained: many exited processes
-			// may be kept, each with a buffer that once held a lot.
-			if b.data.Len() == 0 && (b.eof || b.data.Cap() > releaseAbove) {
-				b.data = bytes.Buffer{}
-			}
-			b.broadcast()
-			b.mu.Unlock()
-			return data, eof, nil
+func newOutputStream(name string, src *os.File, owned bool) *outputStream {
+	return &outputStream{slot: newSlot(), name: name, src: src, owned: owned, done: make(chan struct{})}
+}
+
+// run waits for the shim's connection, then moves the output to it until
+// the pipe's EOF, and closes the connection.
+func (o *outputStream) run(ctx context.Context) {
+	defer close(o.done)
+	if o.owned {
+		defer o.src.Close()
+	}
+	t := time.NewTimer(AttachTimeout)
+	defer t.Stop()
+	var a *attachment
+	select {
+	case a = <-o.conn:
+	case <-t.C:
+		if a = o.giveUp(); a == nil {
+			log.G(ctx).Warnf("%s: the host did not attach within %v; discarding it", o.name, AttachTimeout)
 		}
-		if b.eof || b.closed {
-			b.mu.Unlock()
-			return nil, true, nil
+	case <-o.abandon:
+		if a = o.giveUp(); a != nil {
+			a.close()
 		}
-		wake := b.wake
-		b.mu.Unlock()
+		return
+	}
+	if a == nil {
+		discard(o.src)
+		return
+	}
+	defer a.close()
+	// A removed process's stream stops at once: closing the connection
+	// ends a write blocked on it.
+	stop := whenClosed(o.abandon, func() { a.conn.Close() })
+	defer stop()
+	if err := sendOutput(a.conn, o.src, o.owned); err != nil {
+		log.G(ctx).WithError(err).Debugf("%s: stream ended", o.name)
+	}
+	// At EOF the deferred close ends the stream: the shim reads what was
+	// written and then EOF. A close, not a half-close: Cloud Hypervisor's
+	// hybrid vsock passes a guest's half-close to the host only with the
+	// full shutdown, and the data written before a close still goes out
+	// ahead of it.
+}
+
+// whenClosed runs f if ch is closed before stop is called.
+func whenClosed(ch <-chan struct{}, f func()) (stop func()) {
+	done := make(chan struct{})
+	go func() {
 		select {
-		case <-wake:
-		case <-ctx.Done():
-			return nil, false, ctx.Err()
+		case <-ch:
+			f()
+		case <-done:
 		}
-	}
+	}()
+	return func() { close(done) }
 }
 
-// pump copies r into b until r ends or b is closed, then marks b's end and
-// closes r. done is closed when it returns.
-func pump(r io.ReadCloser, b *outputBuffer, done chan<- struct{}) {
-	defer close(done)
-	defer r.Close()
-	defer b.CloseWrite()
-	buf := make([]byte, 256<<10)
+// discard reads src to its end, so that the process never blocks on it.
+func discard(src *os.File) {
+	buf := make([]byte, 64<<10)
 	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			if _, werr := b.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			// EIO is how a pty master reports that the slave side is gone.
+		if _, err := src.Read(buf); err != nil {
 			return
 		}
 	}
 }
 
-// stdinWriter is the host's end of a process's stdin: a pipe, or the pty
-// master for a terminal.
-type stdinWriter struct {
-	mu     sync.Mutex // serialises writes and guards closed
-	w      *os.File
-	closed bool
-	// owned is false for a pty master, which belongs to the console and
-	// must stay open for output; CloseStdin then only stops writes.
-	owned bool
+// sendOutput moves src to c until src ends (nil) or either fails, with
+// one copy through a large buffer. A pipe's output is gathered a little
+// first (gather). Not splice(2): on the guest's 6.1 kernel AF_VSOCK has no
+// sendpage, and the generic fallback sends every pipe page as a vsock
+// packet of its own, 4 KiB each; under TCG, where the cost is per packet,
+// that measured slower than this copy (docs/performance.md).
+func sendOutput(c net.Conn, src *os.File, pipe bool) error {
+	buf := make([]byte, copyBufSize)
+	var raw syscall.RawConn
+	if pipe {
+		raw, _ = src.SyscallConn()
+	}
+	for {
+		n, err := src.Read(buf)
+		if raw != nil && err == nil && n < gatherTarget {
+			gather(raw)
+			n += readNow(raw, buf[n:])
+		}
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			// EIO is how a pty master reports that the terminal's slave
+			// side is gone: its EOF.
+			if errors.Is(err, io.EOF) || errors.Is(err, syscall.EIO) {
+				return nil
+			}
+			return err
+		}
+	}
 }
 
-// Write writes data, giving up when ctx ends; it reports how much was
-// written.
-func (s *stdinWriter) Write(ctx context.Context, data []byte) (int, error) {
-	if len(data) > MaxStdinWrite {
-		return 0, fmt.Errorf("stdin write of %d bytes, more than %d: %w", len(data), MaxStdinWrite, errdefs.ErrInvalidArgument)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return 0, fmt.Errorf("stdin is closed: %w", errdefs.ErrFailedPrecondition)
-	}
-	// The file is non-blocking under Go's poller, so a deadline interrupts
-	// a write to a process that does not read its stdin.
-	stop := context.AfterFunc(ctx, func() { _ = s.w.SetWriteDeadline(time.Now()) })
-	defer func() {
-		if !stop() {
-			_ = s.w.SetWriteDeadline(time.Time{})
+// gather gives a busy writer a moment to fill the pipe before the agent
+// sends what it read: a process writing in small chunks (4 KiB is common)
+// would otherwise make one vsock packet per chunk, and under emulation
+// the cost is per packet, not per byte. It waits one timer tick, and more
+// (up to gatherRounds) only while the pipe keeps growing and holds less
+// than gatherTarget: output that stopped coming waits one tick.
+func gather(pipe syscall.RawConn) {
+	prev := -1
+	for round := 0; round < gatherRounds; round++ {
+		n := -1
+		_ = pipe.Control(func(fd uintptr) {
+			if v, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ); err == nil {
+				n = v
+			}
+		})
+		if n < 0 || n >= gatherTarget || n == prev {
+			return
 		}
-	}()
-	n, err := s.w.Write(data)
-	if err != nil {
-		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil:
-			return n, ctx.Err()
-		case errors.Is(err, syscall.EPIPE):
-			return n, fmt.Errorf("stdin reader is gone: %w", errdefs.ErrFailedPrecondition)
-		}
-		return n, fmt.Errorf("write stdin: %w", err)
+		prev = n
+		time.Sleep(gatherTick)
 	}
-	return n, nil
+}
+
+// readNow reads what the pipe holds into p without waiting; 0 when it is
+// empty or at EOF (the next read reports that).
+func readNow(pipe syscall.RawConn, p []byte) int {
+	n := 0
+	_ = pipe.Read(func(fd uintptr) bool {
+		m, err := unix.Read(int(fd), p)
+		if err == nil && m > 0 {
+			n = m
+		}
+		return true
+	})
+	return n
+}
+
+const (
+	// gatherTarget is what a read must bring for its data to go without
+	// gathering: one full vsock packet.
+	gatherTarget = 64 << 10
+	gatherRounds = 3
+	gatherTick   = 500 * time.Microsecond
+)
+
+// inputStream is a process's stdin: the pipe's write end, or the pty
+// master of a terminal.
+type inputStream struct {
+	slot
+	name string
+	dst  *os.File
+	// owned is false for a pty master, which belongs to the console and
+	// must stay open for output: the end of stdin then only stops writes.
+	owned bool
+
+	closeMu sync.Mutex // guards closed
+	closed  bool
+}
+
+func newInputStream(name string, dst *os.File, owned bool) *inputStream {
+	s := &inputStream{slot: newSlot(), name: name, dst: dst, owned: owned}
+	// Not attached in time: the process reads EOF rather than waiting
+	// forever for input that will not come.
+	time.AfterFunc(AttachTimeout, func() {
+		if s.expire() {
+			_ = s.Close()
+		}
+	})
+	return s
+}
+
+// receive copies the shim's stdin connection into the process's stdin
+// until the shim half-closes it, then closes stdin. It returns when the
+// stream is over.
+func (s *inputStream) receive(ctx context.Context, c net.Conn) {
+	stop := whenClosed(s.abandon, func() { c.Close() })
+	defer stop()
+	buf := make([]byte, stdinBufSize)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := s.dst.Write(buf[:n]); werr != nil {
+				// The process closed its stdin (EPIPE) or was removed: the
+				// shim's writes fail once we close.
+				log.G(ctx).WithError(werr).Debugf("%s: write", s.name)
+				break
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				log.G(ctx).WithError(err).Debugf("%s: read", s.name)
+			}
+			break
+		}
+	}
+	_ = s.Close()
 }
 
 // Close closes stdin (the pipe) so that the process reads EOF. For a pty,
-// it only refuses further writes.
-func (s *stdinWriter) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// it does nothing: the master stays open for output.
+func (s *inputStream) Close() error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
 	if s.closed {
 		return nil
 	}
 	s.closed = true
 	if s.owned {
-		return s.w.Close()
+		return s.dst.Close()
 	}
 	return nil
 }

@@ -13,10 +13,6 @@ import (
 const (
 	// MaxSpecSize bounds an OCI spec, process spec or resources document.
 	MaxSpecSize = 1 << 20
-	// MaxReadLen bounds one ReadStdout/ReadStderr reply.
-	MaxReadLen = 1 << 20
-	// MaxStdinWrite bounds one WriteStdin request.
-	MaxStdinWrite = 1 << 20
 	// maxMounts bounds the mounts of one request.
 	maxMounts = 128
 	// maxMountOptions bounds the options of one mount.
@@ -84,14 +80,6 @@ func validateGuestPath(what, p string) error {
 		if elem == ".." {
 			return fmt.Errorf("%s %q: escapes with \"..\": %w", what, p, errdefs.ErrInvalidArgument)
 		}
-	}
-	return nil
-}
-
-// validateReadLen checks the len of a ReadStdout/ReadStderr request.
-func validateReadLen(n int64) error {
-	if n <= 0 || n > MaxReadLen {
-		return fmt.Errorf("read length %d: must be in 1..%d: %w", n, MaxReadLen, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -277,6 +278,65 @@ func TestShimLongRunning(t *testing.T) {
 		}
 		if trim(inLong) == "" || trim(inLong) == trim(other) {
 			t.Errorf("boot ids %q and %q: want two different guests", trim(inLong), trim(other))
+		}
+	})
+
+	t.Run("a stalled reader stalls only its stream", func(t *testing.T) {
+		// An exec whose client stops reading: its ctr's stdout is a pipe
+		// this test leaves unread, so the fifo, the shim's copy, the
+		// vsock credit and the guest pipe fill, and the process blocks.
+		// 24 MiB is several times what all of those hold together.
+		const stalledSize = 24 << 20
+		pattern := func(n int) []byte { return bytes.Repeat([]byte("0123456789abcdef\n"), n/17+1)[:n] }
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, e.c.Daemon.Ctr, "--address", e.c.Address, "--namespace", harness.Namespace,
+			"task", "exec", "--exec-id", "stalled", "long", "sh", "-c", fmt.Sprintf("yes 0123456789abcdef | head -c %d", stalledSize))
+		var stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = w, &stderr
+		cmd.WaitDelay = 5 * time.Second
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+
+		// Another process of the pod streams meanwhile, whole and promptly.
+		const size = 4 << 20
+		start := time.Now()
+		out, _, err := e.ctrErr("task", "exec", "--exec-id", "flowing", "long", "sh", "-c", fmt.Sprintf("yes 0123456789abcdef | head -c %d", size))
+		took := time.Since(start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal([]byte(out), pattern(size)) {
+			t.Errorf("the flowing exec's stdout: %d bytes, want %d exact bytes", len(out), size)
+		}
+		if took > 45*time.Second {
+			t.Errorf("the flowing exec took %v beside a stalled stream", took)
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("the exec nobody read finished (%v) before it was read: its stream did not stall", err)
+		default:
+		}
+
+		// Reading again resumes the stalled stream, with nothing lost.
+		got, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := <-exited; err != nil {
+			t.Fatalf("stalled exec: %v: %s", err, stderr.String())
+		}
+		if !bytes.Equal(got, pattern(stalledSize)) {
+			t.Errorf("the stalled exec's stdout: %d bytes once read, want %d exact bytes", len(got), stalledSize)
 		}
 	})
 

@@ -1112,224 +1112,6 @@ func (x *WaitProcessResponse) GetExitedAtUnixNano() int64 {
 	return 0
 }
 
-type WriteStdinRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
-	ExecId        string                 `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
-	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *WriteStdinRequest) Reset() {
-	*x = WriteStdinRequest{}
-	mi := &file_agent_proto_msgTypes[20]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *WriteStdinRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*WriteStdinRequest) ProtoMessage() {}
-
-func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use WriteStdinRequest.ProtoReflect.Descriptor instead.
-func (*WriteStdinRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
-}
-
-func (x *WriteStdinRequest) GetContainerId() string {
-	if x != nil {
-		return x.ContainerId
-	}
-	return ""
-}
-
-func (x *WriteStdinRequest) GetExecId() string {
-	if x != nil {
-		return x.ExecId
-	}
-	return ""
-}
-
-func (x *WriteStdinRequest) GetData() []byte {
-	if x != nil {
-		return x.Data
-	}
-	return nil
-}
-
-type WriteStdinResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Len           uint32                 `protobuf:"varint,1,opt,name=len,proto3" json:"len,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *WriteStdinResponse) Reset() {
-	*x = WriteStdinResponse{}
-	mi := &file_agent_proto_msgTypes[21]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *WriteStdinResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*WriteStdinResponse) ProtoMessage() {}
-
-func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use WriteStdinResponse.ProtoReflect.Descriptor instead.
-func (*WriteStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
-}
-
-func (x *WriteStdinResponse) GetLen() uint32 {
-	if x != nil {
-		return x.Len
-	}
-	return 0
-}
-
-type ReadStreamRequest struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
-	ExecId      string                 `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
-	// The most bytes to return; at most 1 MiB.
-	Len           int64 `protobuf:"varint,3,opt,name=len,proto3" json:"len,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ReadStreamRequest) Reset() {
-	*x = ReadStreamRequest{}
-	mi := &file_agent_proto_msgTypes[22]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ReadStreamRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ReadStreamRequest) ProtoMessage() {}
-
-func (x *ReadStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ReadStreamRequest.ProtoReflect.Descriptor instead.
-func (*ReadStreamRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
-}
-
-func (x *ReadStreamRequest) GetContainerId() string {
-	if x != nil {
-		return x.ContainerId
-	}
-	return ""
-}
-
-func (x *ReadStreamRequest) GetExecId() string {
-	if x != nil {
-		return x.ExecId
-	}
-	return ""
-}
-
-func (x *ReadStreamRequest) GetLen() int64 {
-	if x != nil {
-		return x.Len
-	}
-	return 0
-}
-
-type ReadStreamResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
-	// No more data will come: the stream is closed and drained.
-	Eof           bool `protobuf:"varint,2,opt,name=eof,proto3" json:"eof,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ReadStreamResponse) Reset() {
-	*x = ReadStreamResponse{}
-	mi := &file_agent_proto_msgTypes[23]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ReadStreamResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ReadStreamResponse) ProtoMessage() {}
-
-func (x *ReadStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ReadStreamResponse.ProtoReflect.Descriptor instead.
-func (*ReadStreamResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
-}
-
-func (x *ReadStreamResponse) GetData() []byte {
-	if x != nil {
-		return x.Data
-	}
-	return nil
-}
-
-func (x *ReadStreamResponse) GetEof() bool {
-	if x != nil {
-		return x.Eof
-	}
-	return false
-}
-
 type ResizeTtyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
@@ -1342,7 +1124,7 @@ type ResizeTtyRequest struct {
 
 func (x *ResizeTtyRequest) Reset() {
 	*x = ResizeTtyRequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1136,7 @@ func (x *ResizeTtyRequest) String() string {
 func (*ResizeTtyRequest) ProtoMessage() {}
 
 func (x *ResizeTtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1149,7 @@ func (x *ResizeTtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeTtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizeTtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResizeTtyRequest) GetContainerId() string {
@@ -1408,7 +1190,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1202,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1215,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ProcessInfo) GetPid() uint32 {
@@ -1459,7 +1241,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1253,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1266,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListProcessesResponse) GetProcesses() []*ProcessInfo {
@@ -1508,7 +1290,7 @@ type CPUStats struct {
 
 func (x *CPUStats) Reset() {
 	*x = CPUStats{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1302,7 @@ func (x *CPUStats) String() string {
 func (*CPUStats) ProtoMessage() {}
 
 func (x *CPUStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1315,7 @@ func (x *CPUStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CPUStats.ProtoReflect.Descriptor instead.
 func (*CPUStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CPUStats) GetUsageUsec() uint64 {
@@ -1596,7 +1378,7 @@ type MemoryStats struct {
 
 func (x *MemoryStats) Reset() {
 	*x = MemoryStats{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1390,7 @@ func (x *MemoryStats) String() string {
 func (*MemoryStats) ProtoMessage() {}
 
 func (x *MemoryStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1403,7 @@ func (x *MemoryStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStats.ProtoReflect.Descriptor instead.
 func (*MemoryStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *MemoryStats) GetUsageBytes() uint64 {
@@ -1704,7 +1486,7 @@ type PidsStats struct {
 
 func (x *PidsStats) Reset() {
 	*x = PidsStats{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1716,7 +1498,7 @@ func (x *PidsStats) String() string {
 func (*PidsStats) ProtoMessage() {}
 
 func (x *PidsStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1729,7 +1511,7 @@ func (x *PidsStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsStats.ProtoReflect.Descriptor instead.
 func (*PidsStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PidsStats) GetCurrent() uint64 {
@@ -1758,7 +1540,7 @@ type IOEntry struct {
 
 func (x *IOEntry) Reset() {
 	*x = IOEntry{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1552,7 @@ func (x *IOEntry) String() string {
 func (*IOEntry) ProtoMessage() {}
 
 func (x *IOEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +1565,7 @@ func (x *IOEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOEntry.ProtoReflect.Descriptor instead.
 func (*IOEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *IOEntry) GetMajor() uint64 {
@@ -1824,7 +1606,7 @@ type IOStats struct {
 
 func (x *IOStats) Reset() {
 	*x = IOStats{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +1618,7 @@ func (x *IOStats) String() string {
 func (*IOStats) ProtoMessage() {}
 
 func (x *IOStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +1631,7 @@ func (x *IOStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOStats.ProtoReflect.Descriptor instead.
 func (*IOStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *IOStats) GetServiceBytes() []*IOEntry {
@@ -1878,7 +1660,7 @@ type StatsContainerResponse struct {
 
 func (x *StatsContainerResponse) Reset() {
 	*x = StatsContainerResponse{}
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1890,7 +1672,7 @@ func (x *StatsContainerResponse) String() string {
 func (*StatsContainerResponse) ProtoMessage() {}
 
 func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1903,7 +1685,7 @@ func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsContainerResponse.ProtoReflect.Descriptor instead.
 func (*StatsContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatsContainerResponse) GetCpu() *CPUStats {
@@ -1942,7 +1724,7 @@ type GetOOMEventRequest struct {
 
 func (x *GetOOMEventRequest) Reset() {
 	*x = GetOOMEventRequest{}
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +1736,7 @@ func (x *GetOOMEventRequest) String() string {
 func (*GetOOMEventRequest) ProtoMessage() {}
 
 func (x *GetOOMEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +1749,7 @@ func (x *GetOOMEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOOMEventRequest.ProtoReflect.Descriptor instead.
 func (*GetOOMEventRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 type OOMEvent struct {
@@ -1979,7 +1761,7 @@ type OOMEvent struct {
 
 func (x *OOMEvent) Reset() {
 	*x = OOMEvent{}
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +1773,7 @@ func (x *OOMEvent) String() string {
 func (*OOMEvent) ProtoMessage() {}
 
 func (x *OOMEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +1786,7 @@ func (x *OOMEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OOMEvent.ProtoReflect.Descriptor instead.
 func (*OOMEvent) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *OOMEvent) GetContainerId() string {
@@ -2025,7 +1807,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2037,7 +1819,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2050,7 +1832,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{35}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UpdateContainerRequest) GetContainerId() string {
@@ -2079,7 +1861,7 @@ type IPAddress struct {
 
 func (x *IPAddress) Reset() {
 	*x = IPAddress{}
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2091,7 +1873,7 @@ func (x *IPAddress) String() string {
 func (*IPAddress) ProtoMessage() {}
 
 func (x *IPAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2104,7 +1886,7 @@ func (x *IPAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPAddress.ProtoReflect.Descriptor instead.
 func (*IPAddress) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{36}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *IPAddress) GetFamily() string {
@@ -2140,7 +1922,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +1934,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +1947,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{37}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Interface) GetName() string {
@@ -2205,7 +1987,7 @@ type UpdateInterfaceRequest struct {
 
 func (x *UpdateInterfaceRequest) Reset() {
 	*x = UpdateInterfaceRequest{}
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2217,7 +1999,7 @@ func (x *UpdateInterfaceRequest) String() string {
 func (*UpdateInterfaceRequest) ProtoMessage() {}
 
 func (x *UpdateInterfaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2230,7 +2012,7 @@ func (x *UpdateInterfaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateInterfaceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateInterfaceRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{38}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpdateInterfaceRequest) GetInterface() *Interface {
@@ -2248,7 +2030,7 @@ type ListInterfacesRequest struct {
 
 func (x *ListInterfacesRequest) Reset() {
 	*x = ListInterfacesRequest{}
-	mi := &file_agent_proto_msgTypes[39]
+	mi := &file_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2260,7 +2042,7 @@ func (x *ListInterfacesRequest) String() string {
 func (*ListInterfacesRequest) ProtoMessage() {}
 
 func (x *ListInterfacesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[39]
+	mi := &file_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2273,7 +2055,7 @@ func (x *ListInterfacesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInterfacesRequest.ProtoReflect.Descriptor instead.
 func (*ListInterfacesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{39}
+	return file_agent_proto_rawDescGZIP(), []int{35}
 }
 
 type Interfaces struct {
@@ -2285,7 +2067,7 @@ type Interfaces struct {
 
 func (x *Interfaces) Reset() {
 	*x = Interfaces{}
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2297,7 +2079,7 @@ func (x *Interfaces) String() string {
 func (*Interfaces) ProtoMessage() {}
 
 func (x *Interfaces) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2310,7 +2092,7 @@ func (x *Interfaces) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interfaces.ProtoReflect.Descriptor instead.
 func (*Interfaces) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{40}
+	return file_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Interfaces) GetInterfaces() []*Interface {
@@ -2335,7 +2117,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_proto_msgTypes[41]
+	mi := &file_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2347,7 +2129,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[41]
+	mi := &file_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +2142,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{41}
+	return file_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Route) GetDestination() string {
@@ -2407,7 +2189,7 @@ type UpdateRoutesRequest struct {
 
 func (x *UpdateRoutesRequest) Reset() {
 	*x = UpdateRoutesRequest{}
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2419,7 +2201,7 @@ func (x *UpdateRoutesRequest) String() string {
 func (*UpdateRoutesRequest) ProtoMessage() {}
 
 func (x *UpdateRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2432,7 +2214,7 @@ func (x *UpdateRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRoutesRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{42}
+	return file_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *UpdateRoutesRequest) GetRoutes() *Routes {
@@ -2450,7 +2232,7 @@ type ListRoutesRequest struct {
 
 func (x *ListRoutesRequest) Reset() {
 	*x = ListRoutesRequest{}
-	mi := &file_agent_proto_msgTypes[43]
+	mi := &file_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2462,7 +2244,7 @@ func (x *ListRoutesRequest) String() string {
 func (*ListRoutesRequest) ProtoMessage() {}
 
 func (x *ListRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[43]
+	mi := &file_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2475,7 +2257,7 @@ func (x *ListRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoutesRequest.ProtoReflect.Descriptor instead.
 func (*ListRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{43}
+	return file_agent_proto_rawDescGZIP(), []int{39}
 }
 
 type Routes struct {
@@ -2487,7 +2269,7 @@ type Routes struct {
 
 func (x *Routes) Reset() {
 	*x = Routes{}
-	mi := &file_agent_proto_msgTypes[44]
+	mi := &file_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2499,7 +2281,7 @@ func (x *Routes) String() string {
 func (*Routes) ProtoMessage() {}
 
 func (x *Routes) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[44]
+	mi := &file_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2512,7 +2294,7 @@ func (x *Routes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Routes.ProtoReflect.Descriptor instead.
 func (*Routes) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{44}
+	return file_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Routes) GetRoutes() []*Route {
@@ -2536,7 +2318,7 @@ type DebugExecRequest struct {
 
 func (x *DebugExecRequest) Reset() {
 	*x = DebugExecRequest{}
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2548,7 +2330,7 @@ func (x *DebugExecRequest) String() string {
 func (*DebugExecRequest) ProtoMessage() {}
 
 func (x *DebugExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2561,7 +2343,7 @@ func (x *DebugExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DebugExecRequest.ProtoReflect.Descriptor instead.
 func (*DebugExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{45}
+	return file_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DebugExecRequest) GetArgs() []string {
@@ -2599,7 +2381,7 @@ type DebugExecResponse struct {
 
 func (x *DebugExecResponse) Reset() {
 	*x = DebugExecResponse{}
-	mi := &file_agent_proto_msgTypes[46]
+	mi := &file_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2611,7 +2393,7 @@ func (x *DebugExecResponse) String() string {
 func (*DebugExecResponse) ProtoMessage() {}
 
 func (x *DebugExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[46]
+	mi := &file_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,7 +2406,7 @@ func (x *DebugExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DebugExecResponse.ProtoReflect.Descriptor instead.
 func (*DebugExecResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{46}
+	return file_agent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DebugExecResponse) GetStdout() []byte {
@@ -2665,7 +2447,7 @@ type OnlineCPUMemRequest struct {
 
 func (x *OnlineCPUMemRequest) Reset() {
 	*x = OnlineCPUMemRequest{}
-	mi := &file_agent_proto_msgTypes[47]
+	mi := &file_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2677,7 +2459,7 @@ func (x *OnlineCPUMemRequest) String() string {
 func (*OnlineCPUMemRequest) ProtoMessage() {}
 
 func (x *OnlineCPUMemRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[47]
+	mi := &file_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2690,7 +2472,7 @@ func (x *OnlineCPUMemRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnlineCPUMemRequest.ProtoReflect.Descriptor instead.
 func (*OnlineCPUMemRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{47}
+	return file_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *OnlineCPUMemRequest) GetVcpus() uint32 {
@@ -2721,7 +2503,7 @@ type OnlineCPUMemResponse struct {
 
 func (x *OnlineCPUMemResponse) Reset() {
 	*x = OnlineCPUMemResponse{}
-	mi := &file_agent_proto_msgTypes[48]
+	mi := &file_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2733,7 +2515,7 @@ func (x *OnlineCPUMemResponse) String() string {
 func (*OnlineCPUMemResponse) ProtoMessage() {}
 
 func (x *OnlineCPUMemResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[48]
+	mi := &file_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2746,7 +2528,7 @@ func (x *OnlineCPUMemResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnlineCPUMemResponse.ProtoReflect.Descriptor instead.
 func (*OnlineCPUMemResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{48}
+	return file_agent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *OnlineCPUMemResponse) GetVcpus() uint32 {
@@ -2778,7 +2560,7 @@ type GuestMetricsRequest struct {
 
 func (x *GuestMetricsRequest) Reset() {
 	*x = GuestMetricsRequest{}
-	mi := &file_agent_proto_msgTypes[49]
+	mi := &file_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2790,7 +2572,7 @@ func (x *GuestMetricsRequest) String() string {
 func (*GuestMetricsRequest) ProtoMessage() {}
 
 func (x *GuestMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[49]
+	mi := &file_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2803,7 +2585,7 @@ func (x *GuestMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GuestMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{49}
+	return file_agent_proto_rawDescGZIP(), []int{45}
 }
 
 type GuestMetricsResponse struct {
@@ -2837,7 +2619,7 @@ type GuestMetricsResponse struct {
 
 func (x *GuestMetricsResponse) Reset() {
 	*x = GuestMetricsResponse{}
-	mi := &file_agent_proto_msgTypes[50]
+	mi := &file_agent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2849,7 +2631,7 @@ func (x *GuestMetricsResponse) String() string {
 func (*GuestMetricsResponse) ProtoMessage() {}
 
 func (x *GuestMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[50]
+	mi := &file_agent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2862,7 +2644,7 @@ func (x *GuestMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GuestMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{50}
+	return file_agent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GuestMetricsResponse) GetMemTotalBytes() uint64 {
@@ -2965,7 +2747,7 @@ type GuestCPUTime struct {
 
 func (x *GuestCPUTime) Reset() {
 	*x = GuestCPUTime{}
-	mi := &file_agent_proto_msgTypes[51]
+	mi := &file_agent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2977,7 +2759,7 @@ func (x *GuestCPUTime) String() string {
 func (*GuestCPUTime) ProtoMessage() {}
 
 func (x *GuestCPUTime) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[51]
+	mi := &file_agent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2990,7 +2772,7 @@ func (x *GuestCPUTime) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestCPUTime.ProtoReflect.Descriptor instead.
 func (*GuestCPUTime) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{51}
+	return file_agent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GuestCPUTime) GetUserMs() uint64 {
@@ -3066,7 +2848,7 @@ type GuestNetInterface struct {
 
 func (x *GuestNetInterface) Reset() {
 	*x = GuestNetInterface{}
-	mi := &file_agent_proto_msgTypes[52]
+	mi := &file_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3078,7 +2860,7 @@ func (x *GuestNetInterface) String() string {
 func (*GuestNetInterface) ProtoMessage() {}
 
 func (x *GuestNetInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[52]
+	mi := &file_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3091,7 +2873,7 @@ func (x *GuestNetInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestNetInterface.ProtoReflect.Descriptor instead.
 func (*GuestNetInterface) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{52}
+	return file_agent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GuestNetInterface) GetName() string {
@@ -3227,20 +3009,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x13WaitProcessResponse\x12\x1f\n" +
 	"\vexit_status\x18\x01 \x01(\rR\n" +
 	"exitStatus\x12-\n" +
-	"\x13exited_at_unix_nano\x18\x02 \x01(\x03R\x10exitedAtUnixNano\"c\n" +
-	"\x11WriteStdinRequest\x12!\n" +
-	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\fR\x04data\"&\n" +
-	"\x12WriteStdinResponse\x12\x10\n" +
-	"\x03len\x18\x01 \x01(\rR\x03len\"a\n" +
-	"\x11ReadStreamRequest\x12!\n" +
-	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x10\n" +
-	"\x03len\x18\x03 \x01(\x03R\x03len\":\n" +
-	"\x12ReadStreamResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\x12\x10\n" +
-	"\x03eof\x18\x02 \x01(\bR\x03eof\"|\n" +
+	"\x13exited_at_unix_nano\x18\x02 \x01(\x03R\x10exitedAtUnixNano\"|\n" +
 	"\x10ResizeTtyRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x12\n" +
@@ -3389,7 +3158,7 @@ const file_agent_proto_rawDesc = "" +
 	"tx_packets\x18\a \x01(\x04R\ttxPackets\x12\x1b\n" +
 	"\ttx_errors\x18\b \x01(\x04R\btxErrors\x12\x1d\n" +
 	"\n" +
-	"tx_dropped\x18\t \x01(\x04R\ttxDropped2\x84\x13\n" +
+	"tx_dropped\x18\t \x01(\x04R\ttxDropped2\xc0\x10\n" +
 	"\x05Agent\x12D\n" +
 	"\x05Check\x12\x1c.vmpod.agent.v1.CheckRequest\x1a\x1d.vmpod.agent.v1.CheckResponse\x12L\n" +
 	"\rCreateSandbox\x12$.vmpod.agent.v1.CreateSandboxRequest\x1a\x15.vmpod.agent.v1.Empty\x12N\n" +
@@ -3402,15 +3171,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x0fRemoveContainer\x12 .vmpod.agent.v1.ContainerRequest\x1a\x15.vmpod.agent.v1.Empty\x12V\n" +
 	"\vExecProcess\x12\".vmpod.agent.v1.ExecProcessRequest\x1a#.vmpod.agent.v1.ExecProcessResponse\x12L\n" +
 	"\rSignalProcess\x12$.vmpod.agent.v1.SignalProcessRequest\x1a\x15.vmpod.agent.v1.Empty\x12R\n" +
-	"\vWaitProcess\x12\x1e.vmpod.agent.v1.ProcessRequest\x1a#.vmpod.agent.v1.WaitProcessResponse\x12S\n" +
-	"\n" +
-	"WriteStdin\x12!.vmpod.agent.v1.WriteStdinRequest\x1a\".vmpod.agent.v1.WriteStdinResponse\x12S\n" +
-	"\n" +
-	"ReadStdout\x12!.vmpod.agent.v1.ReadStreamRequest\x1a\".vmpod.agent.v1.ReadStreamResponse\x12S\n" +
-	"\n" +
-	"ReadStderr\x12!.vmpod.agent.v1.ReadStreamRequest\x1a\".vmpod.agent.v1.ReadStreamResponse\x12C\n" +
-	"\n" +
-	"CloseStdin\x12\x1e.vmpod.agent.v1.ProcessRequest\x1a\x15.vmpod.agent.v1.Empty\x12D\n" +
+	"\vWaitProcess\x12\x1e.vmpod.agent.v1.ProcessRequest\x1a#.vmpod.agent.v1.WaitProcessResponse\x12D\n" +
 	"\tResizeTty\x12 .vmpod.agent.v1.ResizeTtyRequest\x1a\x15.vmpod.agent.v1.Empty\x12X\n" +
 	"\rListProcesses\x12 .vmpod.agent.v1.ContainerRequest\x1a%.vmpod.agent.v1.ListProcessesResponse\x12Z\n" +
 	"\x0eStatsContainer\x12 .vmpod.agent.v1.ContainerRequest\x1a&.vmpod.agent.v1.StatsContainerResponse\x12K\n" +
@@ -3439,7 +3200,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: vmpod.agent.v1.Empty
 	(*CheckRequest)(nil),            // 1: vmpod.agent.v1.CheckRequest
@@ -3461,39 +3222,35 @@ var file_agent_proto_goTypes = []any{
 	(*ExecProcessResponse)(nil),     // 17: vmpod.agent.v1.ExecProcessResponse
 	(*SignalProcessRequest)(nil),    // 18: vmpod.agent.v1.SignalProcessRequest
 	(*WaitProcessResponse)(nil),     // 19: vmpod.agent.v1.WaitProcessResponse
-	(*WriteStdinRequest)(nil),       // 20: vmpod.agent.v1.WriteStdinRequest
-	(*WriteStdinResponse)(nil),      // 21: vmpod.agent.v1.WriteStdinResponse
-	(*ReadStreamRequest)(nil),       // 22: vmpod.agent.v1.ReadStreamRequest
-	(*ReadStreamResponse)(nil),      // 23: vmpod.agent.v1.ReadStreamResponse
-	(*ResizeTtyRequest)(nil),        // 24: vmpod.agent.v1.ResizeTtyRequest
-	(*ProcessInfo)(nil),             // 25: vmpod.agent.v1.ProcessInfo
-	(*ListProcessesResponse)(nil),   // 26: vmpod.agent.v1.ListProcessesResponse
-	(*CPUStats)(nil),                // 27: vmpod.agent.v1.CPUStats
-	(*MemoryStats)(nil),             // 28: vmpod.agent.v1.MemoryStats
-	(*PidsStats)(nil),               // 29: vmpod.agent.v1.PidsStats
-	(*IOEntry)(nil),                 // 30: vmpod.agent.v1.IOEntry
-	(*IOStats)(nil),                 // 31: vmpod.agent.v1.IOStats
-	(*StatsContainerResponse)(nil),  // 32: vmpod.agent.v1.StatsContainerResponse
-	(*GetOOMEventRequest)(nil),      // 33: vmpod.agent.v1.GetOOMEventRequest
-	(*OOMEvent)(nil),                // 34: vmpod.agent.v1.OOMEvent
-	(*UpdateContainerRequest)(nil),  // 35: vmpod.agent.v1.UpdateContainerRequest
-	(*IPAddress)(nil),               // 36: vmpod.agent.v1.IPAddress
-	(*Interface)(nil),               // 37: vmpod.agent.v1.Interface
-	(*UpdateInterfaceRequest)(nil),  // 38: vmpod.agent.v1.UpdateInterfaceRequest
-	(*ListInterfacesRequest)(nil),   // 39: vmpod.agent.v1.ListInterfacesRequest
-	(*Interfaces)(nil),              // 40: vmpod.agent.v1.Interfaces
-	(*Route)(nil),                   // 41: vmpod.agent.v1.Route
-	(*UpdateRoutesRequest)(nil),     // 42: vmpod.agent.v1.UpdateRoutesRequest
-	(*ListRoutesRequest)(nil),       // 43: vmpod.agent.v1.ListRoutesRequest
-	(*Routes)(nil),                  // 44: vmpod.agent.v1.Routes
-	(*DebugExecRequest)(nil),        // 45: vmpod.agent.v1.DebugExecRequest
-	(*DebugExecResponse)(nil),       // 46: vmpod.agent.v1.DebugExecResponse
-	(*OnlineCPUMemRequest)(nil),     // 47: vmpod.agent.v1.OnlineCPUMemRequest
-	(*OnlineCPUMemResponse)(nil),    // 48: vmpod.agent.v1.OnlineCPUMemResponse
-	(*GuestMetricsRequest)(nil),     // 49: vmpod.agent.v1.GuestMetricsRequest
-	(*GuestMetricsResponse)(nil),    // 50: vmpod.agent.v1.GuestMetricsResponse
-	(*GuestCPUTime)(nil),            // 51: vmpod.agent.v1.GuestCPUTime
-	(*GuestNetInterface)(nil),       // 52: vmpod.agent.v1.GuestNetInterface
+	(*ResizeTtyRequest)(nil),        // 20: vmpod.agent.v1.ResizeTtyRequest
+	(*ProcessInfo)(nil),             // 21: vmpod.agent.v1.ProcessInfo
+	(*ListProcessesResponse)(nil),   // 22: vmpod.agent.v1.ListProcessesResponse
+	(*CPUStats)(nil),                // 23: vmpod.agent.v1.CPUStats
+	(*MemoryStats)(nil),             // 24: vmpod.agent.v1.MemoryStats
+	(*PidsStats)(nil),               // 25: vmpod.agent.v1.PidsStats
+	(*IOEntry)(nil),                 // 26: vmpod.agent.v1.IOEntry
+	(*IOStats)(nil),                 // 27: vmpod.agent.v1.IOStats
+	(*StatsContainerResponse)(nil),  // 28: vmpod.agent.v1.StatsContainerResponse
+	(*GetOOMEventRequest)(nil),      // 29: vmpod.agent.v1.GetOOMEventRequest
+	(*OOMEvent)(nil),                // 30: vmpod.agent.v1.OOMEvent
+	(*UpdateContainerRequest)(nil),  // 31: vmpod.agent.v1.UpdateContainerRequest
+	(*IPAddress)(nil),               // 32: vmpod.agent.v1.IPAddress
+	(*Interface)(nil),               // 33: vmpod.agent.v1.Interface
+	(*UpdateInterfaceRequest)(nil),  // 34: vmpod.agent.v1.UpdateInterfaceRequest
+	(*ListInterfacesRequest)(nil),   // 35: vmpod.agent.v1.ListInterfacesRequest
+	(*Interfaces)(nil),              // 36: vmpod.agent.v1.Interfaces
+	(*Route)(nil),                   // 37: vmpod.agent.v1.Route
+	(*UpdateRoutesRequest)(nil),     // 38: vmpod.agent.v1.UpdateRoutesRequest
+	(*ListRoutesRequest)(nil),       // 39: vmpod.agent.v1.ListRoutesRequest
+	(*Routes)(nil),                  // 40: vmpod.agent.v1.Routes
+	(*DebugExecRequest)(nil),        // 41: vmpod.agent.v1.DebugExecRequest
+	(*DebugExecResponse)(nil),       // 42: vmpod.agent.v1.DebugExecResponse
+	(*OnlineCPUMemRequest)(nil),     // 43: vmpod.agent.v1.OnlineCPUMemRequest
+	(*OnlineCPUMemResponse)(nil),    // 44: vmpod.agent.v1.OnlineCPUMemResponse
+	(*GuestMetricsRequest)(nil),     // 45: vmpod.agent.v1.GuestMetricsRequest
+	(*GuestMetricsResponse)(nil),    // 46: vmpod.agent.v1.GuestMetricsResponse
+	(*GuestCPUTime)(nil),            // 47: vmpod.agent.v1.GuestCPUTime
+	(*GuestNetInterface)(nil),       // 48: vmpod.agent.v1.GuestNetInterface
 }
 var file_agent_proto_depIdxs = []int32{
 	7,  // 0: vmpod.agent.v1.CreateSandboxRequest.dns:type_name -> vmpod.agent.v1.DNS
@@ -3501,20 +3258,20 @@ var file_agent_proto_depIdxs = []int32{
 	7,  // 2: vmpod.agent.v1.SetDNSRequest.dns:type_name -> vmpod.agent.v1.DNS
 	3,  // 3: vmpod.agent.v1.Rootfs.mounts:type_name -> vmpod.agent.v1.Mount
 	11, // 4: vmpod.agent.v1.CreateContainerRequest.rootfs:type_name -> vmpod.agent.v1.Rootfs
-	25, // 5: vmpod.agent.v1.ListProcessesResponse.processes:type_name -> vmpod.agent.v1.ProcessInfo
-	30, // 6: vmpod.agent.v1.IOStats.service_bytes:type_name -> vmpod.agent.v1.IOEntry
-	30, // 7: vmpod.agent.v1.IOStats.serviced:type_name -> vmpod.agent.v1.IOEntry
-	27, // 8: vmpod.agent.v1.StatsContainerResponse.cpu:type_name -> vmpod.agent.v1.CPUStats
-	28, // 9: vmpod.agent.v1.StatsContainerResponse.memory:type_name -> vmpod.agent.v1.MemoryStats
-	29, // 10: vmpod.agent.v1.StatsContainerResponse.pids:type_name -> vmpod.agent.v1.PidsStats
-	31, // 11: vmpod.agent.v1.StatsContainerResponse.io:type_name -> vmpod.agent.v1.IOStats
-	36, // 12: vmpod.agent.v1.Interface.addresses:type_name -> vmpod.agent.v1.IPAddress
-	37, // 13: vmpod.agent.v1.UpdateInterfaceRequest.interface:type_name -> vmpod.agent.v1.Interface
-	37, // 14: vmpod.agent.v1.Interfaces.interfaces:type_name -> vmpod.agent.v1.Interface
-	44, // 15: vmpod.agent.v1.UpdateRoutesRequest.routes:type_name -> vmpod.agent.v1.Routes
-	41, // 16: vmpod.agent.v1.Routes.routes:type_name -> vmpod.agent.v1.Route
-	51, // 17: vmpod.agent.v1.GuestMetricsResponse.cpu:type_name -> vmpod.agent.v1.GuestCPUTime
-	52, // 18: vmpod.agent.v1.GuestMetricsResponse.interfaces:type_name -> vmpod.agent.v1.GuestNetInterface
+	21, // 5: vmpod.agent.v1.ListProcessesResponse.processes:type_name -> vmpod.agent.v1.ProcessInfo
+	26, // 6: vmpod.agent.v1.IOStats.service_bytes:type_name -> vmpod.agent.v1.IOEntry
+	26, // 7: vmpod.agent.v1.IOStats.serviced:type_name -> vmpod.agent.v1.IOEntry
+	23, // 8: vmpod.agent.v1.StatsContainerResponse.cpu:type_name -> vmpod.agent.v1.CPUStats
+	24, // 9: vmpod.agent.v1.StatsContainerResponse.memory:type_name -> vmpod.agent.v1.MemoryStats
+	25, // 10: vmpod.agent.v1.StatsContainerResponse.pids:type_name -> vmpod.agent.v1.PidsStats
+	27, // 11: vmpod.agent.v1.StatsContainerResponse.io:type_name -> vmpod.agent.v1.IOStats
+	32, // 12: vmpod.agent.v1.Interface.addresses:type_name -> vmpod.agent.v1.IPAddress
+	33, // 13: vmpod.agent.v1.UpdateInterfaceRequest.interface:type_name -> vmpod.agent.v1.Interface
+	33, // 14: vmpod.agent.v1.Interfaces.interfaces:type_name -> vmpod.agent.v1.Interface
+	40, // 15: vmpod.agent.v1.UpdateRoutesRequest.routes:type_name -> vmpod.agent.v1.Routes
+	37, // 16: vmpod.agent.v1.Routes.routes:type_name -> vmpod.agent.v1.Route
+	47, // 17: vmpod.agent.v1.GuestMetricsResponse.cpu:type_name -> vmpod.agent.v1.GuestCPUTime
+	48, // 18: vmpod.agent.v1.GuestMetricsResponse.interfaces:type_name -> vmpod.agent.v1.GuestNetInterface
 	1,  // 19: vmpod.agent.v1.Agent.Check:input_type -> vmpod.agent.v1.CheckRequest
 	4,  // 20: vmpod.agent.v1.Agent.CreateSandbox:input_type -> vmpod.agent.v1.CreateSandboxRequest
 	5,  // 21: vmpod.agent.v1.Agent.DestroySandbox:input_type -> vmpod.agent.v1.DestroySandboxRequest
@@ -3527,56 +3284,48 @@ var file_agent_proto_depIdxs = []int32{
 	16, // 28: vmpod.agent.v1.Agent.ExecProcess:input_type -> vmpod.agent.v1.ExecProcessRequest
 	18, // 29: vmpod.agent.v1.Agent.SignalProcess:input_type -> vmpod.agent.v1.SignalProcessRequest
 	15, // 30: vmpod.agent.v1.Agent.WaitProcess:input_type -> vmpod.agent.v1.ProcessRequest
-	20, // 31: vmpod.agent.v1.Agent.WriteStdin:input_type -> vmpod.agent.v1.WriteStdinRequest
-	22, // 32: vmpod.agent.v1.Agent.ReadStdout:input_type -> vmpod.agent.v1.ReadStreamRequest
-	22, // 33: vmpod.agent.v1.Agent.ReadStderr:input_type -> vmpod.agent.v1.ReadStreamRequest
-	15, // 34: vmpod.agent.v1.Agent.CloseStdin:input_type -> vmpod.agent.v1.ProcessRequest
-	24, // 35: vmpod.agent.v1.Agent.ResizeTty:input_type -> vmpod.agent.v1.ResizeTtyRequest
-	14, // 36: vmpod.agent.v1.Agent.ListProcesses:input_type -> vmpod.agent.v1.ContainerRequest
-	14, // 37: vmpod.agent.v1.Agent.StatsContainer:input_type -> vmpod.agent.v1.ContainerRequest
-	33, // 38: vmpod.agent.v1.Agent.GetOOMEvent:input_type -> vmpod.agent.v1.GetOOMEventRequest
-	14, // 39: vmpod.agent.v1.Agent.PauseContainer:input_type -> vmpod.agent.v1.ContainerRequest
-	14, // 40: vmpod.agent.v1.Agent.ResumeContainer:input_type -> vmpod.agent.v1.ContainerRequest
-	35, // 41: vmpod.agent.v1.Agent.UpdateContainer:input_type -> vmpod.agent.v1.UpdateContainerRequest
-	38, // 42: vmpod.agent.v1.Agent.UpdateInterface:input_type -> vmpod.agent.v1.UpdateInterfaceRequest
-	42, // 43: vmpod.agent.v1.Agent.UpdateRoutes:input_type -> vmpod.agent.v1.UpdateRoutesRequest
-	39, // 44: vmpod.agent.v1.Agent.ListInterfaces:input_type -> vmpod.agent.v1.ListInterfacesRequest
-	43, // 45: vmpod.agent.v1.Agent.ListRoutes:input_type -> vmpod.agent.v1.ListRoutesRequest
-	45, // 46: vmpod.agent.v1.Agent.DebugExec:input_type -> vmpod.agent.v1.DebugExecRequest
-	47, // 47: vmpod.agent.v1.Agent.OnlineCPUMem:input_type -> vmpod.agent.v1.OnlineCPUMemRequest
-	49, // 48: vmpod.agent.v1.Agent.GuestMetrics:input_type -> vmpod.agent.v1.GuestMetricsRequest
-	2,  // 49: vmpod.agent.v1.Agent.Check:output_type -> vmpod.agent.v1.CheckResponse
-	0,  // 50: vmpod.agent.v1.Agent.CreateSandbox:output_type -> vmpod.agent.v1.Empty
-	0,  // 51: vmpod.agent.v1.Agent.DestroySandbox:output_type -> vmpod.agent.v1.Empty
-	0,  // 52: vmpod.agent.v1.Agent.SetHostname:output_type -> vmpod.agent.v1.Empty
-	0,  // 53: vmpod.agent.v1.Agent.SetDNS:output_type -> vmpod.agent.v1.Empty
-	10, // 54: vmpod.agent.v1.Agent.GuestDetails:output_type -> vmpod.agent.v1.GuestDetailsResponse
-	13, // 55: vmpod.agent.v1.Agent.CreateContainer:output_type -> vmpod.agent.v1.CreateContainerResponse
-	0,  // 56: vmpod.agent.v1.Agent.StartContainer:output_type -> vmpod.agent.v1.Empty
-	0,  // 57: vmpod.agent.v1.Agent.RemoveContainer:output_type -> vmpod.agent.v1.Empty
-	17, // 58: vmpod.agent.v1.Agent.ExecProcess:output_type -> vmpod.agent.v1.ExecProcessResponse
-	0,  // 59: vmpod.agent.v1.Agent.SignalProcess:output_type -> vmpod.agent.v1.Empty
-	19, // 60: vmpod.agent.v1.Agent.WaitProcess:output_type -> vmpod.agent.v1.WaitProcessResponse
-	21, // 61: vmpod.agent.v1.Agent.WriteStdin:output_type -> vmpod.agent.v1.WriteStdinResponse
-	23, // 62: vmpod.agent.v1.Agent.ReadStdout:output_type -> vmpod.agent.v1.ReadStreamResponse
-	23, // 63: vmpod.agent.v1.Agent.ReadStderr:output_type -> vmpod.agent.v1.ReadStreamResponse
-	0,  // 64: vmpod.agent.v1.Agent.CloseStdin:output_type -> vmpod.agent.v1.Empty
-	0,  // 65: vmpod.agent.v1.Agent.ResizeTty:output_type -> vmpod.agent.v1.Empty
-	26, // 66: vmpod.agent.v1.Agent.ListProcesses:output_type -> vmpod.agent.v1.ListProcessesResponse
-	32, // 67: vmpod.agent.v1.Agent.StatsContainer:output_type -> vmpod.agent.v1.StatsContainerResponse
-	34, // 68: vmpod.agent.v1.Agent.GetOOMEvent:output_type -> vmpod.agent.v1.OOMEvent
-	0,  // 69: vmpod.agent.v1.Agent.PauseContainer:output_type -> vmpod.agent.v1.Empty
-	0,  // 70: vmpod.agent.v1.Agent.ResumeContainer:output_type -> vmpod.agent.v1.Empty
-	0,  // 71: vmpod.agent.v1.Agent.UpdateContainer:output_type -> vmpod.agent.v1.Empty
-	37, // 72: vmpod.agent.v1.Agent.UpdateInterface:output_type -> vmpod.agent.v1.Interface
-	44, // 73: vmpod.agent.v1.Agent.UpdateRoutes:output_type -> vmpod.agent.v1.Routes
-	40, // 74: vmpod.agent.v1.Agent.ListInterfaces:output_type -> vmpod.agent.v1.Interfaces
-	44, // 75: vmpod.agent.v1.Agent.ListRoutes:output_type -> vmpod.agent.v1.Routes
-	46, // 76: vmpod.agent.v1.Agent.DebugExec:output_type -> vmpod.agent.v1.DebugExecResponse
-	48, // 77: vmpod.agent.v1.Agent.OnlineCPUMem:output_type -> vmpod.agent.v1.OnlineCPUMemResponse
-	50, // 78: vmpod.agent.v1.Agent.GuestMetrics:output_type -> vmpod.agent.v1.GuestMetricsResponse
-	49, // [49:79] is the sub-list for method output_type
-	19, // [19:49] is the sub-list for method input_type
+	20, // 31: vmpod.agent.v1.Agent.ResizeTty:input_type -> vmpod.agent.v1.ResizeTtyRequest
+	14, // 32: vmpod.agent.v1.Agent.ListProcesses:input_type -> vmpod.agent.v1.ContainerRequest
+	14, // 33: vmpod.agent.v1.Agent.StatsContainer:input_type -> vmpod.agent.v1.ContainerRequest
+	29, // 34: vmpod.agent.v1.Agent.GetOOMEvent:input_type -> vmpod.agent.v1.GetOOMEventRequest
+	14, // 35: vmpod.agent.v1.Agent.PauseContainer:input_type -> vmpod.agent.v1.ContainerRequest
+	14, // 36: vmpod.agent.v1.Agent.ResumeContainer:input_type -> vmpod.agent.v1.ContainerRequest
+	31, // 37: vmpod.agent.v1.Agent.UpdateContainer:input_type -> vmpod.agent.v1.UpdateContainerRequest
+	34, // 38: vmpod.agent.v1.Agent.UpdateInterface:input_type -> vmpod.agent.v1.UpdateInterfaceRequest
+	38, // 39: vmpod.agent.v1.Agent.UpdateRoutes:input_type -> vmpod.agent.v1.UpdateRoutesRequest
+	35, // 40: vmpod.agent.v1.Agent.ListInterfaces:input_type -> vmpod.agent.v1.ListInterfacesRequest
+	39, // 41: vmpod.agent.v1.Agent.ListRoutes:input_type -> vmpod.agent.v1.ListRoutesRequest
+	41, // 42: vmpod.agent.v1.Agent.DebugExec:input_type -> vmpod.agent.v1.DebugExecRequest
+	43, // 43: vmpod.agent.v1.Agent.OnlineCPUMem:input_type -> vmpod.agent.v1.OnlineCPUMemRequest
+	45, // 44: vmpod.agent.v1.Agent.GuestMetrics:input_type -> vmpod.agent.v1.GuestMetricsRequest
+	2,  // 45: vmpod.agent.v1.Agent.Check:output_type -> vmpod.agent.v1.CheckResponse
+	0,  // 46: vmpod.agent.v1.Agent.CreateSandbox:output_type -> vmpod.agent.v1.Empty
+	0,  // 47: vmpod.agent.v1.Agent.DestroySandbox:output_type -> vmpod.agent.v1.Empty
+	0,  // 48: vmpod.agent.v1.Agent.SetHostname:output_type -> vmpod.agent.v1.Empty
+	0,  // 49: vmpod.agent.v1.Agent.SetDNS:output_type -> vmpod.agent.v1.Empty
+	10, // 50: vmpod.agent.v1.Agent.GuestDetails:output_type -> vmpod.agent.v1.GuestDetailsResponse
+	13, // 51: vmpod.agent.v1.Agent.CreateContainer:output_type -> vmpod.agent.v1.CreateContainerResponse
+	0,  // 52: vmpod.agent.v1.Agent.StartContainer:output_type -> vmpod.agent.v1.Empty
+	0,  // 53: vmpod.agent.v1.Agent.RemoveContainer:output_type -> vmpod.agent.v1.Empty
+	17, // 54: vmpod.agent.v1.Agent.ExecProcess:output_type -> vmpod.agent.v1.ExecProcessResponse
+	0,  // 55: vmpod.agent.v1.Agent.SignalProcess:output_type -> vmpod.agent.v1.Empty
+	19, // 56: vmpod.agent.v1.Agent.WaitProcess:output_type -> vmpod.agent.v1.WaitProcessResponse
+	0,  // 57: vmpod.agent.v1.Agent.ResizeTty:output_type -> vmpod.agent.v1.Empty
+	22, // 58: vmpod.agent.v1.Agent.ListProcesses:output_type -> vmpod.agent.v1.ListProcessesResponse
+	28, // 59: vmpod.agent.v1.Agent.StatsContainer:output_type -> vmpod.agent.v1.StatsContainerResponse
+	30, // 60: vmpod.agent.v1.Agent.GetOOMEvent:output_type -> vmpod.agent.v1.OOMEvent
+	0,  // 61: vmpod.agent.v1.Agent.PauseContainer:output_type -> vmpod.agent.v1.Empty
+	0,  // 62: vmpod.agent.v1.Agent.ResumeContainer:output_type -> vmpod.agent.v1.Empty
+	0,  // 63: vmpod.agent.v1.Agent.UpdateContainer:output_type -> vmpod.agent.v1.Empty
+	33, // 64: vmpod.agent.v1.Agent.UpdateInterface:output_type -> vmpod.agent.v1.Interface
+	40, // 65: vmpod.agent.v1.Agent.UpdateRoutes:output_type -> vmpod.agent.v1.Routes
+	36, // 66: vmpod.agent.v1.Agent.ListInterfaces:output_type -> vmpod.agent.v1.Interfaces
+	40, // 67: vmpod.agent.v1.Agent.ListRoutes:output_type -> vmpod.agent.v1.Routes
+	42, // 68: vmpod.agent.v1.Agent.DebugExec:output_type -> vmpod.agent.v1.DebugExecResponse
+	44, // 69: vmpod.agent.v1.Agent.OnlineCPUMem:output_type -> vmpod.agent.v1.OnlineCPUMemResponse
+	46, // 70: vmpod.agent.v1.Agent.GuestMetrics:output_type -> vmpod.agent.v1.GuestMetricsResponse
+	45, // [45:71] is the sub-list for method output_type
+	19, // [19:45] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
 	19, // [19:19] is the sub-list for extension extendee
 	0,  // [0:19] is the sub-list for field type_name
@@ -3593,7 +3342,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   53,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -20,10 +20,6 @@ type AgentService interface {
 	ExecProcess(context.Context, *ExecProcessRequest) (*ExecProcessResponse, error)
 	SignalProcess(context.Context, *SignalProcessRequest) (*Empty, error)
 	WaitProcess(context.Context, *ProcessRequest) (*WaitProcessResponse, error)
-	WriteStdin(context.Context, *WriteStdinRequest) (*WriteStdinResponse, error)
-	ReadStdout(context.Context, *ReadStreamRequest) (*ReadStreamResponse, error)
-	ReadStderr(context.Context, *ReadStreamRequest) (*ReadStreamResponse, error)
-	CloseStdin(context.Context, *ProcessRequest) (*Empty, error)
 	ResizeTty(context.Context, *ResizeTtyRequest) (*Empty, error)
 	ListProcesses(context.Context, *ContainerRequest) (*ListProcessesResponse, error)
 	StatsContainer(context.Context, *ContainerRequest) (*StatsContainerResponse, error)
@@ -126,34 +122,6 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.WaitProcess(ctx, &req)
-			},
-			"WriteStdin": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req WriteStdinRequest
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				return svc.WriteStdin(ctx, &req)
-			},
-			"ReadStdout": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req ReadStreamRequest
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				return svc.ReadStdout(ctx, &req)
-			},
-			"ReadStderr": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req ReadStreamRequest
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				return svc.ReadStderr(ctx, &req)
-			},
-			"CloseStdin": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req ProcessRequest
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				return svc.CloseStdin(ctx, &req)
 			},
 			"ResizeTty": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ResizeTtyRequest
@@ -358,38 +326,6 @@ func (c *agentClient) SignalProcess(ctx context.Context, req *SignalProcessReque
 func (c *agentClient) WaitProcess(ctx context.Context, req *ProcessRequest) (*WaitProcessResponse, error) {
 	var resp WaitProcessResponse
 	if err := c.client.Call(ctx, "vmpod.agent.v1.Agent", "WaitProcess", req, &resp); err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
-
-func (c *agentClient) WriteStdin(ctx context.Context, req *WriteStdinRequest) (*WriteStdinResponse, error) {
-	var resp WriteStdinResponse
-	if err := c.client.Call(ctx, "vmpod.agent.v1.Agent", "WriteStdin", req, &resp); err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
-
-func (c *agentClient) ReadStdout(ctx context.Context, req *ReadStreamRequest) (*ReadStreamResponse, error) {
-	var resp ReadStreamResponse
-	if err := c.client.Call(ctx, "vmpod.agent.v1.Agent", "ReadStdout", req, &resp); err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
-
-func (c *agentClient) ReadStderr(ctx context.Context, req *ReadStreamRequest) (*ReadStreamResponse, error) {
-	var resp ReadStreamResponse
-	if err := c.client.Call(ctx, "vmpod.agent.v1.Agent", "ReadStderr", req, &resp); err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
-
-func (c *agentClient) CloseStdin(ctx context.Context, req *ProcessRequest) (*Empty, error) {
-	var resp Empty
-	if err := c.client.Call(ctx, "vmpod.agent.v1.Agent", "CloseStdin", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

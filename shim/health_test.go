@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,6 +47,9 @@ func (f *fakeSandbox) SharedDir() string           { return "" }
 func (f *fakeSandbox) GuestSharedDir() string      { return "" }
 func (f *fakeSandbox) MountNS() *mountns.NS        { return nil }
 func (f *fakeSandbox) Done() <-chan struct{}       { return f.done }
+func (f *fakeSandbox) DialStdio(context.Context) (net.Conn, error) {
+	return nil, errors.New("no stdio streams")
+}
 func (f *fakeSandbox) Stop(context.Context) error {
 	f.stops.Add(1)
 	f.stopOnce.Do(func() { close(f.done) })

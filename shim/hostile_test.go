@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,17 +24,13 @@ import (
 )
 
 // hostileAgent answers as a compromised guest might: exit statuses out of
-// range, clocks in the future, more output than asked, stdin lengths that
-// were never sent, process and device lists without end. Only the methods
+// range, clocks in the future, process and device lists without end. Only the methods
 // the tests call are implemented; the others are the nil interface's.
 type hostileAgent struct {
 	agentpb.AgentService
-	wait        *agentpb.WaitProcessResponse
-	readLen     int
-	stdinLen    uint32
-	closedStdin atomic.Bool
-	processes   int
-	devices     int
+	wait      *agentpb.WaitProcessResponse
+	processes int
+	devices   int
 }
 
 func (a *hostileAgent) Check(context.Context, *agentpb.CheckRequest) (*agentpb.CheckResponse, error) {
@@ -41,19 +39,6 @@ func (a *hostileAgent) Check(context.Context, *agentpb.CheckRequest) (*agentpb.C
 
 func (a *hostileAgent) WaitProcess(context.Context, *agentpb.ProcessRequest) (*agentpb.WaitProcessResponse, error) {
 	return a.wait, nil
-}
-
-func (a *hostileAgent) ReadStdout(context.Context, *agentpb.ReadStreamRequest) (*agentpb.ReadStreamResponse, error) {
-	return &agentpb.ReadStreamResponse{Data: bytes.Repeat([]byte("x"), a.readLen)}, nil
-}
-
-func (a *hostileAgent) WriteStdin(context.Context, *agentpb.WriteStdinRequest) (*agentpb.WriteStdinResponse, error) {
-	return &agentpb.WriteStdinResponse{Len: a.stdinLen}, nil
-}
-
-func (a *hostileAgent) CloseStdin(context.Context, *agentpb.ProcessRequest) (*agentpb.Empty, error) {
-	a.closedStdin.Store(true)
-	return &agentpb.Empty{}, nil
 }
 
 func (a *hostileAgent) ListProcesses(context.Context, *agentpb.ContainerRequest) (*agentpb.ListProcessesResponse, error) {
@@ -140,15 +125,106 @@ func TestHostileWaitReply(t *testing.T) {
 	}
 }
 
-// A read that returns more than it asked for drops the stream: nothing of
-// it reaches the host's fifo.
-func TestHostileOversizeRead(t *testing.T) {
-	agent := serveHostile(t, &hostileAgent{readLen: readChunk + 1})
+// unixPair returns two connected Unix stream sockets: the shim's end of a
+// stdio stream and a hostile guest's.
+func unixPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) *net.UnixConn {
+		f := os.NewFile(uintptr(fd), "socket")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c.(*net.UnixConn)
+	}
+	return conn(fds[0]), conn(fds[1])
+}
+
+// A guest that sends data on a stdin stream, and never closes it, neither
+// stalls the stdin copy nor makes the shim buffer it: the data is
+// discarded, the process's stdin arrives whole, and the copy ends within
+// its grace.
+func TestHostileStdinStream(t *testing.T) {
+	shim, guest := unixPair(t)
+	junkSent := make(chan int64, 1)
+	go func() {
+		n, _ := io.Copy(guest, io.LimitReader(neverEnding('x'), 64<<20))
+		junkSent <- n
+	}()
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(guest) // until the shim's half-close
+		got <- b
+	}()
 	p := newProcess("c", "", false, stdio.Stdio{})
+	done := make(chan struct{})
+	go func() {
+		p.copyIn(testCtx(t), shim, strings.NewReader("hello"))
+		close(done)
+	}()
+	select {
+	case b := <-got:
+		if string(b) != "hello" {
+			t.Errorf("the guest received %q, want hello", b)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("stdin never reached its end while the guest sent junk")
+	}
+	select {
+	case <-p.stdinDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("stdinDone not closed after the stdin copy")
+	}
+	select {
+	case <-done:
+	case <-time.After(stdinGrace + 10*time.Second):
+		t.Fatal("stdin copy still runs after its grace, with the guest never closing")
+	}
+	if n := <-junkSent; n < 1<<20 {
+		t.Errorf("the guest could send only %d bytes of junk: the shim did not drain them", n)
+	}
+}
+
+type neverEnding byte
+
+func (b neverEnding) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(b)
+	}
+	return len(p), nil
+}
+
+// An output stream that the guest never ends does not hold the exit: the
+// output the guest sent arrives, and waitOutput gives up after its grace
+// of no progress.
+func TestHostileOutputNeverEnds(t *testing.T) {
+	shim, guest := unixPair(t)
+	p := newProcess("c", "", false, stdio.Stdio{})
+	p.hio = &hostIO{}
 	var out bytes.Buffer
-	p.copyOut(testCtx(t), agent.ReadStdout, &out, "stdout")
-	if out.Len() != 0 {
-		t.Errorf("%d bytes of an oversize read reached the host", out.Len())
+	copied := make(chan struct{})
+	go func() {
+		p.copyOut(testCtx(t), shim, &out, "stdout")
+		close(copied)
+	}()
+	if _, err := guest.Write([]byte("partial")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	p.waitOutput(testCtx(t))
+	if d := time.Since(start); d < outputGrace-time.Second || d > outputGrace+5*time.Second {
+		t.Errorf("waitOutput returned after %v, want about %v", d, outputGrace)
+	}
+	guest.Close()
+	<-copied
+	if out.String() != "partial" {
+		t.Errorf("output %q, want partial", out.String())
 	}
 }
 
@@ -221,11 +297,11 @@ func TestHostileRepliesFailOnlyTheirCall(t *testing.T) {
 		func(w io.Writer, id uint32) error { return frame(w, id, uint32(len(valid)), valid) },
 	)
 	ctx := testCtx(t)
-	req := &agentpb.ReadStreamRequest{ContainerId: "c", Len: readChunk}
-	if _, err := agent.ReadStdout(ctx, req); err == nil || !strings.Contains(err.Error(), "exceed maximum message size") {
+	req := &agentpb.ContainerRequest{ContainerId: "c"}
+	if _, err := agent.ListProcesses(ctx, req); err == nil || !strings.Contains(err.Error(), "exceed maximum message size") {
 		t.Errorf("5 MiB reply: %v, want the message size refused", err)
 	}
-	if _, err := agent.ReadStdout(ctx, req); err == nil {
+	if _, err := agent.ListProcesses(ctx, req); err == nil {
 		t.Error("garbage reply accepted")
 	} else {
 		t.Logf("garbage refused: %v", err)
@@ -233,29 +309,6 @@ func TestHostileRepliesFailOnlyTheirCall(t *testing.T) {
 	resp, err := agent.Check(ctx, &agentpb.CheckRequest{})
 	if err != nil || resp.GetVersion() != "still here" {
 		t.Errorf("the connection did not survive the bad replies: %v, %v", resp, err)
-	}
-}
-
-// The agent claiming to have taken more stdin than it was sent, or none,
-// ends the copy instead of slicing past the data or spinning.
-func TestHostileStdinLength(t *testing.T) {
-	for _, n := range []uint32{0, writeChunk + 1} {
-		agent := &hostileAgent{stdinLen: n}
-		client := serveHostile(t, agent)
-		p := newProcess("c", "", false, stdio.Stdio{})
-		done := make(chan struct{})
-		go func() {
-			p.copyIn(testCtx(t), client, strings.NewReader("hello"))
-			close(done)
-		}()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("stdin copy still runs after the agent accepted %d of 5 bytes", n)
-		}
-		if agent.closedStdin.Load() {
-			t.Errorf("stdin closed as if copied whole after the agent accepted %d of 5 bytes", n)
-		}
 	}
 }
 
@@ -271,6 +324,9 @@ func (c *clientSandbox) GuestSharedDir() string      { return "" }
 func (c *clientSandbox) MountNS() *mountns.NS        { return nil }
 func (c *clientSandbox) Done() <-chan struct{}       { return c.done }
 func (c *clientSandbox) Stop(context.Context) error  { return nil }
+func (c *clientSandbox) DialStdio(context.Context) (net.Conn, error) {
+	return nil, errors.New("no stdio streams")
+}
 
 // Process lists and io device lists from the guest are bounded.
 func TestHostileLists(t *testing.T) {

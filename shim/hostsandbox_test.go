@@ -24,6 +24,7 @@ type hostSandbox struct {
 	cmd    *exec.Cmd
 	client *ttrpc.Client
 	agent  agentpb.AgentService
+	stdio  string // the agent's stdio stream socket
 	shared string
 	done   chan struct{}
 }
@@ -36,12 +37,13 @@ func hostSandboxFactory(t *testing.T) SandboxFactory {
 			return nil, err
 		}
 		sock := filepath.Join(req.Dir, "agent.sock")
-		cmd := exec.Command(agentBin, "--listen", "unix://"+sock, "--state-dir", filepath.Join(req.Dir, "agent-state"), "--log-level", "warn")
+		stdioSock := filepath.Join(req.Dir, "stdio.sock")
+		cmd := exec.Command(agentBin, "--listen", "unix://"+sock, "--stdio-listen", "unix://"+stdioSock, "--state-dir", filepath.Join(req.Dir, "agent-state"), "--log-level", "warn")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Start(); err != nil {
 			return nil, err
 		}
-		sb := &hostSandbox{cmd: cmd, shared: shared, done: make(chan struct{})}
+		sb := &hostSandbox{cmd: cmd, shared: shared, stdio: stdioSock, done: make(chan struct{})}
 		go func() {
 			cmd.Wait()
 			close(sb.done)
@@ -69,6 +71,10 @@ func (h *hostSandbox) SharedDir() string           { return h.shared }
 func (h *hostSandbox) GuestSharedDir() string      { return h.shared }
 func (h *hostSandbox) MountNS() *mountns.NS        { return nil }
 func (h *hostSandbox) Done() <-chan struct{}       { return h.done }
+func (h *hostSandbox) DialStdio(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", h.stdio)
+}
 
 func (h *hostSandbox) Stop(ctx context.Context) error {
 	h.client.Close()

@@ -2,8 +2,10 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"time"
 
@@ -12,13 +14,16 @@ import (
 	"github.com/containerd/containerd/pkg/stdio"
 	"github.com/containerd/log"
 	agentpb "github.com/vmpod/vmpod/proto"
+	"github.com/vmpod/vmpod/stdiostream"
 )
 
 const (
-	// readChunk is how much output one ReadStdout/ReadStderr call asks for.
-	readChunk = 256 << 10
-	// writeChunk is how much stdin one WriteStdin call carries.
+	// copyBufSize is the buffer of one output stream's copy.
+	copyBufSize = 256 << 10
+	// writeChunk is the buffer of the stdin copy.
 	writeChunk = 32 << 10
+	// attachTimeout bounds the dial and attach of one stdio stream.
+	attachTimeout = 10 * time.Second
 	// outputGrace bounds how long an exit waits for output that stops
 	// flowing: a stream that makes no progress for this long is given up,
 	// so that a stuck stream cannot hold TaskExit forever.
@@ -171,104 +176,138 @@ func (p *process) openIO(ctx context.Context) error {
 	return nil
 }
 
-// startCopies starts the copies between the host stdio and the agent, once
-// the agent created the process. ctx lives as long as the shim.
-func (p *process) startCopies(ctx context.Context, agent agentpb.AgentService) {
+// dialFunc opens a new connection to the agent's stdio stream port
+// (Sandbox.DialStdio).
+type dialFunc func(ctx context.Context) (net.Conn, error)
+
+// startCopies attaches the process's stdio streams in the agent, each on a
+// connection of its own (package stdiostream), and starts copying them. It
+// returns once every stream is attached or failed, so that the process's
+// output is read from the start: until then its pipes hold it. ctx lives
+// as long as the shim.
+func (p *process) startCopies(ctx context.Context, dial dialFunc) {
 	hio := p.hio
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		p.copyOut(ctx, agent.ReadStdout, hio.stdout, "stdout")
-	}()
-	if !p.terminal {
-		wg.Add(1)
+	var attached, outputs sync.WaitGroup
+	stream := func(kind stdiostream.Kind, run func(net.Conn), failed func()) {
+		attached.Add(1)
 		go func() {
-			defer wg.Done()
-			p.copyOut(ctx, agent.ReadStderr, hio.stderr, "stderr")
+			c, err := p.attach(ctx, dial, kind)
+			attached.Done()
+			if err != nil {
+				p.logger(ctx).WithError(err).Warn("attach process stdio")
+				failed()
+				return
+			}
+			run(c)
 		}()
 	}
-	go func() {
-		wg.Wait()
-		close(p.outDone)
-	}()
+	out := func(kind stdiostream.Kind, w io.Writer) {
+		outputs.Add(1)
+		stream(kind, func(c net.Conn) {
+			defer outputs.Done()
+			p.copyOut(ctx, c, w, kind.String())
+		}, func() {
+			defer outputs.Done()
+			hio.closeStream(kind.String())
+		})
+	}
+	out(stdiostream.Stdout, hio.stdout)
+	if !p.terminal {
+		out(stdiostream.Stderr, hio.stderr)
+	}
 	if hio.stdin != nil {
-		go p.copyIn(ctx, agent, hio.stdin)
+		stream(stdiostream.Stdin, func(c net.Conn) { p.copyIn(ctx, c, hio.stdin) }, func() { close(p.stdinDone) })
 	} else {
 		close(p.stdinDone)
 	}
+	attached.Wait()
+	go func() {
+		outputs.Wait()
+		close(p.outDone)
+	}()
 }
 
-type readFunc func(context.Context, *agentpb.ReadStreamRequest) (*agentpb.ReadStreamResponse, error)
+// attach dials one stdio stream of the process and attaches it, within
+// attachTimeout.
+func (p *process) attach(ctx context.Context, dial dialFunc, kind stdiostream.Kind) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, attachTimeout)
+	defer cancel()
+	c, err := dial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", kind, err)
+	}
+	if err := stdiostream.Attach(ctx, c, stdiostream.Header{Kind: kind, ContainerID: p.containerID, ExecID: p.execID}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
 
-// copyOut moves one output stream from the agent to the host until the
-// agent reports EOF.
-func (p *process) copyOut(ctx context.Context, read readFunc, w io.Writer, name string) {
+// copyOut moves one output stream from its connection to the host until
+// the agent's close (EOF), with one large buffer: the connection is a
+// user-space object, which the kernel cannot splice from. A host writer
+// that blocks (a fifo nobody reads) stalls this stream only: the guest's
+// credit runs out and the process blocks on its pipe.
+func (p *process) copyOut(ctx context.Context, c net.Conn, w io.Writer, name string) {
+	defer c.Close()
 	out := &sink{w: w}
-	req := &agentpb.ReadStreamRequest{ContainerId: p.containerID, ExecId: p.execID, Len: readChunk}
-	empty := 0
+	buf := make([]byte, copyBufSize)
 	for {
-		resp, err := read(ctx, req)
-		if err != nil {
-			if ctx.Err() == nil {
-				p.logger(ctx).WithError(err).WithField("stream", name).Warn("read process output")
-			}
-			return
-		}
-		if len(resp.Data) > readChunk {
-			// The guest is not trusted to respect the limit we asked for.
-			p.logger(ctx).WithField("stream", name).Errorf("agent returned %d bytes for a %d-byte read; dropping the stream", len(resp.Data), readChunk)
-			return
-		}
-		if len(resp.Data) == 0 && !resp.Eof {
-			// The agent blocks until data comes; a guest answering empty
-			// reads in a loop must not spin the shim.
-			if empty++; empty > 16 {
-				time.Sleep(10 * time.Millisecond)
-			}
-			continue
-		}
-		empty = 0
-		if len(resp.Data) > 0 {
-			out.Write(ctx, resp.Data)
+		n, err := c.Read(buf)
+		if n > 0 {
+			out.Write(ctx, buf[:n])
 			select {
 			case p.progress <- struct{}{}:
 			default:
 			}
 		}
-		if resp.Eof {
-			p.hio.closeStream(name)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				p.hio.closeStream(name)
+			} else if ctx.Err() == nil {
+				p.logger(ctx).WithError(err).WithField("stream", name).Warn("read process output")
+			}
 			return
 		}
 	}
 }
 
-// copyIn moves stdin from the host to the agent, and closes the process's
-// stdin at EOF.
-func (p *process) copyIn(ctx context.Context, agent agentpb.AgentService, r io.Reader) {
-	defer close(p.stdinDone)
+// copyIn moves stdin from the host to its connection; at the fifo's end
+// (the client closed it, or CloseIO) it half-closes the connection, and
+// the agent closes the process's stdin.
+func (p *process) copyIn(ctx context.Context, c net.Conn, r io.Reader) {
+	// The agent sends nothing on stdin; whatever a guest sends is
+	// discarded through a small buffer. Its end says the agent is done.
+	agentDone := make(chan struct{})
+	go func() {
+		defer close(agentDone)
+		_, _ = io.CopyBuffer(io.Discard, struct{ io.Reader }{c}, make([]byte, 4<<10))
+	}()
 	buf := make([]byte, writeChunk)
 	for {
 		n, rerr := r.Read(buf)
-		for data := buf[:n]; len(data) > 0; {
-			resp, err := agent.WriteStdin(ctx, &agentpb.WriteStdinRequest{ContainerId: p.containerID, ExecId: p.execID, Data: data})
-			if err != nil {
+		if n > 0 {
+			if _, err := c.Write(buf[:n]); err != nil {
 				p.logger(ctx).WithError(err).Debug("write stdin")
-				return
+				break
 			}
-			if resp.Len == 0 || int(resp.Len) > len(data) {
-				p.logger(ctx).Errorf("agent accepted %d of %d stdin bytes", resp.Len, len(data))
-				return
-			}
-			data = data[resp.Len:]
 		}
 		if rerr != nil {
 			break
 		}
 	}
-	if _, err := agent.CloseStdin(ctx, &agentpb.ProcessRequest{ContainerId: p.containerID, ExecId: p.execID}); err != nil {
-		p.logger(ctx).WithError(err).Debug("close stdin")
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
 	}
+	close(p.stdinDone)
+	t := time.NewTimer(stdinGrace)
+	defer t.Stop()
+	select {
+	case <-agentDone:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	c.Close()
 }
 
 // closeStdin ends the stdin copy: it waits a little for the client's data

@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -22,6 +23,9 @@ var StateRoot = "/run/vmpod/sandboxes"
 type Sandbox interface {
 	// Agent is the client of the sandbox's agent.
 	Agent() agentpb.AgentService
+	// DialStdio opens a new connection to the agent's stdio stream port
+	// (package stdiostream).
+	DialStdio(ctx context.Context) (net.Conn, error)
 	// SharedDir is the host directory the guest sees at GuestSharedDir.
 	SharedDir() string
 	GuestSharedDir() string

@@ -177,7 +177,7 @@ func (s *service) createInSandbox(ctx context.Context, sb Sandbox, c *container,
 	c.init.mu.Lock()
 	c.init.pid = resp.Pid
 	c.init.mu.Unlock()
-	c.init.startCopies(s.ctx, agent)
+	c.init.startCopies(s.ctx, sb.DialStdio)
 	return resp.Pid, nil
 }
 
@@ -259,7 +259,7 @@ func (s *service) start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		s.events.send(&eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
 		p.endStart(true)
 	} else {
-		if err := s.startExec(ctx, agent, p); err != nil {
+		if err := s.startExec(ctx, agent, sb.DialStdio, p); err != nil {
 			p.endStart(false)
 			return nil, err
 		}
@@ -288,7 +288,7 @@ func (s *service) start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	return &taskAPI.StartResponse{Pid: pid}, nil
 }
 
-func (s *service) startExec(ctx context.Context, agent agentpb.AgentService, p *process) error {
+func (s *service) startExec(ctx context.Context, agent agentpb.AgentService, dial dialFunc, p *process) error {
 	if err := p.openIO(ctx); err != nil {
 		return err
 	}
@@ -306,7 +306,7 @@ func (s *service) startExec(ctx context.Context, agent agentpb.AgentService, p *
 	p.pid = resp.Pid
 	p.status = task.Status_RUNNING
 	p.mu.Unlock()
-	p.startCopies(s.ctx, agent)
+	p.startCopies(s.ctx, dial)
 	s.events.send(&eventstypes.TaskExecStarted{ContainerID: p.containerID, ExecID: p.execID, Pid: resp.Pid})
 	return nil
 }

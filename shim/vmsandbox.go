@@ -24,6 +24,7 @@ import (
 	"github.com/vmpod/vmpod/portfwd/capture"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/sizing"
+	"github.com/vmpod/vmpod/stdiostream"
 	"github.com/vmpod/vmpod/vm"
 )
 
@@ -393,6 +394,13 @@ func (s *vmSandbox) SharedDir() string           { return s.shared }
 func (s *vmSandbox) GuestSharedDir() string      { return s.v.GuestSharedDir() }
 func (s *vmSandbox) Done() <-chan struct{}       { return s.v.Done() }
 func (s *vmSandbox) MountNS() *mountns.NS        { return s.mounts }
+
+// DialStdio dials the agent's stdio port through the VM's vsock, as the
+// agent API and port-forwards are, whichever the driver (vhost-user,
+// kernel or hybrid vsock).
+func (s *vmSandbox) DialStdio(ctx context.Context) (net.Conn, error) {
+	return s.v.Dial(ctx, stdiostream.VsockPort)
+}
 
 // Stop stops the VM (its daemons and state go with it), then removes the
 // taps and redirects from the pod's network namespace, leaving it as CNI

@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"github.com/vmpod/vmpod/internal/testbin"
 	"github.com/vmpod/vmpod/internal/testrootfs"
 	agentpb "github.com/vmpod/vmpod/proto"
+	"github.com/vmpod/vmpod/stdiostream"
 	"github.com/vmpod/vmpod/version"
 )
 
@@ -391,19 +393,22 @@ func runContainer(t *testing.T, v *VM, id string, args ...string) (string, uint3
 			t.Errorf("remove %s: %v", id, err)
 		}
 	}()
+	// Attached before the start, as the shim does.
+	conn, err := v.Dial(ctx, stdiostream.VsockPort)
+	if err != nil {
+		t.Fatalf("dial stdio of %s: %v", id, err)
+	}
+	defer conn.Close()
+	if err := stdiostream.Attach(ctx, conn, stdiostream.Header{Kind: stdiostream.Stdout, ContainerID: id}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := a.StartContainer(ctx, &agentpb.ContainerRequest{ContainerId: id}); err != nil {
 		t.Fatalf("start %s: %v", id, err)
 	}
-	var out []byte
-	for {
-		r, err := a.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: id, Len: 1 << 20})
-		if err != nil {
-			t.Fatalf("read stdout of %s: %v", id, err)
-		}
-		out = append(out, r.Data...)
-		if r.Eof {
-			break
-		}
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	out, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("read stdout of %s: %v", id, err)
 	}
 	w, err := a.WaitProcess(ctx, &agentpb.ProcessRequest{ContainerId: id})
 	if err != nil {

@@ -1,5 +1,6 @@
 // Command vmpod-agent is the guest agent: PID 1 of a vmpod VM, serving the
-// Agent API on vsock port 1024 (and CRI port-forwards on 1025). Run as "vmpod-agent init" it is
+// Agent API on vsock port 1024 (CRI port-forwards on 1025, process stdio
+// streams on 1026). Run as "vmpod-agent init" it is
 // libcontainer's container init instead, and run as "modprobe" (the
 // image's /sbin/modprobe) the kernel's module helper.
 package main
@@ -25,6 +26,7 @@ import (
 	"github.com/vmpod/vmpod/agent/pid1"
 	"github.com/vmpod/vmpod/internal/consolelog"
 	"github.com/vmpod/vmpod/portfwd"
+	"github.com/vmpod/vmpod/stdiostream"
 )
 
 func init() {
@@ -43,6 +45,7 @@ func main() {
 	stateDir := flag.String("state-dir", "/run/vmpod-agent", "libcontainer state root")
 	level := flag.String("log-level", "info", "log level")
 	debugConsole := flag.Bool("debug-console", false, "serve DebugExec: commands in the guest outside any container")
+	stdioListen := flag.String("stdio-listen", "", "where to serve process stdio streams: vsock://PORT or unix:///PATH (default vsock://1026 as the guest's PID 1, none otherwise)")
 	flag.Parse()
 
 	ctx := context.Background()
@@ -53,7 +56,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "vmpod-agent:", err)
 		os.Exit(2)
 	}
-	err := run(ctx, *listen, *stateDir, *debugConsole)
+	err := run(ctx, *listen, *stdioListen, *stateDir, *debugConsole)
 	if pid1.IsInit() {
 		log.G(ctx).WithError(err).Error("agent stopped; powering off")
 		pid1.PowerOff(ctx)
@@ -64,7 +67,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, listen, stateDir string, debugConsole bool) error {
+func run(ctx context.Context, listen, stdioListen, stateDir string, debugConsole bool) error {
 	guest := pid1.IsInit()
 	if guest {
 		if err := pid1.Setup(ctx); err != nil {
@@ -98,6 +101,23 @@ func run(ctx context.Context, listen, stateDir string, debugConsole bool) error 
 			go func() {
 				if err := portfwd.Serve(ctx, pl); err != nil {
 					log.G(ctx).WithError(err).Error("port-forward stopped")
+				}
+			}()
+		}
+	}
+	if stdioListen == "" && guest {
+		stdioListen = fmt.Sprintf("vsock://%d", stdiostream.VsockPort)
+	}
+	if stdioListen != "" {
+		// Without it processes still run, but their output is discarded
+		// (agent.AttachTimeout): an error the shim reports per stream.
+		sl, err := listener(stdioListen)
+		if err != nil {
+			log.G(ctx).WithError(err).Error("stdio streams: listen; no process stdio in this pod")
+		} else {
+			go func() {
+				if err := srv.ServeStdio(ctx, sl); err != nil {
+					log.G(ctx).WithError(err).Error("stdio streams stopped")
 				}
 			}()
 		}
