@@ -13,29 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpod/vmpod/internal/socketpair"
 	"github.com/vmpod/vmpod/stdiostream"
 )
-
-// socketPair returns two ends of a connected Unix stream socket, as
-// *net.UnixConn (a syscall.Conn with CloseWrite, like a vsock connection).
-func socketPair(t testing.TB) (*net.UnixConn, *net.UnixConn) {
-	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := func(fd int) *net.UnixConn {
-		f := os.NewFile(uintptr(fd), "socket")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c.(*net.UnixConn)
-	}
-	return conn(fds[0]), conn(fds[1])
-}
 
 // sendOutput moves a pipe into a socket without losing or reordering a
 // byte, through a pipe and socket much smaller than the data, both as a
@@ -48,7 +28,7 @@ func TestSendOutputNoLoss(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, b := socketPair(t)
+		a, b := socketpair.Unix(t)
 		go func() {
 			// Small writes with pauses exercise the wait for an empty pipe.
 			for p := want; len(p) > 0; {
@@ -88,7 +68,7 @@ func TestSendOutputWaitsForReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	a, b := socketPair(t)
+	a, b := socketpair.Unix(t)
 	want := make([]byte, 4<<20)
 	_, _ = rand.Read(want)
 	go func() {

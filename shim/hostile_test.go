@@ -7,14 +7,13 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vmpod/vmpod/internal/mountns"
+	"github.com/vmpod/vmpod/internal/socketpair"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/pkg/stdio"
@@ -125,33 +124,12 @@ func TestHostileWaitReply(t *testing.T) {
 	}
 }
 
-// unixPair returns two connected Unix stream sockets: the shim's end of a
-// stdio stream and a hostile guest's.
-func unixPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
-	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := func(fd int) *net.UnixConn {
-		f := os.NewFile(uintptr(fd), "socket")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c.(*net.UnixConn)
-	}
-	return conn(fds[0]), conn(fds[1])
-}
-
 // A guest that sends data on a stdin stream, and never closes it, neither
 // stalls the stdin copy nor makes the shim buffer it: the data is
 // discarded, the process's stdin arrives whole, and the copy ends within
 // its grace.
 func TestHostileStdinStream(t *testing.T) {
-	shim, guest := unixPair(t)
+	shim, guest := socketpair.Unix(t)
 	junkSent := make(chan int64, 1)
 	go func() {
 		n, _ := io.Copy(guest, io.LimitReader(neverEnding('x'), 64<<20))
@@ -204,7 +182,7 @@ func (b neverEnding) Read(p []byte) (int, error) {
 // output the guest sent arrives, and waitOutput gives up after its grace
 // of no progress.
 func TestHostileOutputNeverEnds(t *testing.T) {
-	shim, guest := unixPair(t)
+	shim, guest := socketpair.Unix(t)
 	p := newProcess("c", "", false, stdio.Stdio{})
 	p.hio = &hostIO{}
 	var out bytes.Buffer
