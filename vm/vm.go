@@ -259,7 +259,29 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 		"agent_ready": v.phases.AgentReady,
 		"duration":    v.phases.Total(),
 	}).Info("vm started")
+	v.releaseBootFiles(ctx)
 	return v, nil
+}
+
+// bootFileReleaser is a hypervisor that can give back its mappings of the
+// guest kernel and initrd once the guest booted (QEMU).
+type bootFileReleaser interface {
+	ReleaseBootFiles() (int64, error)
+}
+
+// releaseBootFiles drops the hypervisor's copies of the kernel and initrd
+// from memory, best-effort: a failure costs memory, not the pod.
+func (v *VM) releaseBootFiles(ctx context.Context) {
+	r, ok := v.hv.(bootFileReleaser)
+	if !ok {
+		return
+	}
+	n, err := r.ReleaseBootFiles()
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("vm", v.cfg.ID).Debug("kernel and initrd mappings kept")
+		return
+	}
+	log.G(ctx).WithField("vm", v.cfg.ID).Debugf("paged out %d KiB of kernel and initrd mappings", n>>10)
 }
 
 // Phases says how long the VM's start took, by phase.
