@@ -276,12 +276,13 @@ func (v *VM) releaseBootFiles(ctx context.Context) {
 	if !ok {
 		return
 	}
+	begin := time.Now()
 	n, err := r.ReleaseBootFiles()
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("vm", v.cfg.ID).Debug("kernel and initrd mappings kept")
 		return
 	}
-	log.G(ctx).WithField("vm", v.cfg.ID).Debugf("paged out %d KiB of kernel and initrd mappings", n>>10)
+	log.G(ctx).WithField("vm", v.cfg.ID).Debugf("paged out %d KiB of kernel and initrd mappings in %v", n>>10, time.Since(begin))
 }
 
 // Phases says how long the VM's start took, by phase.
