@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"reflect"
@@ -10,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmpod/vmpod/image/imagetest"
+	"github.com/vmpod/vmpod/internal/require"
 )
 
 func TestFileRegions(t *testing.T) {
@@ -82,6 +86,9 @@ func TestReleaseBootFiles(t *testing.T) {
 	}
 	begin := time.Now()
 	n, err := q.ReleaseBootFiles()
+	if errors.Is(err, unix.ENOSYS) {
+		require.Missingf(t, "needs process_madvise (Linux 5.10): %v", err)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
