@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -49,10 +50,13 @@ func (q *QEMU) ReleaseBootFiles() (int64, error) {
 	return n, nil
 }
 
-// fileID names a file as /proc/<pid>/maps does: device and inode.
+// fileID names a file as /proc/<pid>/maps does: device and inode, and
+// its path with symbolic links resolved, for file systems (btrfs) whose
+// maps show another device number than stat.
 type fileID struct {
 	major, minor uint32
 	inode        uint64
+	path         string
 }
 
 func statFileID(path string) (fileID, error) {
@@ -60,7 +64,23 @@ func statFileID(path string) (fileID, error) {
 	if err := unix.Stat(path, &st); err != nil {
 		return fileID{}, fmt.Errorf("stat %s: %w", path, err)
 	}
-	return fileID{major: unix.Major(st.Dev), minor: unix.Minor(st.Dev), inode: st.Ino}, nil
+	real, err := filepath.EvalSymlinks(path)
+	if err == nil {
+		real, err = filepath.Abs(real)
+	}
+	if err != nil {
+		return fileID{}, fmt.Errorf("resolve %s: %w", path, err)
+	}
+	return fileID{major: unix.Major(st.Dev), minor: unix.Minor(st.Dev), inode: st.Ino, path: real}, nil
+}
+
+// matches reports whether a mapping of device major:minor, inode and
+// path (maps' last field, "" if none) maps f.
+func (f fileID) matches(major, minor uint32, inode uint64, path string) bool {
+	if inode == 0 || inode != f.inode {
+		return false
+	}
+	return (major == f.major && minor == f.minor) || (path != "" && path == f.path)
 }
 
 // region is an address range of a process.
@@ -92,9 +112,9 @@ func fileRegions(maps []byte, files []fileID, path string) ([]region, error) {
 		if err := errors.Join(err1, err2, err3, err4, err5); err != nil || end < start {
 			return nil, fmt.Errorf("%s:%d: malformed mapping line %q", path, n, sc.Text())
 		}
-		id := fileID{major: uint32(major), minor: uint32(minor), inode: inode}
+		mapped := mappedPath(sc.Text())
 		for _, want := range files {
-			if id == want && inode != 0 {
+			if want.matches(uint32(major), uint32(minor), inode, mapped) {
 				out = append(out, region{start, end})
 				break
 			}
@@ -104,6 +124,21 @@ func fileRegions(maps []byte, files []fileID, path string) ([]region, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return out, nil
+}
+
+// mappedPath is the path field of a maps line, which may hold spaces: the
+// rest of the line after the fifth field.
+func mappedPath(line string) string {
+	rest := line
+	for i := 0; i < 5; i++ {
+		rest = strings.TrimLeft(rest, " \t")
+		j := strings.IndexAny(rest, " \t")
+		if j < 0 {
+			return ""
+		}
+		rest = rest[j:]
+	}
+	return strings.TrimSpace(rest)
 }
 
 // iovec is struct iovec with an address of another process.

@@ -25,14 +25,17 @@ Rss:               13312 kB
 7f0001000000-7f0001900000 r--p 00000000 103:02 778 /work/out/vmpod initrd.img
 7f0002000000-7f0002001000 rw-p 00000000 00:00 0 
 7f0003000000-7f0003100000 rw-s 00000000 00:01 777 /memfd:mem (deleted)
+7f0004000000-7f0004100000 r--p 00000000 00:2b 779 /btrfs/my initrd
+7f0005000000-7f0005100000 r--p 00000000 00:2b 779 /elsewhere/initrd
 `
-	files := []fileID{{major: 0xfd, minor: 1, inode: 777}, {major: 0x103, minor: 2, inode: 778}}
+	files := []fileID{{major: 0xfd, minor: 1, inode: 777, path: "/work/out/vmpod-kernel"}, {major: 0x103, minor: 2, inode: 778}, {major: 0x99, inode: 779, path: "/btrfs/my initrd"}}
 	got, err := fileRegions([]byte(maps), files, "maps")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The memfd has the kernel's inode number on another device: not it.
-	want := []region{{0x7f0000000000, 0x7f0000d00000}, {0x7f0001000000, 0x7f0001900000}}
+	// btrfs shows another device than stat: the path decides.
+	want := []region{{0x7f0000000000, 0x7f0000d00000}, {0x7f0001000000, 0x7f0001900000}, {0x7f0004000000, 0x7f0004100000}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("regions = %x, want %x", got, want)
 	}
