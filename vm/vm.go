@@ -264,6 +264,7 @@ func Start(ctx context.Context, cfg Config) (_ *VM, retErr error) {
 	if v.fs != nil {
 		go v.watchVirtiofsd(context.WithoutCancel(ctx))
 	}
+	v.releaseBootFiles(ctx)
 	return v, nil
 }
 
@@ -305,6 +306,28 @@ func (v *VM) watchVirtiofsd(ctx context.Context) {
 	if serr := v.hv.Stop(sctx); serr != nil {
 		log.G(ctx).WithError(serr).WithField("vm", v.cfg.ID).Warn("stopping the VM after virtiofsd exited")
 	}
+}
+
+// bootFileReleaser is a hypervisor that can give back its mappings of the
+// guest kernel and initrd once the guest booted (QEMU).
+type bootFileReleaser interface {
+	ReleaseBootFiles() (int64, error)
+}
+
+// releaseBootFiles drops the hypervisor's copies of the kernel and initrd
+// from memory, best-effort: a failure costs memory, not the pod.
+func (v *VM) releaseBootFiles(ctx context.Context) {
+	r, ok := v.hv.(bootFileReleaser)
+	if !ok {
+		return
+	}
+	begin := time.Now()
+	n, err := r.ReleaseBootFiles()
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("vm", v.cfg.ID).Debug("kernel and initrd mappings kept")
+		return
+	}
+	log.G(ctx).WithField("vm", v.cfg.ID).Debugf("paged out %d KiB of kernel and initrd mappings in %v", n>>10, time.Since(begin))
 }
 
 // Phases says how long the VM's start took, by phase.

@@ -107,6 +107,8 @@ func TestVM(t *testing.T) {
 		}
 	})
 
+	t.Run("BootFilesPagedOut", func(t *testing.T) { checkBootFilesPagedOut(t, v, cfg) })
+
 	// What the shim's metrics read: the boot's phases, virtiofsd, the
 	// vsock backend's traffic (Check went through it).
 	t.Run("Observability", func(t *testing.T) {
