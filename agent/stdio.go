@@ -229,11 +229,14 @@ func sendOutput(c net.Conn, src *os.File, pipe bool) error {
 // gather gives a busy writer a moment to fill the pipe before the agent
 // sends what it read: a process writing in small chunks (4 KiB is common)
 // would otherwise make one vsock packet per chunk, and under emulation
-// the cost is per packet, not per byte. It waits one timer tick, and more
-// (up to gatherRounds) only while the pipe keeps growing and holds less
-// than gatherTarget: output that stopped coming waits one tick.
+// the cost is per packet and per wake-up, not per byte. It waits one timer
+// tick, and more (up to gatherRounds) only while the pipe keeps growing
+// and holds less than gatherTarget, each wait as long as the pipe's last
+// growth says it needs to reach the target (gatherWait): output that
+// stopped coming waits one tick.
 func gather(pipe syscall.RawConn) {
 	prev := -1
+	wait := gatherTick
 	for round := 0; round < gatherRounds; round++ {
 		n := -1
 		_ = pipe.Control(func(fd uintptr) {
@@ -244,9 +247,25 @@ func gather(pipe syscall.RawConn) {
 		if n < 0 || n >= gatherTarget || n == prev {
 			return
 		}
+		if prev >= 0 {
+			wait = gatherWait(wait, n-prev, gatherTarget-n)
+		}
 		prev = n
-		time.Sleep(gatherTick)
+		time.Sleep(wait)
 	}
+}
+
+// gatherWait is the next wait of gather: the time the pipe needs to gain
+// missing bytes at the pace it gained grew (> 0) in the last wait, within
+// [gatherTick, gatherMaxWait]. Fewer, longer waits than fixed ticks: each
+// wake-up of the agent is a context switch away from the writer, which
+// under emulation costs more than the copy.
+func gatherWait(last time.Duration, grew, missing int) time.Duration {
+	if grew <= 0 {
+		return gatherMaxWait
+	}
+	w := time.Duration(float64(last) * float64(missing) / float64(grew))
+	return min(max(w, gatherTick), gatherMaxWait)
 }
 
 // readNow reads what the pipe holds into p without waiting; 0 when it is
@@ -269,6 +288,9 @@ const (
 	gatherTarget = 64 << 10
 	gatherRounds = 3
 	gatherTick   = 500 * time.Microsecond
+	// gatherMaxWait bounds one wait, so that output written in bulk is
+	// held back at most gatherTick + 2*gatherMaxWait.
+	gatherMaxWait = 4 * time.Millisecond
 )
 
 // inputStream is a process's stdin: the pipe's write end, or the pty

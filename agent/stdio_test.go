@@ -324,3 +324,23 @@ func TestServeStdioTooMany(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// gatherWait waits as long as the pipe's last growth says it needs to
+// reach the target, within its bounds.
+func TestGatherWait(t *testing.T) {
+	for _, c := range []struct {
+		name          string
+		last          time.Duration
+		grew, missing int
+		want          time.Duration
+	}{
+		{"a quarter of the way: three times as long", time.Millisecond, 16 << 10, 48 << 10, 3 * time.Millisecond},
+		{"a slow writer: bounded", time.Millisecond, 1 << 10, 63 << 10, gatherMaxWait},
+		{"almost there: at least a tick", time.Millisecond, 60 << 10, 1, gatherTick},
+		{"no growth: bounded", time.Millisecond, 0, 64 << 10, gatherMaxWait},
+	} {
+		if got := gatherWait(c.last, c.grew, c.missing); got != c.want {
+			t.Errorf("%s: gatherWait(%v, %d, %d) = %v, want %v", c.name, c.last, c.grew, c.missing, got, c.want)
+		}
+	}
+}
