@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmpod/vmpod/hypervisor/qemu"
 	"github.com/vmpod/vmpod/internal/leakcheck"
+	"github.com/vmpod/vmpod/internal/procmaps"
 	agentpb "github.com/vmpod/vmpod/proto"
 	"github.com/vmpod/vmpod/vm"
 )
@@ -228,7 +229,7 @@ func measureGiveBack(b *testing.B, e *env) {
 		}
 		var ram float64
 		for _, p := range podProcesses(procs, e.c.Address, "idle") {
-			if ms, err := readSmaps("/proc", p.pid); err == nil {
+			if ms, err := procmaps.Read("/proc", p.pid, "smaps"); err == nil {
 				ram += guestRAMMiB(ms)
 			}
 		}
@@ -313,7 +314,7 @@ func measureIdleMemory(b *testing.B, e *env) summary {
 		shimPSS.add(totalPSS("/proc", v[:1]))
 		var q, fs, ram float64
 		for _, p := range v {
-			if ms, err := readSmaps("/proc", p.pid); err == nil {
+			if ms, err := procmaps.Read("/proc", p.pid, "smaps"); err == nil {
 				ram += guestRAMMiB(ms)
 			}
 		}
@@ -321,7 +322,7 @@ func measureIdleMemory(b *testing.B, e *env) summary {
 			switch {
 			case strings.HasPrefix(p.comm, "qemu"):
 				q += totalPSS("/proc", []process{p})
-				ms, err := readSmaps("/proc", p.pid)
+				ms, err := procmaps.Read("/proc", p.pid, "smaps")
 				if err != nil {
 					b.Fatal(err)
 				}

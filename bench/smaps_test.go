@@ -2,8 +2,9 @@ package bench
 
 import (
 	"math"
-	"strings"
 	"testing"
+
+	"github.com/vmpod/vmpod/internal/procmaps"
 )
 
 const sampleSmaps = `55d0a0000000-55d0a0600000 r-xp 00000000 fe:00 123 /usr/bin/qemu-system-x86_64
@@ -41,19 +42,13 @@ Rss:                   0 kB
 Pss:                   0 kB
 `
 
-func TestParseSmaps(t *testing.T) {
-	ms, err := parseSmaps([]byte(sampleSmaps), "smaps")
+func TestClassifyQEMU(t *testing.T) {
+	ms, err := procmaps.Parse([]byte(sampleSmaps), "smaps")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(ms) != 10 {
 		t.Fatalf("%d mappings, want 10", len(ms))
-	}
-	if m := ms[2]; m.path != "/memfd:memory-backend-memfd (deleted)" || m.perms != "rw-s" || m.pssKiB != 19000 || m.rssKiB != 38000 || m.sizeMiB() != 256 {
-		t.Errorf("memfd mapping parsed as %+v", m)
-	}
-	if ms[3].path != "" || ms[3].perms != "rwxp" {
-		t.Errorf("anonymous rwx mapping parsed as %+v", ms[3])
 	}
 	got := classifyQEMU(ms, "/usr/bin/qemu-system-x86_64", "/out/vmpod-kernel", "/out/vmpod-initrd.img")
 	want := map[string]float64{
@@ -71,7 +66,7 @@ func TestParseSmaps(t *testing.T) {
 	}
 	var total int64
 	for _, m := range ms {
-		total += m.pssKiB
+		total += m.PssKiB
 	}
 	if math.Abs(sum-float64(total)/1024) > 1e-9 {
 		t.Errorf("parts sum to %.3f MiB, mappings to %.3f", sum, float64(total)/1024)
@@ -79,42 +74,4 @@ func TestParseSmaps(t *testing.T) {
 	if g := guestRAMMiB(ms); math.Abs(g-19000.0/1024) > 1e-9 {
 		t.Errorf("guest RAM %.3f MiB", g)
 	}
-}
-
-func TestParseSmapsBad(t *testing.T) {
-	for _, tc := range []struct{ name, in, want string }{
-		{"field first", "Pss: 4 kB\n", "before any mapping"},
-		{"bad range", "zz-10 rw-p 0 00:00 0\n", "address range"},
-		{"reversed range", "20-10 rw-p 0 00:00 0\n", "address range"},
-		{"short header", "10-20 rw-p\n", "malformed mapping line"},
-		{"bad perms", "10-20 rw 0 00:00 0\n", "permissions"},
-		{"bad pss", "10-20 rw-p 0 00:00 0\nPss: x kB\n", "malformed Pss value"},
-		{"negative rss", "10-20 rw-p 0 00:00 0\nRss: -4 kB\n", "malformed Rss value"},
-		{"no unit", "10-20 rw-p 0 00:00 0\nPss: 4\n", "malformed Pss line"},
-	} {
-		_, err := parseSmaps([]byte(tc.in), "/proc/1/smaps")
-		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "/proc/1/smaps:") {
-			t.Errorf("%s: error %v, want one naming the file and containing %q", tc.name, err, tc.want)
-		}
-	}
-}
-
-// FuzzParseSmaps: any input parses or fails cleanly, and what parses has
-// ranges in order and non-negative sizes.
-func FuzzParseSmaps(f *testing.F) {
-	f.Add(sampleSmaps)
-	f.Add("10-20 rw-p 0 00:00 0 /memfd:x (deleted)\nPss: 4 kB\n")
-	f.Add("Pss: 1 kB\n")
-	f.Fuzz(func(t *testing.T, s string) {
-		ms, err := parseSmaps([]byte(s), "smaps")
-		if err != nil {
-			return
-		}
-		for _, m := range ms {
-			if m.end < m.start || m.pssKiB < 0 || m.rssKiB < 0 || len(m.perms) != 4 {
-				t.Fatalf("bad mapping %+v from %q", m, s)
-			}
-		}
-		classifyQEMU(ms, "", "", "")
-	})
 }

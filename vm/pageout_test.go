@@ -1,13 +1,11 @@
 package vm
 
 import (
-	"bufio"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
+
+	"github.com/vmpod/vmpod/internal/procmaps"
 )
 
 // checkBootFilesPagedOut checks that Start had QEMU's mappings of the
@@ -24,31 +22,17 @@ func checkBootFilesPagedOut(t *testing.T, v *VM, cfg Config) {
 		files[real] = true
 	}
 	path := fmt.Sprintf("/proc/%d/smaps", v.Pid())
-	f, err := os.Open(path)
+	ms, err := procmaps.Read("/proc", v.Pid(), "smaps")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	var kib int64
-	var in, found bool
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		switch {
-		case len(fields) == 0:
-		case !strings.HasSuffix(fields[0], ":"): // a mapping's header
-			in = len(fields) >= 6 && files[strings.Join(fields[5:], " ")]
-			found = found || in
-		case in && fields[0] == "Rss:" && len(fields) == 3:
-			n, err := strconv.ParseInt(fields[1], 10, 64)
-			if err != nil {
-				t.Fatalf("%s: Rss %q: %v", path, fields[1], err)
-			}
-			kib += n
+	found := false
+	for _, m := range ms {
+		if files[m.Path] {
+			kib += m.RssKiB
+			found = true
 		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
 	}
 	if !found {
 		t.Fatalf("%s: QEMU maps neither %s nor %s: nothing to check", path, cfg.Hypervisor.Kernel, cfg.Hypervisor.Initrd)

@@ -1,15 +1,13 @@
 package qemu
 
 import (
-	"bufio"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vmpod/vmpod/hypervisor"
+	"github.com/vmpod/vmpod/internal/procmaps"
 )
 
 // TestFreePageReporting boots a guest with its RAM in a shared memfd (as
@@ -90,35 +88,20 @@ func TestFreePageReporting(t *testing.T) {
 
 // memfdRSS sums the Rss of pid's memfd mappings (the guest RAM), in KiB.
 func memfdRSS(pid int) (int64, error) {
-	path := fmt.Sprintf("/proc/%d/smaps", pid)
-	f, err := os.Open(path)
+	ms, err := procmaps.Read("/proc", pid, "smaps")
 	if err != nil {
 		return 0, err
 	}
-	defer f.Close()
 	var kib int64
-	var inMemfd, found bool
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		switch {
-		case len(fields) == 0:
-		case !strings.HasSuffix(fields[0], ":"): // a mapping's header
-			inMemfd = len(fields) >= 6 && strings.HasPrefix(fields[5], "/memfd:")
-			found = found || inMemfd
-		case inMemfd && len(fields) == 3 && fields[0] == "Rss:":
-			v, err := strconv.ParseInt(fields[1], 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("%s: Rss %q: %w", path, fields[1], err)
-			}
-			kib += v
+	found := false
+	for _, m := range ms {
+		if strings.HasPrefix(m.Path, "/memfd:") {
+			kib += m.RssKiB
+			found = true
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
-	}
 	if !found {
-		return 0, fmt.Errorf("%s: no memfd mapping (guest RAM)", path)
+		return 0, fmt.Errorf("/proc/%d/smaps: no memfd mapping (guest RAM)", pid)
 	}
 	return kib, nil
 }

@@ -1,16 +1,12 @@
 package qemu
 
 import (
-	"bufio"
-	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"unsafe"
 
+	"github.com/vmpod/vmpod/internal/procmaps"
 	"golang.org/x/sys/unix"
 )
 
@@ -89,56 +85,20 @@ type region struct{ start, end uint64 }
 // fileRegions returns the address ranges of maps (/proc/<pid>/maps or
 // smaps text) that map one of files. path names the text in errors.
 func fileRegions(maps []byte, files []fileID, path string) ([]region, error) {
+	ms, err := procmaps.Parse(maps, path)
+	if err != nil {
+		return nil, err
+	}
 	var out []region
-	sc := bufio.NewScanner(bytes.NewReader(maps))
-	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		f := strings.Fields(sc.Text())
-		// "start-end perms offset major:minor inode [path]"; smaps adds
-		// "Key: value kB" lines, which this skips.
-		if len(f) < 5 || strings.HasSuffix(f[0], ":") {
-			continue
-		}
-		lo, hi, ok1 := strings.Cut(f[0], "-")
-		maj, min, ok2 := strings.Cut(f[3], ":")
-		if !ok1 || !ok2 {
-			return nil, fmt.Errorf("%s:%d: malformed mapping line %q", path, n, sc.Text())
-		}
-		start, err1 := strconv.ParseUint(lo, 16, 64)
-		end, err2 := strconv.ParseUint(hi, 16, 64)
-		major, err3 := strconv.ParseUint(maj, 16, 32)
-		minor, err4 := strconv.ParseUint(min, 16, 32)
-		inode, err5 := strconv.ParseUint(f[4], 10, 64)
-		if err := errors.Join(err1, err2, err3, err4, err5); err != nil || end < start {
-			return nil, fmt.Errorf("%s:%d: malformed mapping line %q", path, n, sc.Text())
-		}
-		mapped := mappedPath(sc.Text())
+	for _, m := range ms {
 		for _, want := range files {
-			if want.matches(uint32(major), uint32(minor), inode, mapped) {
-				out = append(out, region{start, end})
+			if want.matches(m.Major, m.Minor, m.Inode, m.Path) {
+				out = append(out, region{m.Start, m.End})
 				break
 			}
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
 	return out, nil
-}
-
-// mappedPath is the path field of a maps line, which may hold spaces: the
-// rest of the line after the fifth field.
-func mappedPath(line string) string {
-	rest := line
-	for i := 0; i < 5; i++ {
-		rest = strings.TrimLeft(rest, " \t")
-		j := strings.IndexAny(rest, " \t")
-		if j < 0 {
-			return ""
-		}
-		rest = rest[j:]
-	}
-	return strings.TrimSpace(rest)
 }
 
 // iovec is struct iovec with an address of another process.

@@ -1,12 +1,9 @@
 package qemu
 
 import (
-	"bufio"
 	"errors"
-	"fmt"
 	"os"
 	"reflect"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmpod/vmpod/image/imagetest"
+	"github.com/vmpod/vmpod/internal/procmaps"
 	"github.com/vmpod/vmpod/internal/require"
 )
 
@@ -106,30 +104,17 @@ func TestReleaseBootFiles(t *testing.T) {
 // fileRSS sums the Rss (KiB) of pid's mappings of files.
 func fileRSS(t *testing.T, pid int, files []fileID) int64 {
 	t.Helper()
-	path := fmt.Sprintf("/proc/%d/smaps", pid)
-	b, err := os.ReadFile(path)
+	ms, err := procmaps.Read("/proc", pid, "smaps")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var kib int64
-	var in bool
-	sc := bufio.NewScanner(strings.NewReader(string(b)))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		switch {
-		case len(f) == 0:
-		case !strings.HasSuffix(f[0], ":"): // a mapping's header
-			rs, err := fileRegions([]byte(sc.Text()), files, path)
-			if err != nil {
-				t.Fatal(err)
+	for _, m := range ms {
+		for _, f := range files {
+			if f.matches(m.Major, m.Minor, m.Inode, m.Path) {
+				kib += m.RssKiB
+				break
 			}
-			in = len(rs) == 1
-		case in && f[0] == "Rss:" && len(f) == 3:
-			v, err := strconv.ParseInt(f[1], 10, 64)
-			if err != nil {
-				t.Fatalf("%s: Rss %q: %v", path, f[1], err)
-			}
-			kib += v
 		}
 	}
 	return kib
