@@ -126,12 +126,16 @@ func startVM(t testing.TB, m machine) *testVM {
 	go func() { served <- b.Serve(ctx) }()
 
 	appendLine := "console=ttyS0 panic=-1 quiet"
+	var machineArgs []string
 	if m == microvm {
 		// Without a PIT to calibrate against, microvm guests stall at
 		// "Marking TSC unstable" unless told the TSC frequency.
 		appendLine += fmt.Sprintf(" tsc_early_khz=%d", hostTSCkHz())
+		// Modern virtio-mmio, as hypervisor/qemu runs pods (QEMU 7.2's
+		// default is legacy).
+		machineArgs = []string{"-global", "virtio-mmio.force-legacy=false"}
 	}
-	cmd := exec.Command(qemuPath,
+	cmd := exec.Command(qemuPath, append(machineArgs,
 		"-machine", m.name+",accel=tcg,memory-backend=mem",
 		"-object", "memory-backend-memfd,id=mem,size=256M,share=on",
 		"-m", "256M", "-smp", "1", "-nographic", "-nodefaults", "-no-reboot",
@@ -141,7 +145,7 @@ func startVM(t testing.TB, m machine) *testVM {
 		"-qmp", "unix:"+filepath.Join(dir, "qmp.sock")+",server=on,wait=off",
 		"-chardev", "socket,id=vsock,path="+sock,
 		"-device", m.device+",chardev=vsock",
-	)
+	)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
